@@ -1,0 +1,15 @@
+//! `posterior`: reconstruct images from degraded or incomplete measurements.
+//!
+//! The forward operators live in the `posterior-operators` crate (re-exported as
+//! [`operators`]); this crate adds file I/O, operator specs, classical reconstruction,
+//! metrics and the command-line interface.
+
+pub mod cli;
+pub mod error;
+pub mod io;
+pub mod metrics;
+pub mod solve;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use posterior_operators as operators;
