@@ -1,1 +1,26 @@
-//! Classical reconstruction. (Being written.)
+//! Classical reconstruction: the baselines every sampler is compared against.
+//!
+//! - [`adjoint`]: the adjoint (zero-filled MRI, back-projection, masked image), scaled by
+//!   the factor that best fits the measurement.
+//! - [`krylov`]: conjugate gradients on a symmetric positive (semi)definite system, written
+//!   once and used for least squares on the normal equations (CGNR / CGLS in exact
+//!   arithmetic) and, later, by the DDS sampler.
+//! - [`tv`]: total-variation regularised least squares by the primal-dual hybrid gradient.
+//! - [`gradient`]: gradient descent with backtracking on `1/2 ||A(x) - y||^2` for any
+//!   forward model, nonlinear ones included, through its VJP.
+//! - `fbp`: filtered back-projection for CT.
+
+pub mod adjoint;
+pub mod fbp;
+pub mod gradient;
+pub mod krylov;
+pub mod tv;
+
+pub use adjoint::scaled_adjoint;
+pub use gradient::gradient_descent;
+pub use krylov::{conjugate_gradient, least_squares, CgReport};
+pub use tv::{tv_least_squares, TvOptions};
+
+/// Called once per iteration with the iteration number (from 1) and a progress figure
+/// (a residual or objective value); the CLI drives a progress bar with it.
+pub type IterCallback<'a> = &'a mut dyn FnMut(usize, f64);
