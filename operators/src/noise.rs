@@ -256,7 +256,10 @@ mod tests {
         let pairs = (y.len() / 2) as f64;
         let e: f64 = y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / pairs;
         let s2full = (sigma * sigma) as f64;
-        assert!((e - s2full).abs() < 5.0 * s2full / pairs.sqrt(), "E|n|^2 {e}");
+        assert!(
+            (e - s2full).abs() < 5.0 * s2full / pairs.sqrt(),
+            "E|n|^2 {e}"
+        );
         assert_eq!(model.sigma_equivalent(), Some(sigma / 2f32.sqrt()));
         assert!(model.check_layout(&[4, 2, 50, 250]).is_ok());
         assert!(model.check_layout(&[2, 50, 250]).is_ok());
