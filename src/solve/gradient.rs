@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 use posterior_operators::linear::dot;
-use posterior_operators::Operator;
+use posterior_operators::{LinearOperator, LinearOperatorExt, Operator};
 
 use super::IterCallback;
 use crate::error::Result;
@@ -19,15 +19,58 @@ pub fn gradient_descent(
     nonnegative: bool,
     on_iter: IterCallback,
 ) -> Result<ArrayD<f32>> {
-    let mut x = x0.unwrap_or_else(|| ArrayD::zeros(IxDyn(op.domain_shape())));
+    let model = Model {
+        domain_shape: op.domain_shape(),
+        forward: &|x| op.forward(x).map_err(Into::into),
+        vjp: &|x, v| op.vjp(x, v).map_err(Into::into),
+    };
+    descend(&model, y, x0, iters, nonnegative, on_iter)
+}
+
+/// [`gradient_descent`] for a linear operator borrowed as such.
+pub fn gradient_descent_linear(
+    op: &dyn LinearOperator,
+    y: ArrayViewD<f32>,
+    x0: Option<ArrayD<f32>>,
+    iters: usize,
+    nonnegative: bool,
+    on_iter: IterCallback,
+) -> Result<ArrayD<f32>> {
+    let model = Model {
+        domain_shape: op.domain_shape(),
+        forward: &|x| op.apply_to(x).map_err(Into::into),
+        vjp: &|_, v| op.adjoint_to(v).map_err(Into::into),
+    };
+    descend(&model, y, x0, iters, nonnegative, on_iter)
+}
+
+type ForwardFn<'a> = &'a dyn Fn(ArrayViewD<f32>) -> Result<ArrayD<f32>>;
+type VjpFn<'a> = &'a dyn Fn(ArrayViewD<f32>, ArrayViewD<f32>) -> Result<ArrayD<f32>>;
+
+/// A differentiable model as the descent sees it.
+struct Model<'a> {
+    domain_shape: &'a [usize],
+    forward: ForwardFn<'a>,
+    vjp: VjpFn<'a>,
+}
+
+fn descend(
+    op: &Model,
+    y: ArrayViewD<f32>,
+    x0: Option<ArrayD<f32>>,
+    iters: usize,
+    nonnegative: bool,
+    on_iter: IterCallback,
+) -> Result<ArrayD<f32>> {
+    let mut x = x0.unwrap_or_else(|| ArrayD::zeros(IxDyn(op.domain_shape)));
     let loss = |x: &ArrayD<f32>| -> Result<(f64, ArrayD<f32>)> {
-        let r = op.forward(x.view())? - &y;
+        let r = (op.forward)(x.view())? - &y;
         Ok((0.5 * dot(r.view(), r.view()), r))
     };
     let (mut f, mut r) = loss(&x)?;
     let mut step = 1.0f32;
     for it in 1..=iters {
-        let g = op.vjp(x.view(), r.view())?;
+        let g = (op.vjp)(x.view(), r.view())?;
         let gg = dot(g.view(), g.view());
         if gg == 0.0 {
             break;

@@ -17,7 +17,7 @@ pub mod krylov;
 pub mod tv;
 
 pub use adjoint::scaled_adjoint;
-pub use gradient::gradient_descent;
+pub use gradient::{gradient_descent, gradient_descent_linear};
 pub use krylov::{conjugate_gradient, least_squares, CgReport};
 pub use tv::{tv_least_squares, TvOptions};
 

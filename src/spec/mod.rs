@@ -121,6 +121,10 @@ pub struct Physics {
     pub embedding: Embedding,
     /// The family that built it.
     pub family: &'static FamilyInfo,
+    /// The spec text it was built from.
+    pub spec: String,
+    /// The context it was built in.
+    pub context: BuildContext,
 }
 
 impl Physics {
@@ -143,6 +147,23 @@ impl Physics {
                 Ok(out)
             }
         }
+    }
+
+    /// Simulates a measurement of `image` (`(C, H, W)`, working units): `A(embed(image))`,
+    /// plus noise drawn from `seed`, restricted to the entries the operator measures.
+    pub fn measure(
+        &self,
+        image: ArrayViewD<f32>,
+        noise: &posterior_operators::noise::NoiseModel,
+        seed: u64,
+    ) -> Result<ArrayD<f32>> {
+        posterior_operators::error::check_finite("image", image.iter())?;
+        let x = self.embed(image)?;
+        let mut y = self.operator.forward(x.view())?;
+        noise.check_layout(y.shape())?;
+        noise.apply(&mut y, seed);
+        self.operator.restrict_to_measured(y.view_mut());
+        Ok(y)
     }
 
     /// Maps a domain array back to an image: the magnitude of a complex image, unless
@@ -180,6 +201,8 @@ pub fn build(spec: &str, ctx: &BuildContext) -> Result<Physics> {
         operator,
         embedding,
         family,
+        spec: spec.trim().to_string(),
+        context: ctx.clone(),
     })
 }
 
