@@ -1,0 +1,251 @@
+//! NIfTI-1 volumes (`.nii`, `.nii.gz`) through the `nifti` crate, reoriented to the
+//! display convention described in the `io` module docs.
+
+use std::path::Path;
+
+use ::nifti::{
+    InMemNiftiObject, InMemNiftiVolume, IntoNdArray, NiftiObject, NiftiType, ReaderOptions,
+};
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis, Ix3};
+
+use super::{Intensity, LoadedImage, ReadOptions, SliceAxis};
+use crate::error::{Error, Result};
+
+/// The 3x3 direction part of the voxel-to-world (RAS+) map: column v is the world
+/// direction of voxel axis v. From the sform, else the qform, else the identity.
+fn directions(h: &::nifti::NiftiHeader) -> [[f64; 3]; 3] {
+    if h.sform_code > 0 {
+        let rows = [h.srow_x, h.srow_y, h.srow_z];
+        let mut m = [[0.0; 3]; 3];
+        for (r, row) in rows.iter().enumerate() {
+            for c in 0..3 {
+                m[r][c] = row[c] as f64;
+            }
+        }
+        return m;
+    }
+    if h.qform_code > 0 {
+        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+        let a2 = 1.0 - (b * b + c * c + d * d);
+        let a = if a2 > 0.0 { a2.sqrt() } else { 0.0 };
+        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        return [
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                qfac * 2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                qfac * 2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                qfac * (a * a + d * d - c * c - b * b),
+            ],
+        ];
+    }
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+}
+
+/// For each world axis (x = R, y = A, z = S): the voxel axis most nearly parallel to it,
+/// and whether that voxel axis runs against the world axis. Greedy on |m|, largest first;
+/// a degenerate matrix falls back to the identity.
+fn orientation(m: [[f64; 3]; 3]) -> [(usize, bool); 3] {
+    let mut out = [(0usize, false); 3];
+    let mut used_w = [false; 3];
+    let mut used_v = [false; 3];
+    for _ in 0..3 {
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (w, row) in m.iter().enumerate() {
+            for (v, &val) in row.iter().enumerate() {
+                if used_w[w] || used_v[v] || !val.is_finite() {
+                    continue;
+                }
+                if best.is_none_or(|(_, _, b)| val.abs() > b) {
+                    best = Some((w, v, val.abs()));
+                }
+            }
+        }
+        match best {
+            Some((w, v, mag)) if mag > 0.0 => {
+                used_w[w] = true;
+                used_v[v] = true;
+                out[w] = (v, m[w][v] < 0.0);
+            }
+            _ => return [(0, false), (1, false), (2, false)],
+        }
+    }
+    out
+}
+
+/// Reads the volume as (x, y, z) in RAS+ order (x increasing to the patient's right,
+/// y anterior, z superior), values with scl_slope/scl_inter applied.
+fn read_ras(path: &Path) -> Result<Array3<f32>> {
+    let bad = |e: ::nifti::NiftiError| {
+        Error::file(
+            path,
+            format!("not a readable NIfTI-1 file (corrupt or truncated?): {e}"),
+        )
+    };
+    let obj: InMemNiftiObject = ReaderOptions::new()
+        .fix_header(true)
+        .read_file(path)
+        .map_err(bad)?;
+    let header = obj.header().clone();
+    let dims: Vec<usize> = header
+        .dim()
+        .map_err(bad)?
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let dtype = header.data_type().map_err(bad)?;
+    if matches!(dtype, NiftiType::Rgb24 | NiftiType::Rgba32) {
+        return Err(Error::file(
+            path,
+            format!("NIfTI data type {dtype:?} is not supported; expected a scalar type"),
+        ));
+    }
+    if dims.iter().skip(3).any(|&d| d > 1) {
+        return Err(Error::file(
+            path,
+            format!("NIfTI array of dimensions {dims:?}; expected one 3-D volume (x, y, z), not a series"),
+        ));
+    }
+    // Read without the crate's scaling (it maps NaN slopes to NaN values), then apply the
+    // NIfTI rule ourselves: scl_slope of 0 or non-finite means no scaling.
+    let raw = obj.into_volume().into_raw_data();
+    let mut unscaled = header.clone();
+    unscaled.scl_slope = 0.0;
+    unscaled.scl_inter = 0.0;
+    let vol = InMemNiftiVolume::from_raw_data(&unscaled, raw).map_err(bad)?;
+    let mut arr = vol.into_ndarray::<f32>().map_err(bad)?;
+    while arr.ndim() > 3 {
+        let last = arr.ndim() - 1;
+        arr = arr.index_axis_move(Axis(last), 0);
+    }
+    while arr.ndim() < 3 {
+        arr.insert_axis_inplace(Axis(arr.ndim()));
+    }
+    let mut arr = arr
+        .into_dimensionality::<Ix3>()
+        .map_err(|e| Error::file(path, e))?;
+    let (slope, inter) = (header.scl_slope, header.scl_inter);
+    if slope.is_finite() && slope != 0.0 {
+        let inter = if inter.is_finite() { inter } else { 0.0 };
+        arr.mapv_inplace(|v| v * slope + inter);
+    }
+    let orient = orientation(directions(&header));
+    let mut ras = arr.permuted_axes([orient[0].0, orient[1].0, orient[2].0]);
+    for (w, &(_, flip)) in orient.iter().enumerate() {
+        if flip {
+            ras.invert_axis(Axis(w));
+        }
+    }
+    Ok(ras)
+}
+
+/// A plane P[u, v] of the RAS volume shown with u's high end on the left, v's at the top.
+fn display(p: ArrayView2<f32>) -> Array2<f32> {
+    p.slice(s![..;-1, ..;-1]).t().to_owned()
+}
+
+fn ras_slice(
+    path: &Path,
+    ras: ArrayView3<f32>,
+    opts: &ReadOptions,
+) -> Result<(Array2<f32>, usize)> {
+    let axis = match opts.axis {
+        SliceAxis::Axial => 2,
+        SliceAxis::Coronal => 1,
+        SliceAxis::Sagittal => 0,
+    };
+    let n = ras.len_of(Axis(axis));
+    let k = opts.slice.unwrap_or(n / 2);
+    if k >= n {
+        return Err(Error::file(
+            path,
+            format!(
+                "{} slice {k} is out of range: the volume has {n} {} slices (valid 0..={})",
+                opts.axis.name(),
+                opts.axis.name(),
+                n.saturating_sub(1)
+            ),
+        ));
+    }
+    Ok((display(ras.index_axis(Axis(axis), k)), k))
+}
+
+/// One slice, normalised by its maximum (scale 1 for a slice with no positive value).
+pub(super) fn read_slice(path: &Path, opts: &ReadOptions) -> Result<LoadedImage> {
+    let ras = read_ras(path)?;
+    let (img, k) = ras_slice(path, ras.view(), opts)?;
+    let max = img.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let scale = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    Ok(LoadedImage {
+        data: (img / scale).insert_axis(Axis(0)),
+        intensity: Intensity::scaled(scale, "nifti"),
+        source: format!("{}[{} {k}]", path.display(), opts.axis.name()),
+    })
+}
+
+/// The stack of axial slices (D, H, W), inferior to superior, as displayed.
+pub(super) fn read_volume(path: &Path) -> Result<Array3<f32>> {
+    let ras = read_ras(path)?;
+    let v = ras.slice(s![..;-1, ..;-1, ..]).permuted_axes([2, 1, 0]);
+    Ok(v.as_standard_layout().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orientation_of_lsa_affine() {
+        // The ITK brain fixture: i -> L (-x), j -> S (+z), k -> A (+y).
+        let m = [[-2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 2.0, 0.0]];
+        assert_eq!(orientation(m), [(0, true), (2, false), (1, false)]);
+    }
+
+    #[test]
+    fn orientation_of_oblique_affine_picks_dominant_axes() {
+        let m = [[0.9, 0.3, 0.0], [-0.2, 0.1, -1.0], [0.1, 0.95, 0.05]];
+        assert_eq!(orientation(m), [(0, false), (2, true), (1, false)]);
+    }
+
+    #[test]
+    fn qform_identity_and_flip() {
+        let mut h = ::nifti::NiftiHeader::default();
+        h.sform_code = 0;
+        h.qform_code = 1;
+        h.quatern_b = 0.0;
+        h.quatern_c = 0.0;
+        h.quatern_d = 0.0;
+        h.pixdim[0] = -1.0;
+        let m = directions(&h);
+        assert_eq!(orientation(m), [(0, false), (1, false), (2, true)]);
+        // 180 degrees about z: b = c = 0, d = 1 -> x and y flipped.
+        h.pixdim[0] = 1.0;
+        h.quatern_d = 1.0;
+        assert_eq!(
+            orientation(directions(&h)),
+            [(0, true), (1, true), (2, false)]
+        );
+    }
+
+    #[test]
+    fn display_puts_high_ends_left_and_top() {
+        // P[u, v] = 10 u + v, u in 0..2, v in 0..3.
+        let p = Array2::from_shape_fn((2, 3), |(u, v)| (10 * u + v) as f32);
+        let d = display(p.view());
+        assert_eq!(d.dim(), (3, 2));
+        assert_eq!(d[[0, 0]], 12.0); // max u, max v
+        assert_eq!(d[[2, 1]], 0.0);
+    }
+}
