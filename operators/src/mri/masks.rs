@@ -347,11 +347,13 @@ pub fn poisson_with_scale(
     let half_min = (h.min(w) as f64 / 2.0).max(0.5);
     let run = |r0: f64| -> (Vec<bool>, usize) {
         let mut kept = vec![false; h * w];
-        let mut count = 0;
+        // The kept entries as a list too: when few are kept and the radius is large,
+        // checking the list is cheaper than scanning the window.
+        let mut list: Vec<(i64, i64)> = Vec::new();
         for i in rows.clone() {
             for j in cols.clone() {
                 kept[i * w + j] = true;
-                count += 1;
+                list.push((i as i64, j as i64));
             }
         }
         let radius: Vec<f64> = (0..h * w)
@@ -361,6 +363,11 @@ pub fn poisson_with_scale(
         // neighbour p with d < r(p) has r(p) <= r(q) / (1 - r0 * slope / half_min).
         let growth = 1.0 - r0 * POISSON_SLOPE / half_min;
         let r_max = radius.iter().cloned().fold(0.0, f64::max);
+        let too_close = |qi: i64, qj: i64, pi: i64, pj: i64, rq: f64| {
+            let d2 = ((pi - qi) * (pi - qi) + (pj - qj) * (pj - qj)) as f64;
+            let rr = rq.max(radius[pi as usize * w + pj as usize]);
+            d2 < rr * rr
+        };
         for &q in &order {
             let (qi, qj) = ((q / w) as i64, (q % w) as i64);
             let rq = radius[q];
@@ -370,43 +377,52 @@ pub fn poisson_with_scale(
                 r_max
             };
             let span = reach.ceil() as i64;
-            let mut ok = true;
-            'scan: for pi in (qi - span).max(0)..=(qi + span).min(h as i64 - 1) {
-                for pj in (qj - span).max(0)..=(qj + span).min(w as i64 - 1) {
-                    let p = pi as usize * w + pj as usize;
-                    if !kept[p] {
-                        continue;
-                    }
-                    let d2 = ((pi - qi) * (pi - qi) + (pj - qj) * (pj - qj)) as f64;
-                    let rr = rq.max(radius[p]);
-                    if d2 < rr * rr {
-                        ok = false;
-                        break 'scan;
-                    }
-                }
-            }
-            if ok {
+            let (i0, i1) = ((qi - span).max(0), (qi + span).min(h as i64 - 1));
+            let (j0, j1) = ((qj - span).max(0), (qj + span).min(w as i64 - 1));
+            let window = ((i1 - i0 + 1) * (j1 - j0 + 1)) as usize;
+            let blocked = if window > list.len() {
+                list.iter().any(|&(pi, pj)| too_close(qi, qj, pi, pj, rq))
+            } else {
+                (i0..=i1).any(|pi| {
+                    (j0..=j1).any(|pj| {
+                        kept[pi as usize * w + pj as usize] && too_close(qi, qj, pi, pj, rq)
+                    })
+                })
+            };
+            if !blocked {
                 kept[q] = true;
-                count += 1;
+                list.push((qi, qj));
             }
         }
+        let count = list.len();
         (kept, count)
     };
-    // r0 = 0 keeps every entry (count = H W >= n); find the largest r0 with count >= n.
-    let (mut lo, mut hi) = (0.0f64, h.max(w) as f64);
-    let (mut best, mut best_count) = run(lo);
-    for _ in 0..30 {
+    // r0 = 0 keeps every entry (count = H W >= n). Bracket the largest r0 with count >= n
+    // by doubling from 0.5 (runs with a huge r0 scan huge windows, so never start there),
+    // then bisect.
+    let (mut best, mut best_count) = run(0.0);
+    let (mut lo, mut hi) = (0.0f64, 0.5f64);
+    loop {
+        let (kept, count) = run(hi);
+        if count < n {
+            break;
+        }
+        (lo, best, best_count) = (hi, kept, count);
+        if hi > 4.0 * h.max(w) as f64 {
+            break; // every r0 keeps enough: only possible when n is the ACS block plus one
+        }
+        hi *= 2.0;
+    }
+    for _ in 0..40 {
+        if hi - lo < 1e-3 * hi {
+            break;
+        }
         let mid = 0.5 * (lo + hi);
         let (kept, count) = run(mid);
         if count >= n {
-            lo = mid;
-            best = kept;
-            best_count = count;
+            (lo, best, best_count) = (mid, kept, count);
         } else {
             hi = mid;
-        }
-        if hi - lo < 1e-3 {
-            break;
         }
     }
     // Drop the excess at random among the non-ACS entries.
