@@ -31,7 +31,7 @@
 //!   the image's left;
 //! - coronal (fixed y, slice 0 = most posterior): superior at the top, patient's right on
 //!   the left;
-//! - sagittal (fixed x, slice 0 = patient's rightmost): superior at the top, anterior on
+//! - sagittal (fixed x, slice 0 = the patient's leftmost): superior at the top, anterior on
 //!   the left.
 //!
 //! [`read_volume`] returns the stack of axial slices, (D, H, W), inferior to superior,
