@@ -6,9 +6,13 @@
 
 pub mod cli;
 pub mod error;
+pub mod figure;
 pub mod io;
+pub mod measurement;
 pub mod metrics;
+pub mod recon;
 pub mod solve;
+pub mod shim;
 pub mod spec;
 
 pub use error::{Error, Result};

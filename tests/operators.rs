@@ -1,0 +1,137 @@
+//! Every operator the CLI can build passes the adjoint test (linear) or the VJP check
+//! (nonlinear), at several image shapes, odd and even, gray and colour.
+//!
+//! The list is every example that `posterior ops` shows plus every operator kind that the
+//! examples may not cover, so a new operator is tested as soon as it is listed.
+
+use std::path::PathBuf;
+
+use ndarray::{ArrayD, IxDyn};
+use posterior::spec::{self, BuildContext};
+use posterior_operators::forward::vjp_mismatch;
+use posterior_operators::{adjoint_test, Operator};
+
+/// Operator kinds not necessarily among the families' examples.
+const EXTRA: &[&str] = &[
+    "blur:kernel=gaussian,sigma=1.5,size=7",
+    "blur:kernel=uniform,size=5",
+    "blur:kernel=motion,intensity=0.5,size=9",
+    "inpaint:mask=box",
+    "inpaint:mask=boxes",
+    "inpaint:mask=random,fraction=0.5",
+    "inpaint:mask=strokes",
+    "sr:factor=2,method=avgpool",
+    "sr:factor=4,method=bicubic",
+    "mri:accel=4,mask=uniform1d",
+    "mri:coils=4,accel=4,mask=random1d",
+    "mri:coils=4,accel=3,mask=gaussian2d",
+    "mri:coils=2,accel=4,mask=poisson",
+    "ct:geometry=parallel,views=18",
+    "ct:geometry=parallel,arc=90",
+    "ct:geometry=fan,views=30,detector=arc",
+    "ct:geometry=fan,views=30,detector=flat",
+    "ct:model=beer-lambert,views=20",
+    "phase:oversampling=2",
+];
+
+/// Image shapes every operator is checked at; SR needs sides divisible by its factor, so
+/// the odd shapes are used where the operator accepts them.
+const SHAPES: &[[usize; 3]] = &[[1, 32, 32], [1, 24, 40], [1, 33, 31], [3, 32, 32]];
+
+fn specs() -> Vec<String> {
+    let mut all: Vec<String> = spec::families()
+        .iter()
+        .flat_map(|f| f.examples.iter())
+        .filter(|e| !e.contains("path=") && !e.contains("sens="))
+        .map(|s| s.to_string())
+        .collect();
+    all.extend(EXTRA.iter().map(|s| s.to_string()));
+    all
+}
+
+#[test]
+fn every_operator_passes_the_adjoint_or_vjp_test() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for text in specs() {
+        let family = spec::family(spec::Spec::parse(&text).unwrap().family.as_str()).unwrap();
+        for shape in SHAPES {
+            if family.grayscale_only && shape[0] != 1 {
+                continue;
+            }
+            let ctx = BuildContext {
+                image_shape: shape.to_vec(),
+                seed: 7,
+                base_dir: PathBuf::from("."),
+            };
+            let physics = match spec::build(&text, &ctx) {
+                Ok(p) => p,
+                // Super-resolution rejects sides its factor does not divide; every other
+                // operator must build at every shape.
+                Err(e) if text.starts_with("sr") && (shape[1] % 8 != 0 || shape[2] % 8 != 0) => {
+                    assert!(e.to_string().contains("factor"), "{text} at {shape:?}: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    failures.push(format!("{text} at {shape:?} does not build: {e}"));
+                    continue;
+                }
+            };
+            match &physics.operator {
+                Operator::Linear(op) => {
+                    let report = adjoint_test(op.as_ref(), 11);
+                    if let Err(msg) = report.verdict(&format!("{text} at {shape:?}"), 1e-5) {
+                        failures.push(msg);
+                    }
+                }
+                Operator::Nonlinear(op) => {
+                    // A smooth, positive point keeps |F x| away from zero and the
+                    // transmission away from underflow.
+                    let x = ArrayD::from_shape_fn(IxDyn(op.domain_shape()), |ix| {
+                        0.3 + 0.2 * ((ix[1] * 3 + ix[2] * 5) as f32 * 0.1).sin()
+                    });
+                    let x = x.mapv(|v| v * 0.05);
+                    let m = vjp_mismatch(op.as_ref(), x.view(), 1e-2, 5);
+                    // Central differences in f32 with h = 1e-2: 1e-2 relative.
+                    if m > 1e-2 {
+                        failures.push(format!("{text} at {shape:?}: VJP mismatch {m:.2e}"));
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 40, "only {checked} operator/shape pairs were checked");
+}
+
+#[test]
+fn bad_specs_name_the_operator_and_the_key() {
+    let ctx = BuildContext {
+        image_shape: vec![1, 32, 32],
+        seed: 0,
+        base_dir: PathBuf::from("."),
+    };
+    let cases = [
+        ("blurr:sigma=3", "blurr"),
+        ("blur:sigma=abc", "sigma"),
+        ("blur:kernel=triangle", "kernel"),
+        ("blur:colour=red", "colour"),
+        ("mri:accel=0", "accel"),
+        ("mri:mask=spiral", "mask"),
+        ("inpaint:fraction=1.5,mask=random", "fraction"),
+        ("sr:factor=0", "factor"),
+        ("ct:views=0", "views"),
+        ("ct:geometry=cone", "geometry"),
+        ("blur:sigma", "sigma"),
+    ];
+    for (text, key) in cases {
+        match spec::build(text, &ctx) {
+            Ok(_) => panic!("`{text}` was accepted"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(key), "`{text}`: message `{msg}` does not name `{key}`");
+            }
+        }
+    }
+}
