@@ -518,3 +518,56 @@ fn atomic_write_failure_leaves_no_partial_file() {
     let nowhere = dir.path().join("missing/out.png");
     err_naming(write_image(&nowhere, img.view(), (0.0, 1.0)), &nowhere);
 }
+
+#[test]
+fn multiframe_mr_dicom_frames_and_normalisation() {
+    // Values checked with pydicom: frame 5 has max 436, [32, 20] = 3, [10, 50] = 18;
+    // frame 0 has max 425, [32, 32] = 110.
+    let path = data("mr_frames.dcm");
+    let img = read_image(&path, &default()).unwrap();
+    assert_eq!(img.data.dim(), (1, 64, 64));
+    assert_eq!(img.intensity, Intensity::scaled(436.0, "dicom"));
+    assert!(img.source.ends_with("[frame 5]"), "{}", img.source);
+    assert_eq!(img.data[[0, 32, 20]] * 436.0, 3.0);
+    assert_eq!(img.data[[0, 10, 50]] * 436.0, 18.0);
+    let f0 = read_image(
+        &path,
+        &ReadOptions {
+            slice: Some(0),
+            axis: SliceAxis::Axial,
+        },
+    )
+    .unwrap();
+    assert_eq!(f0.intensity.scale, 425.0);
+    assert!((f0.data[[0, 32, 32]] * 425.0 - 110.0).abs() < 1e-4);
+    let msg = err_naming(
+        read_image(
+            &path,
+            &ReadOptions {
+                slice: Some(10),
+                axis: SliceAxis::Axial,
+            },
+        ),
+        &path,
+    );
+    assert!(msg.contains("valid 0..=9"), "{msg}");
+}
+
+#[test]
+fn jpeg_reads_as_gray_or_rgb() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = image::GrayImage::from_fn(16, 12, |x, y| image::Luma([(x * 10 + y) as u8]));
+    let p = dir.path().join("g.jpg");
+    gray.save(&p).unwrap();
+    let img = read_image(&p, &default()).unwrap();
+    assert_eq!(img.data.dim(), (1, 12, 16));
+    assert_eq!(img.intensity.unit, "8-bit");
+    // Lossy, but a smooth ramp survives to within a few levels.
+    assert!((img.data[[0, 5, 7]] - 75.0 / 255.0).abs() < 6.0 / 255.0);
+    let rgb = image::RgbImage::from_fn(16, 12, |x, _| image::Rgb([200, (x * 8) as u8, 30]));
+    let p = dir.path().join("c.JPEG");
+    rgb.save_with_format(&p, image::ImageFormat::Jpeg).unwrap();
+    let img = read_image(&p, &default()).unwrap();
+    assert_eq!(img.data.dim(), (3, 12, 16));
+    assert!(img.data[[0, 6, 8]] > 0.7 && img.data[[2, 6, 8]] < 0.2);
+}

@@ -221,13 +221,15 @@ mod tests {
 
     #[test]
     fn qform_identity_and_flip() {
-        let mut h = ::nifti::NiftiHeader::default();
-        h.sform_code = 0;
-        h.qform_code = 1;
-        h.quatern_b = 0.0;
-        h.quatern_c = 0.0;
-        h.quatern_d = 0.0;
-        h.pixdim[0] = -1.0;
+        let mut h = ::nifti::NiftiHeader {
+            sform_code: 0,
+            qform_code: 1,
+            quatern_b: 0.0,
+            quatern_c: 0.0,
+            quatern_d: 0.0,
+            pixdim: [-1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+            ..Default::default()
+        };
         let m = directions(&h);
         assert_eq!(orientation(m), [(0, false), (1, false), (2, true)]);
         // 180 degrees about z: b = c = 0, d = 1 -> x and y flipped.

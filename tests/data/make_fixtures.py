@@ -14,6 +14,7 @@ See README.md beside this script for what each fixture is and its licence.
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,11 @@ def make_ct(tmp):
     ds.save_as(os.path.join(HERE, "ct_slice.dcm"), enforce_file_format=True)
     hu = small * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     print("ct_slice.dcm HU range", hu.min(), hu.max(), "median", np.median(hu))
+
+    # mr_frames.dcm: pydicom-data's emri_small.dcm copied unchanged (multi-frame MR,
+    # 10 frames of 64x64, 12-bit, uncompressed explicit VR little endian).
+    src = glob.glob(os.path.join(tmp, "pdd", "**", "emri_small.dcm"), recursive=True)[0]
+    shutil.copyfile(src, os.path.join(HERE, "mr_frames.dcm"))
 
 
 def main():
