@@ -5,10 +5,14 @@
 //! square pixels of side `pixel` (default 1, so line integrals are in attenuation x
 //! pixels); the sinogram is `(views, detectors)`.
 
+pub mod beer_lambert;
+pub mod fbp;
 pub mod geometry;
 pub mod phantom;
 pub mod projector;
 
+pub use beer_lambert::BeerLambert;
+pub use fbp::{fbp, Filter};
 pub use geometry::{Beam, BeamKind, FanDetector, Geometry, GeometryParams, Ray};
 pub use phantom::{random_ellipses_image, shepp_logan_image, Ellipse, Phantom};
 pub use projector::CtProjector;

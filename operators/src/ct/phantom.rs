@@ -57,7 +57,7 @@ impl Ellipse {
     /// `p` expressed in the ellipse's frame and scaled by its semi-axes: inside when the
     /// result has norm <= 1.
     #[inline]
-    fn to_unit(&self, p: [f64; 2]) -> [f64; 2] {
+    fn in_unit_frame(&self, p: [f64; 2]) -> [f64; 2] {
         let (s, c) = self.angle.sin_cos();
         let (dx, dy) = (p[0] - self.center[0], p[1] - self.center[1]);
         [
@@ -68,7 +68,7 @@ impl Ellipse {
 
     /// Whether `(x, y)` lies inside (boundary included).
     pub fn contains(&self, x: f64, y: f64) -> bool {
-        let q = self.to_unit([x, y]);
+        let q = self.in_unit_frame([x, y]);
         q[0] * q[0] + q[1] * q[1] <= 1.0
     }
 
@@ -82,7 +82,7 @@ impl Ellipse {
             return 0.0;
         }
         let (s, c) = self.angle.sin_cos();
-        let q = self.to_unit(ray.origin);
+        let q = self.in_unit_frame(ray.origin);
         let e = [
             (c * d[0] + s * d[1]) / (n * self.axes[0]),
             (-s * d[0] + c * d[1]) / (n * self.axes[1]),

@@ -30,6 +30,10 @@ pub(crate) struct Trace {
     weight: f32,
     lo: u32,
     hi: u32,
+    /// The samples in `inner_lo..inner_hi` (a sub-range of `lo..hi`) have both
+    /// interpolation neighbours inside the grid: they take the unchecked fast path.
+    inner_lo: u32,
+    inner_hi: u32,
 }
 
 impl Trace {
@@ -50,20 +54,39 @@ impl Trace {
         let slope = dn / dm;
         let a0 = n0 - m0 * slope;
         let weight = pixel / dm.abs();
-        // The samples that can touch the grid: minor coordinate in (-1, n_minor).
-        let (lo, hi) = if slope == 0.0 {
-            if a0 > -1.0 && a0 < n_minor as f64 {
-                (0, n_major)
-            } else {
-                (0, 0)
+        // The samples whose minor coordinate lies in [lo_v, hi_v), clamped to the grid.
+        let range = |lo_v: f64, hi_v: f64, outward: bool| -> (usize, usize) {
+            if slope == 0.0 {
+                return if a0 >= lo_v && a0 < hi_v {
+                    (0, n_major)
+                } else {
+                    (0, 0)
+                };
             }
-        } else {
-            let t1 = (-1.0 - a0) / slope;
-            let t2 = (n_minor as f64 - a0) / slope;
+            let t1 = (lo_v - a0) / slope;
+            let t2 = (hi_v - a0) / slope;
             let (a, b) = if t1 < t2 { (t1, t2) } else { (t2, t1) };
-            let lo = a.floor().max(0.0).min(n_major as f64) as usize;
-            let hi = (b.ceil() + 1.0).max(0.0).min(n_major as f64) as usize;
-            (lo, hi)
+            // Outward: a superset (whole samples around the interval); inward: a subset.
+            let (a, b) = if outward {
+                (a.floor(), b.ceil() + 1.0)
+            } else {
+                (a.ceil(), b.floor())
+            };
+            let lo = a.max(0.0).min(n_major as f64) as usize;
+            let hi = b.max(0.0).min(n_major as f64) as usize;
+            (lo, hi.max(lo))
+        };
+        // Samples that can touch the grid: minor coordinate in (-1, n_minor).
+        let (lo, hi) = range(-1.0, n_minor as f64, true);
+        // Samples with both neighbours inside: minor coordinate in [0, n_minor - 1), with a
+        // margin far above the f32 rounding of `a0 + m * slope`.
+        let margin = 1e-3;
+        let (inner_lo, inner_hi) = if n_minor >= 2 {
+            let (a, b) = range(margin, n_minor as f64 - 1.0 - margin, false);
+            let (a, b) = (a.max(lo).min(hi), b.max(lo).min(hi));
+            (a, b.max(a))
+        } else {
+            (lo, lo)
         };
         Trace {
             cols,
@@ -71,7 +94,9 @@ impl Trace {
             slope: slope as f32,
             weight: weight as f32,
             lo: lo as u32,
-            hi: hi.max(lo) as u32,
+            hi: hi as u32,
+            inner_lo: inner_lo as u32,
+            inner_hi: inner_hi as u32,
         }
     }
 
@@ -81,19 +106,44 @@ impl Trace {
     /// weights.
     #[inline(always)]
     fn visit(&self, n_major: usize, n_minor: usize, mut f: impl FnMut(usize, f32)) {
-        let nm = n_minor as isize;
-        for m in self.lo as usize..self.hi as usize {
+        let (lo, hi) = (self.lo as usize, self.hi as usize);
+        let (ilo, ihi) = (self.inner_lo as usize, self.inner_hi as usize);
+        for m in (lo..ilo).chain(ihi..hi) {
+            self.edge_sample(m, n_major, n_minor, &mut f);
+        }
+        // Interior: 0 < r < n_minor - 1, so truncation is floor and both neighbours exist
+        // (the `min` only guards against rounding, never changes a valid index).
+        let last = n_minor.saturating_sub(2);
+        for m in ilo..ihi {
             let r = self.a0 + m as f32 * self.slope;
-            let rf = r.floor();
-            let frac = r - rf;
-            let i0 = rf as isize;
-            if i0 >= 0 && i0 < nm {
-                f(i0 as usize * n_major + m, self.weight * (1.0 - frac));
-            }
-            let i1 = i0 + 1;
-            if i1 >= 0 && i1 < nm {
-                f(i1 as usize * n_major + m, self.weight * frac);
-            }
+            let i0 = (r as usize).min(last);
+            let frac = r - i0 as f32;
+            let idx = i0 * n_major + m;
+            f(idx, self.weight * (1.0 - frac));
+            f(idx + n_major, self.weight * frac);
+        }
+    }
+
+    /// One sample near the grid's edge, with bounds checks.
+    #[inline(always)]
+    fn edge_sample(
+        &self,
+        m: usize,
+        n_major: usize,
+        n_minor: usize,
+        f: &mut impl FnMut(usize, f32),
+    ) {
+        let nm = n_minor as isize;
+        let r = self.a0 + m as f32 * self.slope;
+        let rf = r.floor();
+        let frac = r - rf;
+        let i0 = rf as isize;
+        if i0 >= 0 && i0 < nm {
+            f(i0 as usize * n_major + m, self.weight * (1.0 - frac));
+        }
+        let i1 = i0 + 1;
+        if i1 >= 0 && i1 < nm {
+            f(i1 as usize * n_major + m, self.weight * frac);
         }
     }
 }
@@ -361,5 +411,34 @@ mod tests {
         assert!((y[[0, 0]] - 5.0).abs() < 1e-5, "{}", y[[0, 0]]);
         // View 2: theta = 90 degrees, rays along -x: 14 columns * 0.5.
         assert!((y[[2, 0]] - 7.0).abs() < 1e-5, "{}", y[[2, 0]]);
+    }
+
+    /// Timing only (never asserted): `cargo test --release -p posterior-operators --lib
+    /// ct::projector::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let g = Geometry::new(512, 512, &GeometryParams::parallel().views(180)).unwrap();
+        let t0 = std::time::Instant::now();
+        let op = CtProjector::new(g).unwrap();
+        let build = t0.elapsed();
+        let x = crate::linear::random_array(&[1, 512, 512], 1, "x");
+        let y = op.apply_to(x.view()).unwrap();
+        let t0 = std::time::Instant::now();
+        let reps = 5;
+        for _ in 0..reps {
+            std::hint::black_box(op.apply_to(x.view()).unwrap());
+        }
+        let fwd = t0.elapsed() / reps;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(op.adjoint_to(y.view()).unwrap());
+        }
+        let adj = t0.elapsed() / reps;
+        eprintln!(
+            "512x512, 180 views, {} detectors, {} threads: build {build:?}, forward {fwd:?}, adjoint {adj:?}",
+            op.range_shape()[1],
+            rayon::current_num_threads()
+        );
     }
 }
