@@ -80,6 +80,38 @@ impl FourierPhaseRetrieval {
         }
         let ho = ((oversampling as f64 * h as f64).round() as usize).max(h);
         let wo = ((oversampling as f64 * w as f64).round() as usize).max(w);
+        Self::build(h, w, ho, wo, oversampling)
+    }
+
+    /// The operator on images of `shape = (1, H, W)` with an explicit padded grid
+    /// `Ho x Wo` (`H <= Ho <= 16 H`, likewise for `W`), e.g. to rebuild an operator from its
+    /// domain and range shapes. The image is placed as in [`FourierPhaseRetrieval::new`].
+    pub fn with_padded_shape(shape: &[usize], ho: usize, wo: usize) -> Result<Self> {
+        let (h, w) = match shape {
+            [1, h, w] if *h > 0 && *w > 0 => (*h, *w),
+            _ => {
+                return Err(Error::param(
+                    OP,
+                    "shape",
+                    format!(
+                        "must be a single-channel image (1, H, W) with H, W >= 1; got {shape:?}"
+                    ),
+                ))
+            }
+        };
+        if ho < h || wo < w || ho > 16 * h || wo > 16 * w {
+            return Err(Error::param(
+                OP,
+                "padded shape",
+                format!(
+                    "must be between the image ({h}, {w}) and 16 times it per axis; got ({ho}, {wo})"
+                ),
+            ));
+        }
+        Self::build(h, w, ho, wo, ho as f32 / h as f32)
+    }
+
+    fn build(h: usize, w: usize, ho: usize, wo: usize, oversampling: f32) -> Result<Self> {
         Ok(FourierPhaseRetrieval {
             h,
             w,
@@ -496,6 +528,12 @@ mod tests {
         let op = FourierPhaseRetrieval::new(&[1, 7, 5], 2.0).unwrap();
         assert_eq!(op.padded_shape(), (14, 10));
         assert_eq!(op.offset(), (3, 2));
+        let op = FourierPhaseRetrieval::new(&[1, 7, 9], 1.5).unwrap();
+        let again = FourierPhaseRetrieval::with_padded_shape(&[1, 7, 9], 11, 14).unwrap();
+        assert_eq!(op.padded_shape(), (11, 14));
+        assert_eq!(again.padded_shape(), (11, 14));
+        assert_eq!(again.offset(), op.offset());
+        assert!(FourierPhaseRetrieval::with_padded_shape(&[1, 7, 9], 6, 14).is_err());
     }
 
     #[test]
