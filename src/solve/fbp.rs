@@ -5,8 +5,8 @@
 //! documented in [`posterior_operators::ct::fbp`], where it is implemented next to the
 //! geometry. In short: parallel beam and fan beam (arc and flat detectors, no rebinning);
 //! filters `ramp` (Ram-Lak), `shepp-logan`, `cosine`, `hann`; the FBP of the projection of
-//! a phantom recovers the phantom's values. Fan scans shorter than 360 degrees get no
-//! Parker weighting.
+//! a phantom recovers the phantom's values. Fan short scans (180 degrees plus the fan angle
+//! up to 360) get Parker weights.
 //!
 //! [`fbp_spec`] runs it on a measurement described by a `ct:` spec, undoing the
 //! Beer-Lambert model first (`-ln(max(y, 0.5) / i0)`) when the spec uses it.

@@ -16,12 +16,14 @@
 //!    `1` (parallel), `1 / L^2` (arc; `L` the source-to-pixel distance) or `1 / U^2` (flat;
 //!    `U` the source-to-pixel distance along the central ray over `sod`).
 //!
-//! Every view gets the weight `min(arc, pi) / views`: a full scan (parallel 180 degrees or
-//! fan 360 degrees) is inverted exactly in the limit, redundant data (parallel over 360) are
-//! averaged, and a limited-angle scan is back-projected with its true angular step (its
-//! missing wedge stays missing). Fan scans shorter than 360 degrees get no Parker
-//! weighting, so their non-redundant regions are mis-weighted: use `arc=360` for
-//! quantitative fan FBP.
+//! View weights: a fan short scan (`180 + fan angle <= arc < 360` degrees, the fan angle
+//! being that of the outermost detector elements) gets Parker's weights (generalised to
+//! over-scans: the transition width is `arc - 180` degrees) and the angular step
+//! `arc / views`. Every other scan gets the weight `min(arc, pi) / views` per view: a full
+//! scan (parallel 180 degrees or fan 360 degrees) is inverted exactly in the limit,
+//! redundant data (parallel over 360 degrees) are averaged, and a limited-angle scan is
+//! back-projected with its true angular step (its missing wedge stays missing; a fan scan
+//! shorter than 180 degrees plus the fan angle is such a scan).
 //!
 //! Scaling: with sinograms of line integrals in the units of [`Geometry::pixel`] (what
 //! [`super::CtProjector`] produces), FBP returns the attenuation image itself: the FBP of a
@@ -202,6 +204,25 @@ impl Kernel {
     }
 }
 
+/// Parker's short-scan weight (Kak's sign convention, where the ray of fan angle `gamma`
+/// at source angle `beta` has direction angle `beta + gamma`; ours is `beta - gamma`, hence
+/// the caller's `-gamma`), generalised to a scan of `pi + 2 delta` with `delta >= |gamma|`.
+/// Each line's two measurements get weights that sum to 1.
+fn parker_weight(beta: f64, gamma: f64, delta: f64) -> f64 {
+    let quarter = PI / 4.0;
+    if beta < 2.0 * (delta - gamma) {
+        (quarter * beta / (delta - gamma)).sin().powi(2)
+    } else if beta <= PI - 2.0 * gamma {
+        1.0
+    } else if beta <= PI + 2.0 * delta {
+        (quarter * (PI + 2.0 * delta - beta) / (delta + gamma))
+            .sin()
+            .powi(2)
+    } else {
+        0.0
+    }
+}
+
 /// Filtered back-projection of `sinogram` `(views, detectors)` measured with `geometry`:
 /// the attenuation image `(1, H, W)` (see the module docs for the method and scaling).
 pub fn fbp(geometry: &Geometry, sinogram: ArrayView2<f32>, filter: Filter) -> Result<Array3<f32>> {
@@ -245,19 +266,55 @@ pub fn fbp(geometry: &Geometry, sinogram: ArrayView2<f32>, filter: Filter) -> Re
             }
         })
         .collect();
+    // Fan angle of each element, and Parker weighting for short fan scans.
+    let fan_angle: Vec<f64> = (0..n)
+        .map(|k| {
+            let t = geometry.detector_offset(k);
+            match geometry.beam() {
+                Beam::Parallel => 0.0,
+                Beam::Fan {
+                    detector_distance: sdd,
+                    detector: FanDetector::Arc,
+                    ..
+                } => t / sdd,
+                Beam::Fan {
+                    detector_distance: sdd,
+                    detector: FanDetector::Flat,
+                    ..
+                } => (t / sdd).atan(),
+            }
+        })
+        .collect();
+    let gamma_max = fan_angle.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    let arc = geometry.arc();
+    let parker = match geometry.beam() {
+        Beam::Fan { .. } if arc >= PI + 2.0 * gamma_max && arc < 2.0 * PI - 1e-9 => {
+            Some((arc - PI) / 2.0)
+        }
+        _ => None,
+    };
     // Filter every view.
     let mut filtered = vec![0.0f32; nv * n];
     filtered.par_chunks_mut(n).enumerate().for_each_init(
         || vec![Complex32::new(0.0, 0.0); kernel.n_pad],
         |buf, (v, row)| {
+            let beta = v as f64 * geometry.arc() / nv as f64;
             for (k, r) in row.iter_mut().enumerate() {
-                *r = (sinogram[[v, k]] as f64 * pre[k]) as f32;
+                let pw = match parker {
+                    Some(delta) => parker_weight(beta, -fan_angle[k], delta),
+                    None => 1.0,
+                };
+                *r = (sinogram[[v, k]] as f64 * pre[k] * pw) as f32;
             }
             kernel.filter_row(row, buf);
         },
     );
     // Back-project, pixel-driven, in parallel over image rows.
-    let view_weight = geometry.arc().min(PI) / nv as f64;
+    let view_weight = if parker.is_some() {
+        geometry.arc() / nv as f64
+    } else {
+        geometry.arc().min(PI) / nv as f64
+    };
     let trig: Vec<(f64, f64)> = geometry.angles().iter().map(|a| a.sin_cos()).collect();
     let mut img = vec![0.0f32; h * w];
     img.par_chunks_mut(w).enumerate().for_each(|(i, out_row)| {
@@ -431,6 +488,50 @@ mod tests {
                 let mean = patch.mean().unwrap();
                 let label = format!("{name} {}", filter.name());
                 assert!((mean - 0.3).abs() < 0.01, "{label}: patch mean {mean}");
+            }
+        }
+    }
+
+    #[test]
+    fn parker_weights_complement() {
+        // Each line is measured twice in a short scan, at (beta, gamma) and at the
+        // conjugate (beta + pi + 2 gamma, -gamma) in Kak's convention: weights sum to 1.
+        let delta = 0.6;
+        for &gamma in &[-0.5, -0.1, 0.0, 0.3, 0.55] {
+            for i in 0..50 {
+                let beta = i as f64 * 0.02;
+                let conj = beta + PI + 2.0 * gamma;
+                if conj <= PI + 2.0 * delta {
+                    let s = parker_weight(beta, gamma, delta) + parker_weight(conj, -gamma, delta);
+                    assert!((s - 1.0).abs() < 1e-12, "{beta} {gamma}: {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fan_short_scan() {
+        // Default fan (fan angle ~61 degrees, so a short scan needs ~241 degrees) over 250
+        // and 300 degrees: Parker weighting must recover the disk interior to 1.5%
+        // (without Parker weights the error is 10%, with the sign of gamma flipped 33%).
+        let disk = Phantom {
+            ellipses: vec![Ellipse::new([2.0, -1.0], [20.0, 20.0], 0.0, 2.0).unwrap()],
+        };
+        for det in [FanDetector::Arc, FanDetector::Flat] {
+            for arc in [250.0, 300.0] {
+                let g =
+                    Geometry::new(64, 64, &GeometryParams::fan(det).views(250).arc(arc)).unwrap();
+                let rec = fbp(&g, disk.sinogram(&g).view(), Filter::SheppLogan).unwrap();
+                let mut worst = 0.0f32;
+                for i in 0..64 {
+                    for j in 0..64 {
+                        let (x, y) = (j as f64 - 31.5 - 2.0, 31.5 - i as f64 + 1.0);
+                        if x.hypot(y) < 12.0 {
+                            worst = worst.max((rec[[0, i, j]] - 2.0).abs() / 2.0);
+                        }
+                    }
+                }
+                assert!(worst < 0.015, "{det:?} arc {arc}: interior error {worst}");
             }
         }
     }
