@@ -545,4 +545,18 @@ mod tests {
         nan[[0, 0]] = f32::NAN;
         assert!(fbp(&g, nan.view(), Filter::RamLak).is_err());
     }
+
+    /// Timing only (never asserted): `cargo test --release -p posterior-operators --lib
+    /// ct::fbp::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        for p in kinds() {
+            let g = Geometry::new(512, 512, &p.1.views(180)).unwrap();
+            let sino = ndarray::Array2::<f32>::ones((g.views(), g.detectors()));
+            let t0 = std::time::Instant::now();
+            std::hint::black_box(fbp(&g, sino.view(), Filter::Hann).unwrap());
+            eprintln!("fbp 512x512, 180 views, {}: {:?}", p.0, t0.elapsed());
+        }
+    }
 }
