@@ -113,4 +113,42 @@ mod tests {
         );
         assert!(Filter::parse("ramp").is_ok() && Filter::parse("box").is_err());
     }
+
+    /// Writes a figure (never run by default): `CT_FIGURE=/tmp/ct.png cargo test --release
+    /// -p posterior --lib solve::fbp::tests::figure -- --ignored`. Left to right: Shepp-Logan
+    /// 256x256, FBP (ramp) of 180 parallel views, of 18 views (sparse), of 90 views over 90
+    /// degrees (limited angle), of 360 fan views (arc detector), of a Beer-Lambert scan with
+    /// i0 = 1e4 and Poisson photon noise (hann); display window [0.1, 0.4].
+    #[test]
+    #[ignore]
+    fn figure() {
+        use rand_distr::{Distribution, Poisson};
+        let path = std::env::var("CT_FIGURE").unwrap_or_else(|_| "/tmp/ct-fbp.png".into());
+        let n = 256;
+        let x = shepp_logan_image(n, n).unwrap().into_dyn();
+        let mut panels = vec![x.clone()];
+        for (s, filter) in [
+            ("ct:views=180", Filter::RamLak),
+            ("ct:views=18", Filter::RamLak),
+            ("ct:views=90,arc=90", Filter::RamLak),
+            ("ct:geometry=fan,views=360", Filter::RamLak),
+            ("ct:model=beer-lambert,i0=1e4,views=180", Filter::Hann),
+        ] {
+            let p = spec::build(s, &ctx(n)).unwrap();
+            let mut y = p.operator.forward(x.view()).unwrap();
+            if s.contains("beer") {
+                let mut r = posterior_operators::rng::seeded(1, "figure-noise");
+                y.mapv_inplace(|c| {
+                    Poisson::new(c as f64)
+                        .map(|d| d.sample(&mut r) as f32)
+                        .unwrap_or(0.0)
+                });
+            }
+            panels.push(fbp_spec(s, &ctx(n), y.view(), filter).unwrap());
+        }
+        let views: Vec<_> = panels.iter().map(|p| p.view()).collect();
+        let montage = ndarray::concatenate(ndarray::Axis(2), &views).unwrap();
+        let montage = montage.into_dimensionality::<ndarray::Ix3>().unwrap();
+        crate::io::write_image(std::path::Path::new(&path), montage.view(), (0.1, 0.4)).unwrap();
+    }
 }
