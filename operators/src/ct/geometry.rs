@@ -241,7 +241,7 @@ impl Geometry {
         let detectors = match p.detectors {
             Some(0) => return Err(Error::param(OP, "detectors", "must be at least 1, got 0")),
             Some(n) => n,
-            None => (2.0 * half_extent / spacing).ceil() as usize + 1,
+            None => ((2.0 * half_extent / spacing).ceil() as usize).saturating_add(1),
         };
         if let Beam::Fan {
             detector: FanDetector::Arc,
@@ -261,6 +261,19 @@ impl Geometry {
                     ),
                 ));
             }
+        }
+        // Keep the sinogram (and the projector's per-ray tables) to a sane size.
+        const MAX_ENTRIES: u128 = 1 << 25;
+        if p.views as u128 * detectors as u128 > MAX_ENTRIES {
+            return Err(Error::param(
+                OP,
+                "views",
+                format!(
+                    "x detectors = {} x {detectors} is too large a sinogram: at most {MAX_ENTRIES} \
+                     entries (check `views`, `detectors` and `spacing`)",
+                    p.views
+                ),
+            ));
         }
         let arc = arc_deg.to_radians();
         let start = p.start_degrees.to_radians();
@@ -441,6 +454,11 @@ mod tests {
             GeometryParams::parallel().arc(400.0),
             GeometryParams::parallel().detectors(0),
             GeometryParams::parallel().pixel(-1.0),
+            GeometryParams::parallel().views(1 << 30),
+            GeometryParams {
+                spacing: Some(1e-12),
+                ..GeometryParams::parallel()
+            },
             GeometryParams {
                 source_distance: Some(100.0),
                 ..GeometryParams::parallel()
