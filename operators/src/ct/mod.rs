@@ -1,5 +1,19 @@
 //! Computed tomography: scan geometries (parallel and fan beam), the ray-driven projector
-//! with its exact adjoint, the Beer-Lambert transmission model, and analytic phantoms.
+//! with its exact adjoint, the Beer-Lambert transmission model, analytic phantoms and
+//! filtered back-projection.
+//!
+//! ```
+//! use posterior_operators::ct::{fbp, shepp_logan_image, CtProjector, Filter, Geometry, GeometryParams};
+//! use posterior_operators::LinearOperatorExt;
+//!
+//! let x = shepp_logan_image(64, 64).unwrap();
+//! let geometry = Geometry::new(64, 64, &GeometryParams::parallel().views(90)).unwrap();
+//! let a = CtProjector::new(geometry.clone()).unwrap();
+//! let sinogram = a.apply_to(x.view().into_dyn()).unwrap(); // (90, detectors)
+//! let sinogram = sinogram.into_dimensionality::<ndarray::Ix2>().unwrap();
+//! let rec = fbp(&geometry, sinogram.view(), Filter::Hann).unwrap(); // (1, 64, 64)
+//! assert_eq!(rec.shape(), &[1, 64, 64]);
+//! ```
 //!
 //! Conventions (details in [`geometry`]): the image is `(1, H, W)` on a centred grid of
 //! square pixels of side `pixel` (default 1, so line integrals are in attenuation x
