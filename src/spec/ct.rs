@@ -43,8 +43,8 @@ pub static INFO: FamilyInfo = FamilyInfo {
         },
         ParamInfo {
             key: "arc",
-            default: "180 (parallel), 360 (fan)",
-            help: "angular range of the views in degrees, (0, 360] (limited angle: e.g. 90)",
+            default: "180|360",
+            help: "angular range of the views in degrees, (0, 360]: 180 parallel, 360 fan (limited angle: e.g. 90)",
         },
         ParamInfo {
             key: "start",
@@ -53,13 +53,13 @@ pub static INFO: FamilyInfo = FamilyInfo {
         },
         ParamInfo {
             key: "detectors",
-            default: "covers the image",
+            default: "auto",
             help: "number of detector elements; the default covers the image's circumscribed circle",
         },
         ParamInfo {
             key: "spacing",
-            default: "1 pixel at the centre",
-            help: "detector spacing (length; arc length on an arc detector): pixel (parallel), pixel*sdd/sod (fan)",
+            default: "auto",
+            help: "detector spacing (length; arc length on an arc detector); auto = one pixel at the centre: pixel (parallel), pixel*sdd/sod (fan)",
         },
         ParamInfo {
             key: "detector",
@@ -68,8 +68,8 @@ pub static INFO: FamilyInfo = FamilyInfo {
         },
         ParamInfo {
             key: "sod",
-            default: "image diagonal",
-            help: "fan beam only: source-to-centre distance (length), > the image's circumscribed radius",
+            default: "diagonal",
+            help: "fan beam only: source-to-centre distance (length), > the circumscribed radius; default the image diagonal",
         },
         ParamInfo {
             key: "sdd",
@@ -78,8 +78,8 @@ pub static INFO: FamilyInfo = FamilyInfo {
         },
         ParamInfo {
             key: "pixel",
-            default: "1 (linear), 21.15/max(H,W) (beer-lambert)",
-            help: "pixel side (length unit of line integrals); beer-lambert default reads [0,1] images on LoDoPaB's scale",
+            default: "1|auto",
+            help: "pixel side, the length unit of line integrals: 1 (linear); beer-lambert auto = 21.15/max(H,W), [0,1] images on LoDoPaB's mu scale",
         },
         ParamInfo {
             key: "model",
@@ -100,6 +100,15 @@ pub static INFO: FamilyInfo = FamilyInfo {
     ],
     grayscale_only: true,
 };
+
+/// `key` parsed as `T`, with `auto` (or absence) meaning the default.
+fn opt_auto<T: std::str::FromStr>(spec: &Spec, key: &str) -> Result<Option<T>> {
+    if spec.raw(key) == Some("auto") {
+        Ok(None)
+    } else {
+        spec.opt(key)
+    }
+}
 
 /// Reads the model key (`linear` or `beer-lambert`).
 fn model(spec: &Spec) -> Result<bool> {
@@ -144,13 +153,13 @@ pub fn geometry(spec: &Spec, ctx: &BuildContext) -> Result<Geometry> {
     let params = GeometryParams {
         beam,
         views: spec.get("views", 180usize)?,
-        arc_degrees: spec.opt("arc")?,
+        arc_degrees: opt_auto(spec, "arc")?,
         start_degrees: spec.get("start", 0.0)?,
-        detectors: spec.opt("detectors")?,
-        spacing: spec.opt("spacing")?,
-        pixel: spec.get("pixel", default_pixel)?,
-        source_distance: spec.opt("sod")?,
-        detector_distance: spec.opt("sdd")?,
+        detectors: opt_auto(spec, "detectors")?,
+        spacing: opt_auto(spec, "spacing")?,
+        pixel: opt_auto(spec, "pixel")?.unwrap_or(default_pixel),
+        source_distance: opt_auto(spec, "sod")?,
+        detector_distance: opt_auto(spec, "sdd")?,
     };
     Ok(Geometry::new(h, w, &params)?)
 }
@@ -252,7 +261,7 @@ mod tests {
         let g = geometry(&s, &ctx(&[1, 64, 64])).unwrap();
         assert_eq!(g.views(), 180);
         assert_eq!(g.pixel(), 1.0);
-        let s = Spec::parse("ct:model=beer-lambert").unwrap();
+        let s = Spec::parse("ct:model=beer-lambert,pixel=auto,detectors=auto").unwrap();
         let g = geometry(&s, &ctx(&[1, 64, 64])).unwrap();
         assert!((g.pixel() - LODOPAB_WIDTH / 64.0).abs() < 1e-12);
     }
