@@ -46,6 +46,12 @@ pub struct FourierPhaseRetrieval {
     left: usize,
     oversampling: f32,
     fft: Fft2,
+    /// For each image pixel (row-major `H x W`), its index in the FFT frame: the padded
+    /// grid after `ifftshift`, so that the plain FFT of that buffer is the centred DFT up to
+    /// the output `fftshift` (no copies for the input shift).
+    pixel_index: Vec<usize>,
+    /// For each plain-FFT output index, its index in the centred measurement (`fftshift`).
+    out_index: Vec<usize>,
     domain: Vec<usize>,
     range: Vec<usize>,
 }
@@ -112,13 +118,30 @@ impl FourierPhaseRetrieval {
     }
 
     fn build(h: usize, w: usize, ho: usize, wo: usize, oversampling: f32) -> Result<Self> {
+        let (top, left) = ((ho - h) / 2, (wo - w) / 2);
+        // ifftshift moves centred index i to (i + ho - ho/2) % ho.
+        let pixel_index = (0..h * w)
+            .map(|p| {
+                let (i, j) = (p / w + top, p % w + left);
+                ((i + ho - ho / 2) % ho) * wo + (j + wo - wo / 2) % wo
+            })
+            .collect();
+        // fftshift moves plain index k to (k + ho/2) % ho.
+        let out_index = (0..ho * wo)
+            .map(|k| {
+                let (i, j) = (k / wo, k % wo);
+                ((i + ho / 2) % ho) * wo + (j + wo / 2) % wo
+            })
+            .collect();
         Ok(FourierPhaseRetrieval {
+            pixel_index,
+            out_index,
             h,
             w,
             ho,
             wo,
-            top: (ho - h) / 2,
-            left: (wo - w) / 2,
+            top,
+            left,
             oversampling,
             fft: Fft2::new(ho, wo),
             domain: vec![1, h, w],
@@ -141,45 +164,53 @@ impl FourierPhaseRetrieval {
         self.oversampling
     }
 
-    /// Whether grid index `k = i * Wo + j` lies in the image's support box.
-    fn in_support(&self, k: usize) -> bool {
-        let (i, j) = (k / self.wo, k % self.wo);
-        i >= self.top && i < self.top + self.h && j >= self.left && j < self.left + self.w
+    /// `1 / sqrt(Ho Wo)`, the orthonormal DFT's scale.
+    fn scale(&self) -> f32 {
+        1.0 / ((self.ho * self.wo) as f32).sqrt()
     }
 
-    /// `P x` as complex numbers on the padded grid (row-major `Ho x Wo`).
+    /// The support (the image box) as a mask over the FFT frame.
+    fn support_mask(&self) -> Vec<bool> {
+        let mut s = vec![false; self.ho * self.wo];
+        for &k in &self.pixel_index {
+            s[k] = true;
+        }
+        s
+    }
+
+    /// `P x` in the FFT frame (see `pixel_index`), as complex numbers.
     fn pad(&self, x: ArrayViewD<f32>) -> Vec<Complex32> {
         let mut g = vec![Complex32::default(); self.ho * self.wo];
-        for ((_, i, j), &v) in x
-            .into_dimensionality::<ndarray::Ix3>()
-            .expect("phase: domain is 3-D")
-            .indexed_iter()
-        {
-            g[(i + self.top) * self.wo + j + self.left] = Complex32::new(v, 0.0);
+        for (&k, &v) in self.pixel_index.iter().zip(x.iter()) {
+            g[k] = Complex32::new(v, 0.0);
         }
         g
     }
 
-    /// `P^T Re(g)`: the real part of the support box, as a `(1, H, W)` image.
+    /// `P^T Re(g)` for `g` in the FFT frame, as a `(1, H, W)` image.
     fn crop_real(&self, g: &[Complex32]) -> ArrayD<f32> {
-        ArrayD::from_shape_fn(IxDyn(&[1, self.h, self.w]), |ix| {
-            g[(ix[1] + self.top) * self.wo + ix[2] + self.left].re
-        })
+        let data = self.pixel_index.iter().map(|&k| g[k].re).collect();
+        ArrayD::from_shape_vec(IxDyn(&[1, self.h, self.w]), data)
+            .expect("phase: domain shape matches the pixel count")
+    }
+
+    /// The unnormalised plain FFT of `P x` in the FFT frame: `z_plain[k] = sqrt(Ho Wo)
+    /// (F P x)[out_index[k]]`.
+    fn transform_plain(&self, x: ArrayViewD<f32>) -> Vec<Complex32> {
+        let mut z = self.pad(x);
+        self.fft.forward(&mut z);
+        z
     }
 
     /// The complex field `z = F P x` (row-major `Ho x Wo`, DC at `(Ho/2, Wo/2)`).
     pub fn transform(&self, x: ArrayViewD<f32>) -> Vec<Complex32> {
-        let mut z = self.pad(x);
-        self.fft.forward_centered(&mut z);
+        let plain = self.transform_plain(x);
+        let s = self.scale();
+        let mut z = vec![Complex32::default(); plain.len()];
+        for (v, &o) in plain.iter().zip(&self.out_index) {
+            z[o] = v * s;
+        }
         z
-    }
-
-    fn magnitudes(&self, z: &[Complex32]) -> ArrayD<f32> {
-        ArrayD::from_shape_vec(
-            IxDyn(&[1, self.ho, self.wo]),
-            z.iter().map(|v| v.norm()).collect(),
-        )
-        .expect("phase: range shape matches the grid")
     }
 
     /// Checks a measurement's shape and values; returns its magnitudes as a flat vector,
@@ -202,19 +233,33 @@ impl ForwardOperator for FourierPhaseRetrieval {
         &self.range
     }
     fn forward(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
-        self.magnitudes(&self.transform(x))
+        let z = self.transform_plain(x);
+        let s = self.scale();
+        let mut y = vec![0.0f32; z.len()];
+        for (v, &o) in z.iter().zip(&self.out_index) {
+            y[o] = v.norm() * s;
+        }
+        ArrayD::from_shape_vec(IxDyn(&self.range), y).expect("phase: range matches the grid")
     }
+    /// `P^T Re F^H (v ⊙ z / |z|)`, computed in the FFT frame: with `F = S_out fft S_in /
+    /// sqrt(N)` (the shifts are permutations), `F^H w = S_in^T ifft_unnormalised(S_out^T w)
+    /// / sqrt(N)`, and `z / |z|` has the plain transform's phase.
     fn vjp(&self, x: ArrayViewD<f32>, cotangent: ArrayViewD<f32>) -> ArrayD<f32> {
-        let mut z = self.transform(x);
-        for (zk, &v) in z.iter_mut().zip(cotangent.iter()) {
+        let mut z = self.transform_plain(x);
+        let v = cotangent
+            .as_slice()
+            .map(|s| s.to_vec())
+            .unwrap_or_else(|| cotangent.iter().copied().collect());
+        let s = self.scale();
+        for (zk, &o) in z.iter_mut().zip(&self.out_index) {
             let m = zk.norm();
             *zk = if m > 0.0 {
-                *zk * (v / m)
+                *zk * (v[o] * s / m)
             } else {
                 Complex32::default()
             };
         }
-        self.fft.inverse_centered(&mut z);
+        self.fft.inverse(&mut z);
         self.crop_real(&z)
     }
 }
@@ -301,7 +346,12 @@ pub fn hio_with(
         ));
     }
     let n = op.ho * op.wo;
-    let support: Vec<bool> = (0..n).map(|k| op.in_support(k)).collect();
+    let support = op.support_mask();
+    // The measured magnitudes in plain-FFT order, scaled so that one magnitude
+    // projection is `ifft_unnormalised(z * mag_plain / |z|)`: sqrt(N) for the orthonormal
+    // scale, 1/N for the unnormalised inverse.
+    let s = op.scale();
+    let mag_plain: Vec<f32> = op.out_index.iter().map(|&o| mag[o] * s).collect();
     let energy = mag.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
     let mut r = rng::seeded(seed, "phase-hio");
     let mut best: Option<(f64, Vec<f32>)> = None;
@@ -319,7 +369,7 @@ pub fn hio_with(
         }
         let total = opts.iters + opts.er_iters;
         for it in 0..total {
-            magnitude_projection(op, &g, &mag, &mut gp);
+            magnitude_projection(op, &g, &mag_plain, &mut gp);
             let hio_phase = it < opts.iters;
             for k in 0..n {
                 let v = gp[k].re;
@@ -356,13 +406,20 @@ pub fn hio_with(
     Ok(ArrayD::from_shape_vec(IxDyn(&op.domain), data).expect("domain-shaped"))
 }
 
-/// `gp <- F^H (mag ⊙ F g / |F g|)` on the padded grid (phase 0 where `F g = 0`).
-fn magnitude_projection(op: &FourierPhaseRetrieval, g: &[f32], mag: &[f32], gp: &mut [Complex32]) {
+/// `gp <- F^H (y ⊙ F g / |F g|)` on the padded grid in the FFT frame (phase 0 where
+/// `F g = 0`), with `mag_plain` the measured magnitudes in plain-FFT order times
+/// `1 / sqrt(N)` (see [`hio_with`]).
+fn magnitude_projection(
+    op: &FourierPhaseRetrieval,
+    g: &[f32],
+    mag_plain: &[f32],
+    gp: &mut [Complex32],
+) {
     for (o, &v) in gp.iter_mut().zip(g) {
         *o = Complex32::new(v, 0.0);
     }
-    op.fft.forward_centered(gp);
-    for (z, &m) in gp.iter_mut().zip(mag) {
+    op.fft.forward(gp);
+    for (z, &m) in gp.iter_mut().zip(mag_plain) {
         let a = z.norm();
         *z = if a > 0.0 {
             *z * (m / a)
@@ -370,7 +427,7 @@ fn magnitude_projection(op: &FourierPhaseRetrieval, g: &[f32], mag: &[f32], gp: 
             Complex32::new(m, 0.0)
         };
     }
-    op.fft.inverse_centered(gp);
+    op.fft.inverse(gp);
 }
 
 /// Gradient descent on `f(x) = ||A(x) - y||^2 / 2` with the VJP, `x <- x - step J^T (A(x) - y)`,
@@ -543,6 +600,11 @@ mod tests {
         let y = op.forward(x.view());
         let (nx, ny) = (dot(x.view(), x.view()), dot(y.view(), y.view()));
         assert!((nx - ny).abs() < 1e-5 * nx, "{nx} vs {ny}");
+        // `transform` is the centred field whose magnitudes are `forward`.
+        let z = op.transform(x.view());
+        for (a, b) in z.iter().zip(y.iter()) {
+            assert!((a.norm() - b).abs() < 1e-6);
+        }
         // DC at (Ho/2, Wo/2) equals |sum x| / sqrt(Ho Wo).
         let s: f64 = x.iter().map(|&v| v as f64).sum();
         let dc = y[[0, 9, 12]] as f64;
