@@ -12,7 +12,6 @@ pub mod measurement;
 pub mod metrics;
 pub mod recon;
 pub mod solve;
-pub mod shim;
 pub mod spec;
 
 pub use error::{Error, Result};

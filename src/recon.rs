@@ -9,7 +9,7 @@ use posterior_operators::{LinearOperator, Operator};
 
 use crate::error::{Error, Result};
 use crate::solve::{self, IterCallback, TvOptions};
-use crate::spec::{Physics, Spec};
+use crate::spec::Physics;
 
 /// A classical reconstruction method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub struct ReconOptions {
     /// Iterations; the method's default when `None`.
     pub iters: Option<usize>,
     /// Regularisation weight: Tikhonov for `cg` (default 0), relative TV weight for `tv`
-    /// (default 2e-3, see [`solve::tv`]).
+    /// (default 1e-3, see [`solve::tv`]).
     pub lambda: Option<f32>,
     /// The FBP filter: ramp, shepp-logan, cosine or hann.
     pub filter: String,
@@ -172,8 +172,10 @@ pub fn reconstruct(
                     physics.spec
                 )));
             }
-            let _spec = Spec::parse(&physics.spec)?;
-            crate::shim::fbp_unavailable() // WIP-FBP
+            // fbp_spec rebuilds the geometry from the spec and linearises Beer-Lambert
+            // counts itself, so it takes the raw measurement.
+            let filter = crate::solve::fbp::Filter::parse(&opts.filter)?;
+            crate::solve::fbp::fbp_spec(&physics.spec, &physics.context, y, filter)
         }
         Method::Gd => {
             let x = match (linear, &physics.operator) {
@@ -204,7 +206,7 @@ pub fn reconstruct(
                     physics.spec
                 )));
             }
-            crate::shim::hio(physics, y, iters, opts.seed)
+            crate::spec::phase::hio(physics, y, iters, opts.seed)
         }
     }
 }

@@ -15,7 +15,7 @@ pub fn run(a: &DegradeArgs) -> Result<()> {
     }
     let axis = measurement::parse_axis(&a.axis)?;
     let family = spec::family(spec::Spec::parse(&a.op)?.family.as_str())?;
-    let noise = crate::shim::parse_noise(&a.noise)?;
+    let noise = spec::noise::parse_noise(&a.noise)?;
     let loaded = io::read_image(&a.input, &ReadOptions { slice: a.slice, axis })?;
     let (image, to_grayscale) = measurement::prepare_image(loaded.data, family);
     if to_grayscale {

@@ -83,7 +83,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
             base_dir: a.out.clone(),
         };
         let physics = spec::build(case.op, &ctx)?;
-        let noise = crate::shim::parse_noise(case.noise)?;
+        let noise = spec::noise::parse_noise(case.noise)?;
         let y = physics.measure(image.view().into_dyn(), &noise, seed)?;
         let preview = spec::preview(y.view(), (0.0, 1.0));
         io::write_image(&a.out.join(format!("{}_measurement.png", case.name)), preview.view(), (0.0, 1.0))?;
@@ -107,7 +107,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
             tiles.push(figure::tile(rec.mapv(|v| v.clamp(0.0, 1.0)).view(), TILE));
             println!(
                 "{:<9} {:<46} {:<8} {:>9.2} {:>7.4} {:>8.2}",
-                case.name, case.op, method, r.psnr, r.ssim, seconds
+                case.name, case.op, method.name(), r.psnr, r.ssim, seconds
             );
             rows.push(format!("{}\t{}\t{:.2}\t{:.4}", case.name, method, r.psnr, r.ssim));
         }

@@ -80,7 +80,7 @@ pub struct ReconstructArgs {
     #[arg(long)]
     pub iters: Option<usize>,
     /// Regularisation weight: Tikhonov for cg (default 0), relative TV weight for tv
-    /// (default 2e-3).
+    /// (default 1e-3).
     #[arg(long)]
     pub lambda: Option<f32>,
     /// FBP filter: ramp, shepp-logan, cosine, hann.

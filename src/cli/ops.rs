@@ -21,7 +21,7 @@ pub fn listing() -> String {
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "Noise models (--noise NAME:key=value):\n");
-    for n in crate::shim::NOISE_MODELS {
+    for n in spec::noise::NOISE_MODELS {
         let _ = writeln!(s, "{}  {}", n.name, n.summary);
         write_params(&mut s, n.params);
         let _ = writeln!(s);

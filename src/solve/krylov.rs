@@ -42,11 +42,19 @@ pub fn conjugate_gradient(
     let b_norm = dot(b.view(), b.view()).sqrt().max(f64::MIN_POSITIVE);
     let mut rr = dot(r.view(), r.view());
     let mut iterations = 0;
+    // The largest Rayleigh quotient <p, M p> / <p, p> seen: a scale for M's spectrum.
+    let mut rayleigh_max = 0.0f64;
     while iterations < max_iters && rr.sqrt() > tol * b_norm {
         apply_m(p.view(), mp.view_mut());
         let pmp = dot(p.view(), mp.view());
-        if pmp <= 0.0 {
-            break; // p in the null space of M: nothing more to gain.
+        let rayleigh = pmp / dot(p.view(), p.view()).max(f64::MIN_POSITIVE);
+        rayleigh_max = rayleigh_max.max(rayleigh);
+        // Stop when the direction lies (numerically) in M's null space: for a singular M
+        // (super-resolution, undersampled k-space) f32 rounding feeds null-space components
+        // into p once the residual is at rounding level, and a step along them would
+        // blow x up without reducing the residual.
+        if !(rayleigh > 1e-6 * rayleigh_max) {
+            break;
         }
         let alpha = (rr / pmp) as f32;
         Zip::from(&mut *x).and(&p).for_each(|x, &p| *x += alpha * p);
@@ -99,7 +107,7 @@ pub fn least_squares(
                 .for_each(|o, &v| *o += lambda * v);
         }
     };
-    let report = conjugate_gradient(&apply, rhs.view(), &mut x, max_iters, 1e-7, on_iter);
+    let report = conjugate_gradient(&apply, rhs.view(), &mut x, max_iters, 1e-6, on_iter);
     Ok((x, report))
 }
 

@@ -12,8 +12,11 @@ const OP: &str = "mri coil sensitivities";
 
 /// Radius of the circle the synthetic coils sit on, in units of the half field of view.
 pub const COIL_RADIUS: f64 = 1.5;
-/// Width of the Gaussian magnitude falloff of a synthetic coil, same units.
-pub const COIL_WIDTH: f64 = 1.0;
+/// Width of the Gaussian magnitude falloff of a synthetic coil, same units. Narrow enough
+/// that eight coils resolve 4x uniform undersampling (SENSE g-factor): at 1.0 the maps were
+/// so flat that noise-free CG reached only 26.6 dB on the 256x256 example after 30
+/// iterations (31.5 dB at 0.4), closer to what real receive arrays give.
+pub const COIL_WIDTH: f64 = 0.4;
 
 /// Deterministic synthetic sensitivities of `coils` coils for an `h x w` image.
 ///
