@@ -117,7 +117,10 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
 /// behind if the second write fails.
 pub fn write(path: &Path, y: &ArrayD<f32>, side: &Sidecar) -> Result<()> {
     if io::extension(path) != "npy" {
-        return Err(Error::file(path, "the measurement must be written to a .npy file"));
+        return Err(Error::file(
+            path,
+            "the measurement must be written to a .npy file",
+        ));
     }
     io::write_npy(path, y.view())?;
     if let Err(e) = io::write_json(&Sidecar::path_for(path), side) {
@@ -149,7 +152,9 @@ pub fn prepare_image(
 pub fn display_range(image: ndarray::ArrayView3<f32>) -> [f32; 2] {
     let (lo, hi) = image
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
     [lo.min(0.0), hi.max(1.0)]
 }
 
@@ -175,9 +180,7 @@ pub fn read_truth(path: &Path, side: &Sidecar) -> Result<ndarray::Array3<f32>> {
     let loaded = io::read_image(path, &opts)?;
     let mut image = loaded.data;
     if side.source.to_grayscale && image.shape()[0] == 3 {
-        let family = spec::family(
-            spec::Spec::parse(&side.operator)?.family.as_str(),
-        )?;
+        let family = spec::family(spec::Spec::parse(&side.operator)?.family.as_str())?;
         image = prepare_image(image, family).0;
     }
     if image.shape() != side.image_shape.as_slice() {

@@ -139,7 +139,11 @@ pub fn reconstruct(
         Error::Invalid(format!(
             "method `{name}` needs a linear forward model; {} is nonlinear: use --method gd{}",
             physics.operator.name(),
-            if physics.family.name == "phase" { " or hio" } else { "" }
+            if physics.family.name == "phase" {
+                " or hio"
+            } else {
+                ""
+            }
         ))
     };
     let iters = opts.iters();

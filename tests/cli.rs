@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn posterior() -> Command {
@@ -16,15 +18,25 @@ fn posterior() -> Command {
 /// Runs a command that must succeed; returns its stdout.
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("command runs");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "command failed:\nstdout: {stdout}\nstderr: {stderr}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "command failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
     stdout.into_owned()
 }
 
 /// Runs a command that must fail; returns its stderr.
 fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().expect("command runs");
-    assert!(!out.status.success(), "command succeeded but should have failed: {:?}", cmd);
+    assert!(
+        !out.status.success(),
+        "command succeeded but should have failed: {:?}",
+        cmd
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(stderr.contains("error"), "no error message: {stderr}");
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
@@ -33,8 +45,14 @@ fn fails(cmd: &mut Command) -> String {
 
 /// The PSNR that `reconstruct --truth` prints.
 fn psnr(stdout: &str) -> f64 {
-    let line = stdout.lines().find(|l| l.starts_with("PSNR")).unwrap_or_else(|| panic!("no PSNR in {stdout}"));
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad PSNR line {line}"))
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("PSNR"))
+        .unwrap_or_else(|| panic!("no PSNR in {stdout}"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad PSNR line {line}"))
 }
 
 struct Run {
@@ -43,7 +61,9 @@ struct Run {
 
 impl Run {
     fn new() -> Self {
-        Run { dir: tempfile::tempdir().expect("temp dir") }
+        Run {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -81,19 +101,55 @@ impl Run {
 #[test]
 fn every_family_degrades_and_reconstructs_a_png() {
     let img = data("coffee_rgb.png"); // 64x64 RGB
-    // (operator, noise, method, extra reconstruct args, PSNR floor in dB). The floors sit a
-    // few dB under the values measured when the test was written, so a regression that
-    // breaks a method fails while run-to-run noise does not.
+                                      // (operator, noise, method, extra reconstruct args, PSNR floor in dB). The floors sit a
+                                      // few dB under the values measured when the test was written, so a regression that
+                                      // breaks a method fails while run-to-run noise does not.
     let cases: &[(&str, &str, &str, &[&str], f64)] = &[
-        ("blur:kernel=gaussian,sigma=1.5", "gaussian:sigma=0.01", "cg", &["--iters", "20"], 22.0),
-        ("blur:kernel=motion,intensity=0.5", "gaussian:sigma=0.01", "tv", &["--iters", "150"], 20.0),
-        ("inpaint:mask=random,fraction=0.5", "none", "tv", &["--iters", "200"], 22.0),
+        (
+            "blur:kernel=gaussian,sigma=1.5",
+            "gaussian:sigma=0.01",
+            "cg",
+            &["--iters", "20"],
+            22.0,
+        ),
+        (
+            "blur:kernel=motion,intensity=0.5",
+            "gaussian:sigma=0.01",
+            "tv",
+            &["--iters", "150"],
+            20.0,
+        ),
+        (
+            "inpaint:mask=random,fraction=0.5",
+            "none",
+            "tv",
+            &["--iters", "200"],
+            22.0,
+        ),
         ("inpaint:mask=box", "none", "adjoint", &[], 8.0),
         ("sr:factor=2", "none", "cg", &[], 22.0),
-        ("mri:coils=4,accel=4", "complex-gaussian:sigma=0.002", "cg", &[], 22.0),
+        (
+            "mri:coils=4,accel=4",
+            "complex-gaussian:sigma=0.002",
+            "cg",
+            &[],
+            22.0,
+        ),
         ("ct:views=60", "none", "fbp", &[], 20.0),
-        ("ct:model=beer-lambert,views=60", "poisson:scale=1", "fbp", &[], 15.0),
-        ("phase:oversampling=2", "none", "hio", &["--iters", "300"], 8.0),
+        (
+            "ct:model=beer-lambert,views=60",
+            "poisson:scale=1",
+            "fbp",
+            &[],
+            15.0,
+        ),
+        (
+            "phase:oversampling=2",
+            "none",
+            "hio",
+            &["--iters", "300"],
+            8.0,
+        ),
     ];
     for &(op, noise, method, extra, floor) in cases {
         let run = Run::new();
@@ -107,10 +163,18 @@ fn every_family_degrades_and_reconstructs_a_png() {
 fn cg_beats_zero_filling_on_4x_multicoil_mri_of_a_nifti_slice() {
     let img = data("brain_t1.nii.gz");
     let run = Run::new();
-    run.degrade(&img, "mri:coils=8,accel=4,mask=uniform1d,acs=0.08", "complex-gaussian:sigma=0.002", &["--axis", "coronal", "--slice", "4"]);
+    run.degrade(
+        &img,
+        "mri:coils=8,accel=4,mask=uniform1d,acs=0.08",
+        "complex-gaussian:sigma=0.002",
+        &["--axis", "coronal", "--slice", "4"],
+    );
     let zero_filled = run.reconstruct("adjoint", &img, &[]);
     let cg = run.reconstruct("cg", &img, &[]);
-    assert!(cg > zero_filled + 2.0, "cg {cg:.2} dB vs zero-filled {zero_filled:.2} dB");
+    assert!(
+        cg > zero_filled + 2.0,
+        "cg {cg:.2} dB vs zero-filled {zero_filled:.2} dB"
+    );
 }
 
 #[test]
@@ -121,11 +185,21 @@ fn fbp_and_tv_beat_the_adjoint_on_sparse_view_ct_of_a_dicom_slice() {
     let adjoint = run.reconstruct("adjoint", &img, &[]);
     let fbp = run.reconstruct("fbp", &img, &["--filter", "shepp-logan"]);
     let tv = run.reconstruct("tv", &img, &["--iters", "150", "--nonneg"]);
-    assert!(fbp > adjoint + 3.0, "fbp {fbp:.2} dB vs adjoint {adjoint:.2} dB");
-    assert!(tv > adjoint + 3.0, "tv {tv:.2} dB vs adjoint {adjoint:.2} dB");
+    assert!(
+        fbp > adjoint + 3.0,
+        "fbp {fbp:.2} dB vs adjoint {adjoint:.2} dB"
+    );
+    assert!(
+        tv > adjoint + 3.0,
+        "tv {tv:.2} dB vs adjoint {adjoint:.2} dB"
+    );
     // The .npy output comes back in the file's units (HU for CT).
     let npy = run.path("x.npy");
-    ok(posterior().arg("reconstruct").arg(run.path("y.npy")).args(["--method", "fbp", "--out"]).arg(&npy));
+    ok(posterior()
+        .arg("reconstruct")
+        .arg(run.path("y.npy"))
+        .args(["--method", "fbp", "--out"])
+        .arg(&npy));
     let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&npy).expect("npy written");
     assert_eq!(x.shape(), &[1, 256, 256]);
     let mean = x.mean().unwrap_or(0.0);
@@ -136,7 +210,11 @@ fn fbp_and_tv_beat_the_adjoint_on_sparse_view_ct_of_a_dicom_slice() {
 fn assert_only(dir: &Path, allowed: &[&str]) {
     for e in std::fs::read_dir(dir).expect("dir") {
         let name = e.expect("entry").file_name().to_string_lossy().into_owned();
-        assert!(allowed.contains(&name.as_str()), "unexpected file {name} left in {}", dir.display());
+        assert!(
+            allowed.contains(&name.as_str()),
+            "unexpected file {name} left in {}",
+            dir.display()
+        );
     }
 }
 
@@ -146,24 +224,64 @@ fn bad_input_is_reported_and_leaves_no_partial_output() {
     let img = data("coffee_rgb.png");
     let out = run.path("y.npy");
 
-    let e = fails(posterior().args(["degrade", "no/such/file.png", "--op", "blur", "--out"]).arg(&out));
+    let e = fails(
+        posterior()
+            .args(["degrade", "no/such/file.png", "--op", "blur", "--out"])
+            .arg(&out),
+    );
     assert!(e.contains("no/such/file.png"), "{e}");
-    let e = fails(posterior().arg("degrade").arg(&img).args(["--op", "blur:sigma=-1", "--out"]).arg(&out));
+    let e = fails(
+        posterior()
+            .arg("degrade")
+            .arg(&img)
+            .args(["--op", "blur:sigma=-1", "--out"])
+            .arg(&out),
+    );
     assert!(e.contains("sigma"), "{e}");
-    let e = fails(posterior().arg("degrade").arg(&img).args(["--op", "warp:x=1", "--out"]).arg(&out));
+    let e = fails(
+        posterior()
+            .arg("degrade")
+            .arg(&img)
+            .args(["--op", "warp:x=1", "--out"])
+            .arg(&out),
+    );
     assert!(e.contains("warp") && e.contains("blur"), "{e}");
-    let e = fails(posterior().arg("degrade").arg(&img).args(["--op", "blur", "--noise", "gaussian:sigma=x", "--out"]).arg(&out));
+    let e = fails(
+        posterior()
+            .arg("degrade")
+            .arg(&img)
+            .args(["--op", "blur", "--noise", "gaussian:sigma=x", "--out"])
+            .arg(&out),
+    );
     assert!(e.contains("sigma"), "{e}");
-    let e = fails(posterior().arg("degrade").arg(&img).args(["--op", "sr:factor=3", "--out"]).arg(&out));
+    let e = fails(
+        posterior()
+            .arg("degrade")
+            .arg(&img)
+            .args(["--op", "sr:factor=3", "--out"])
+            .arg(&out),
+    );
     assert!(e.contains("factor"), "{e}");
-    let e = fails(posterior().arg("degrade").arg(&img).args(["--op", "blur", "--out"]).arg(run.path("y.png")));
+    let e = fails(
+        posterior()
+            .arg("degrade")
+            .arg(&img)
+            .args(["--op", "blur", "--out"])
+            .arg(run.path("y.png")),
+    );
     assert!(e.contains(".npy"), "{e}");
     // NaN pixels.
     let nan = run.path("nan.npy");
     let mut a = ndarray::Array2::<f32>::zeros((16, 16));
     a[[3, 4]] = f32::NAN;
     ndarray_npy::write_npy(&nan, &a).expect("write");
-    let e = fails(posterior().arg("degrade").arg(&nan).args(["--op", "blur", "--out"]).arg(&out));
+    let e = fails(
+        posterior()
+            .arg("degrade")
+            .arg(&nan)
+            .args(["--op", "blur", "--out"])
+            .arg(&out),
+    );
     assert!(e.contains("NaN") || e.contains("non-finite"), "{e}");
     assert_only(run.dir.path(), &["nan.npy"]);
 
@@ -172,7 +290,11 @@ fn bad_input_is_reported_and_leaves_no_partial_output() {
     let x = run.path("x.png");
     let reconstruct = |extra: &[&str]| {
         let mut c = posterior();
-        c.arg("reconstruct").arg(&out).args(extra).arg("--out").arg(&x);
+        c.arg("reconstruct")
+            .arg(&out)
+            .args(extra)
+            .arg("--out")
+            .arg(&x);
         c
     };
     let e = fails(&mut reconstruct(&["--method", "fbp"]));
@@ -193,10 +315,35 @@ fn bad_input_is_reported_and_leaves_no_partial_output() {
 #[test]
 fn ops_lists_every_family_with_its_parameters() {
     let out = ok(posterior().arg("ops"));
-    for name in ["blur", "inpaint", "sr", "mri", "ct", "phase", "gaussian", "poisson", "complex-gaussian"] {
-        assert!(out.lines().any(|l| l.starts_with(name)), "`{name}` missing from:\n{out}");
+    for name in [
+        "blur",
+        "inpaint",
+        "sr",
+        "mri",
+        "ct",
+        "phase",
+        "gaussian",
+        "poisson",
+        "complex-gaussian",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "`{name}` missing from:\n{out}"
+        );
     }
-    for key in ["sigma", "kernel", "mask", "fraction", "factor", "coils", "accel", "acs", "views", "geometry", "oversampling"] {
+    for key in [
+        "sigma",
+        "kernel",
+        "mask",
+        "fraction",
+        "factor",
+        "coils",
+        "accel",
+        "acs",
+        "views",
+        "geometry",
+        "oversampling",
+    ] {
         assert!(out.contains(key), "key `{key}` missing");
     }
 }

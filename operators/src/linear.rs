@@ -334,3 +334,90 @@ pub fn dot(a: ArrayViewD<f32>, b: ArrayViewD<f32>) -> f64 {
 pub fn norm(a: ArrayViewD<f32>) -> f64 {
     a.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `A = diag(d)` with a deliberately defective adjoint, to show the test tells a wrong
+    /// scale from a wrong adjoint.
+    struct Diag {
+        d: Vec<f32>,
+        shape: Vec<usize>,
+        adjoint_scale: f32,
+        adjoint_reversed: bool,
+    }
+
+    impl LinearOperator for Diag {
+        fn name(&self) -> String {
+            "diag".into()
+        }
+        fn domain_shape(&self) -> &[usize] {
+            &self.shape
+        }
+        fn range_shape(&self) -> &[usize] {
+            &self.shape
+        }
+        fn apply(&self, x: ArrayViewD<f32>, mut y: ArrayViewMutD<f32>) {
+            for ((y, x), d) in y.iter_mut().zip(x.iter()).zip(&self.d) {
+                *y = d * x;
+            }
+        }
+        fn adjoint(&self, y: ArrayViewD<f32>, mut x: ArrayViewMutD<f32>) {
+            let n = self.d.len();
+            for (i, (x, y)) in x.iter_mut().zip(y.iter()).enumerate() {
+                let d = if self.adjoint_reversed {
+                    self.d[n - 1 - i]
+                } else {
+                    self.d[i]
+                };
+                *x = self.adjoint_scale * d * y;
+            }
+        }
+    }
+
+    fn diag(adjoint_scale: f32, adjoint_reversed: bool) -> Diag {
+        Diag {
+            d: (0..12).map(|i| 1.0 + i as f32).collect(),
+            shape: vec![3, 4],
+            adjoint_scale,
+            adjoint_reversed,
+        }
+    }
+
+    #[test]
+    fn adjoint_test_accepts_a_right_adjoint_and_names_a_scaled_or_wrong_one() {
+        assert!(adjoint_test(&diag(1.0, false), 1)
+            .verdict("ok", 1e-6)
+            .is_ok());
+        let scaled = adjoint_test(&diag(2.0, false), 1);
+        let msg = scaled.verdict("scaled", 1e-6).unwrap_err();
+        assert!(msg.contains("wrongly scaled"), "{msg}");
+        assert!((scaled.fitted_scale - 0.5).abs() < 1e-6);
+        let wrong = adjoint_test(&diag(1.0, true), 1)
+            .verdict("wrong", 1e-6)
+            .unwrap_err();
+        assert!(wrong.contains("adjoint is wrong"), "{wrong}");
+    }
+
+    #[test]
+    fn composition_and_scaling_take_their_adjoints_from_the_parts() {
+        let c =
+            Composed::new(Box::new(diag(1.0, false)), Box::new(Identity::new(&[3, 4]))).unwrap();
+        assert!(adjoint_test(&c, 2).verdict("composed", 1e-6).is_ok());
+        let s = Scaled::new(Box::new(c), -3.0).unwrap();
+        assert!(adjoint_test(&s, 3).verdict("scaled", 1e-6).is_ok());
+        // The norm of -3 diag(1..12) is 36.
+        assert!((s.norm_estimate(100, 0) - 36.0).abs() < 0.05 * 36.0);
+        // (A^T A + g)^-1 of a scaled identity in closed form.
+        let si = Scaled::new(Box::new(Identity::new(&[2])), 2.0).unwrap();
+        let x = si
+            .solve_regularized(1.0, ndarray::arr1(&[5.0f32, 10.0]).into_dyn().view())
+            .unwrap();
+        assert!((x[0] - 1.0).abs() < 1e-6 && (x[1] - 2.0).abs() < 1e-6);
+        // Shapes must chain.
+        assert!(
+            Composed::new(Box::new(Identity::new(&[2])), Box::new(Identity::new(&[3]))).is_err()
+        );
+    }
+}

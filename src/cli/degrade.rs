@@ -16,10 +16,19 @@ pub fn run(a: &DegradeArgs) -> Result<()> {
     let axis = measurement::parse_axis(&a.axis)?;
     let family = spec::family(spec::Spec::parse(&a.op)?.family.as_str())?;
     let noise = spec::noise::parse_noise(&a.noise)?;
-    let loaded = io::read_image(&a.input, &ReadOptions { slice: a.slice, axis })?;
+    let loaded = io::read_image(
+        &a.input,
+        &ReadOptions {
+            slice: a.slice,
+            axis,
+        },
+    )?;
     let (image, to_grayscale) = measurement::prepare_image(loaded.data, family);
     if to_grayscale {
-        eprintln!("note: {} needs one channel; the colour image was converted to grayscale", family.name);
+        eprintln!(
+            "note: {} needs one channel; the colour image was converted to grayscale",
+            family.name
+        );
     }
     let base_dir = std::env::current_dir()
         .map_err(|e| Error::Invalid(format!("cannot read the current directory: {e}")))?;

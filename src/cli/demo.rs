@@ -43,19 +43,31 @@ const CASES: &[Case] = &[
         name: "sr4",
         op: "sr:factor=4",
         noise: "gaussian:sigma=0.01",
-        methods: &[(Method::Adjoint, None), (Method::Cg, None), (Method::Tv, Some(1e-4))],
+        methods: &[
+            (Method::Adjoint, None),
+            (Method::Cg, None),
+            (Method::Tv, Some(1e-4)),
+        ],
     },
     Case {
         name: "mri4x",
         op: "mri:coils=8,accel=4,mask=uniform1d,acs=0.08",
         noise: "complex-gaussian:sigma=0.005",
-        methods: &[(Method::Adjoint, None), (Method::Cg, None), (Method::Tv, Some(1e-3))],
+        methods: &[
+            (Method::Adjoint, None),
+            (Method::Cg, None),
+            (Method::Tv, Some(1e-3)),
+        ],
     },
     Case {
         name: "ct60",
         op: "ct:geometry=parallel,views=60",
         noise: "gaussian:sigma=0.5",
-        methods: &[(Method::Adjoint, None), (Method::Fbp, None), (Method::Tv, Some(1e-3))],
+        methods: &[
+            (Method::Adjoint, None),
+            (Method::Fbp, None),
+            (Method::Tv, Some(1e-3)),
+        ],
     },
 ];
 
@@ -72,8 +84,15 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let mut tiles: Vec<Array2<f32>> = Vec::new();
     let max_methods = CASES.iter().map(|c| c.methods.len()).max().unwrap_or(1);
     const TILE: usize = 192;
-    println!("posterior demo: {} (256x256), results in {}\n", example.display(), a.out.display());
-    println!("{:<9} {:<46} {:<8} {:>9} {:>7} {:>8}", "case", "operator", "method", "PSNR dB", "SSIM", "seconds");
+    println!(
+        "posterior demo: {} (256x256), results in {}\n",
+        example.display(),
+        a.out.display()
+    );
+    println!(
+        "{:<9} {:<46} {:<8} {:>9} {:>7} {:>8}",
+        "case", "operator", "method", "PSNR dB", "SSIM", "seconds"
+    );
     for case in CASES {
         let family = spec::family(spec::Spec::parse(case.op)?.family.as_str())?;
         let (image, _) = measurement::prepare_image(truth.clone(), family);
@@ -86,7 +105,11 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         let noise = spec::noise::parse_noise(case.noise)?;
         let y = physics.measure(image.view().into_dyn(), &noise, seed)?;
         let preview = spec::preview(y.view(), (0.0, 1.0));
-        io::write_image(&a.out.join(format!("{}_measurement.png", case.name)), preview.view(), (0.0, 1.0))?;
+        io::write_image(
+            &a.out.join(format!("{}_measurement.png", case.name)),
+            preview.view(),
+            (0.0, 1.0),
+        )?;
         tiles.push(figure::tile(image.view(), TILE));
         tiles.push(figure::tile(preview.view(), TILE));
         for &(method, lambda) in case.methods {
@@ -95,7 +118,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
             opts.nonnegative = method == Method::Tv;
             let progress = Progress::new(&format!("{} {}", case.name, method), opts.iters());
             let start = Instant::now();
-            let x = recon::reconstruct(&physics, y.view(), &opts, &mut |i, f| progress.update(i, f))?;
+            let x =
+                recon::reconstruct(&physics, y.view(), &opts, &mut |i, f| progress.update(i, f))?;
             progress.finish();
             let seconds = start.elapsed().as_secs_f64();
             let rec = physics
@@ -103,13 +127,25 @@ pub fn run(a: &DemoArgs) -> Result<()> {
                 .into_dimensionality::<Ix3>()
                 .map_err(|e| Error::Invalid(format!("reconstruction is not an image: {e}")))?;
             let r = recon::Quality::compare(rec.view(), image.view(), 1.0)?;
-            io::write_image(&a.out.join(format!("{}_{}.png", case.name, method)), rec.view(), (0.0, 1.0))?;
+            io::write_image(
+                &a.out.join(format!("{}_{}.png", case.name, method)),
+                rec.view(),
+                (0.0, 1.0),
+            )?;
             tiles.push(figure::tile(rec.mapv(|v| v.clamp(0.0, 1.0)).view(), TILE));
             println!(
                 "{:<9} {:<46} {:<8} {:>9.2} {:>7.4} {:>8.2}",
-                case.name, case.op, method.name(), r.psnr, r.ssim, seconds
+                case.name,
+                case.op,
+                method.name(),
+                r.psnr,
+                r.ssim,
+                seconds
             );
-            rows.push(format!("{}\t{}\t{:.2}\t{:.4}", case.name, method, r.psnr, r.ssim));
+            rows.push(format!(
+                "{}\t{}\t{:.2}\t{:.4}",
+                case.name, method, r.psnr, r.ssim
+            ));
         }
         for _ in case.methods.len()..max_methods {
             tiles.push(Array2::zeros((TILE, TILE)));

@@ -12,7 +12,10 @@ pub fn listing() -> String {
     for f in spec::families() {
         let _ = writeln!(s, "{}  {}", f.name, f.summary);
         if f.grayscale_only {
-            let _ = writeln!(s, "    (single-channel: colour images are converted to grayscale)");
+            let _ = writeln!(
+                s,
+                "    (single-channel: colour images are converted to grayscale)"
+            );
         }
         write_params(&mut s, f.params);
         for e in f.examples {
@@ -27,7 +30,11 @@ pub fn listing() -> String {
         let _ = writeln!(s);
     }
     let methods: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-    let _ = writeln!(s, "Reconstruction methods (reconstruct --method): {}", methods.join(", "));
+    let _ = writeln!(
+        s,
+        "Reconstruction methods (reconstruct --method): {}",
+        methods.join(", ")
+    );
     s
 }
 

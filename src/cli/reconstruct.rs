@@ -18,7 +18,9 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         return Err(Error::file(&a.out, "--out must name a .png or .npy file"));
     }
     if a.complex && out_ext != "npy" {
-        return Err(Error::Invalid("--complex keeps (re, im) channels and needs a .npy output".into()));
+        return Err(Error::Invalid(
+            "--complex keeps (re, im) channels and needs a .npy output".into(),
+        ));
     }
     let (y, side) = measurement::read(&a.measurement)?;
     let physics = side.physics()?;
@@ -51,7 +53,10 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     if let Some(truth) = truth {
         let image = to_chw(image)?;
         let r = recon::Quality::compare(image.view(), truth.view(), side.data_range as f64)?;
-        println!("PSNR {:.2} dB  SSIM {:.4}  NRMSE {:.4}", r.psnr, r.ssim, r.nrmse);
+        println!(
+            "PSNR {:.2} dB  SSIM {:.4}  NRMSE {:.4}",
+            r.psnr, r.ssim, r.nrmse
+        );
     }
     Ok(())
 }
@@ -67,10 +72,18 @@ fn to_chw(image: ArrayD<f32>) -> Result<Array3<f32>> {
 fn write_output(path: &std::path::Path, image: &ArrayD<f32>, side: &Sidecar) -> Result<()> {
     if io::extension(path) == "png" {
         let chw = to_chw(image.clone())?;
-        io::write_image(path, chw.view(), (side.display_range[0], side.display_range[1]))
+        io::write_image(
+            path,
+            chw.view(),
+            (side.display_range[0], side.display_range[1]),
+        )
     } else {
         let s = &side.intensity;
-        let offset = if image.shape()[0] == 2 && side.image_shape[0] == 1 { 0.0 } else { s.offset };
+        let offset = if image.shape()[0] == 2 && side.image_shape[0] == 1 {
+            0.0
+        } else {
+            s.offset
+        };
         let file_units = image.mapv(|v| v * s.scale + offset);
         io::write_npy(path, file_units.view())
     }

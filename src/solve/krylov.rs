@@ -53,7 +53,7 @@ pub fn conjugate_gradient(
         // (super-resolution, undersampled k-space) f32 rounding feeds null-space components
         // into p once the residual is at rounding level, and a step along them would
         // blow x up without reducing the residual.
-        if !(rayleigh > 1e-6 * rayleigh_max) {
+        if rayleigh.is_nan() || rayleigh <= 1e-6 * rayleigh_max {
             break;
         }
         let alpha = (rr / pmp) as f32;

@@ -66,7 +66,7 @@ pub fn tv_least_squares(
         y.shape(),
     )?;
     let norm = op.norm_estimate(40, 0) as f32 * 1.01;
-    if !(norm > 0.0) {
+    if norm.is_nan() || norm <= 0.0 {
         return Err(Error::Invalid(format!(
             "{} is the zero operator",
             op.name()
