@@ -192,14 +192,17 @@ pub fn reconstruct(
                     opts.nonnegative,
                     on_iter,
                 )?,
-                _ => solve::gradient_descent(
-                    &physics.operator,
-                    y,
-                    None,
-                    iters,
-                    opts.nonnegative,
-                    on_iter,
-                )?,
+                _ => {
+                    let x0 = random_start(&physics.operator, y.view(), opts.seed)?;
+                    solve::gradient_descent(
+                        &physics.operator,
+                        y,
+                        Some(x0),
+                        iters,
+                        opts.nonnegative,
+                        on_iter,
+                    )?
+                }
             };
             Ok(x)
         }
@@ -237,4 +240,24 @@ impl Quality {
             nrmse: crate::metrics::nrmse(x.view(), t.view())?,
         })
     }
+}
+
+/// The start of gradient descent on a nonlinear model: a seeded uniform [0, 1) image scaled
+/// so that `||A(x0)|| = ||y||` (exact for a positively homogeneous model such as `|F x|`).
+/// Zero would be a poor start: it is a stationary point of `|F x|`.
+fn random_start(op: &Operator, y: ArrayViewD<f32>, seed: u64) -> Result<ArrayD<f32>> {
+    use rand::Rng;
+    let mut rng = posterior_operators::rng::seeded(seed, "gd-start");
+    let x0 =
+        ArrayD::from_shape_simple_fn(ndarray::IxDyn(op.domain_shape()), || rng.random::<f32>());
+    let ax = op.forward(x0.view())?;
+    let (na, ny) = (
+        posterior_operators::linear::norm(ax.view()),
+        posterior_operators::linear::norm(y),
+    );
+    Ok(if na > 0.0 && ny > 0.0 {
+        x0.mapv(|v| v * (ny / na) as f32)
+    } else {
+        x0
+    })
 }
