@@ -10,7 +10,9 @@ pub mod figure;
 pub mod io;
 pub mod measurement;
 pub mod metrics;
+pub mod prior;
 pub mod recon;
+pub mod sample;
 pub mod solve;
 pub mod spec;
 

@@ -1,0 +1,13 @@
+//! Priors: noising paths ([`schedule`]), the [`Denoiser`] interface every sampler talks to
+//! ([`denoiser`]), and an exact Gaussian-mixture prior with closed-form posteriors ([`gmm`])
+//! that serves as ground truth for testing samplers.
+
+pub mod denoiser;
+pub mod dense;
+pub mod gmm;
+pub mod schedule;
+
+pub use denoiser::{check_batch, Denoiser, OnPath, PriorInfo};
+pub use dense::{dense_matrix, DenseOperator};
+pub use gmm::{Covariance, Gmm};
+pub use schedule::{Knot, Param, PathKind, Schedule};
