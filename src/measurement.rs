@@ -63,11 +63,7 @@ impl Sidecar {
 
     /// The build context recorded at degrade time.
     pub fn context(&self) -> BuildContext {
-        BuildContext {
-            image_shape: self.image_shape.clone(),
-            seed: self.seed,
-            base_dir: self.base_dir.clone(),
-        }
+        BuildContext::new(&self.image_shape, self.seed, self.base_dir.clone())
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use posterior::spec::{self, BuildContext};
 use posterior_operators::forward::vjp_mismatch;
-use posterior_operators::{adjoint_test, Operator};
+use posterior_operators::{adjoint_test, normal_mismatch, solve_regularized_residual, Operator};
 
 /// Operator kinds not necessarily among the families' examples.
 const EXTRA: &[&str] = &[
@@ -58,11 +58,7 @@ fn every_operator_passes_the_adjoint_or_vjp_test() {
             if family.grayscale_only && shape[0] != 1 {
                 continue;
             }
-            let ctx = BuildContext {
-                image_shape: shape.to_vec(),
-                seed: 7,
-                base_dir: PathBuf::from("."),
-            };
+            let ctx = BuildContext::new(shape, 7, PathBuf::from("."));
             let physics = match spec::build(&text, &ctx) {
                 Ok(p) => p,
                 // Super-resolution rejects sides its factor does not divide; every other
@@ -79,8 +75,22 @@ fn every_operator_passes_the_adjoint_or_vjp_test() {
             match &physics.operator {
                 Operator::Linear(op) => {
                     let report = adjoint_test(op.as_ref(), 11);
-                    if let Err(msg) = report.verdict(&format!("{text} at {shape:?}"), 1e-5) {
+                    let name = format!("{text} at {shape:?}");
+                    if let Err(msg) = report.verdict(&name, 1e-5) {
                         failures.push(msg);
+                    }
+                    // Closed-form normals agree with apply-then-adjoint (f32 FFTs and
+                    // projections of O(1) data: ~1e-6 relative; 1e-4 leaves room).
+                    let m = normal_mismatch(op.as_ref(), 13);
+                    if m > 1e-4 {
+                        failures.push(format!("{name}: normal differs by {m:.2e}"));
+                    }
+                    // Closed-form (A^T A + g)^-1, where there is one: the condition number
+                    // is at most (||A||^2 + g) / g <= 11 for these unit-norm-ish operators.
+                    if let Some(r) = solve_regularized_residual(op.as_ref(), 0.1, 17) {
+                        if r > 1e-4 {
+                            failures.push(format!("{name}: solve_regularized residual {r:.2e}"));
+                        }
                     }
                 }
                 Operator::Nonlinear(op) => {
@@ -113,11 +123,7 @@ fn every_operator_passes_the_adjoint_or_vjp_test() {
 
 #[test]
 fn bad_specs_name_the_operator_and_the_key() {
-    let ctx = BuildContext {
-        image_shape: vec![1, 32, 32],
-        seed: 0,
-        base_dir: PathBuf::from("."),
-    };
+    let ctx = BuildContext::new(&[1, 32, 32], 0, ".");
     let cases = [
         ("blurr:sigma=3", "blurr"),
         ("blur:sigma=abc", "sigma"),

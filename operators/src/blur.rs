@@ -199,16 +199,7 @@ impl Blur {
     /// The kernel must be non-empty, finite, non-negative, with a positive sum, and no larger
     /// than the image (`kh <= H`, `kw <= W`); it is normalised to sum 1.
     pub fn new(shape: &[usize], kernel: Array2<f32>, label: &str) -> Result<Self> {
-        let (c, h, w) = match *shape {
-            [c, h, w] if c > 0 && h > 0 && w > 0 => (c, h, w),
-            _ => {
-                return Err(Error::param(
-                    OP,
-                    "shape",
-                    format!("must be an image shape (C, H, W) with positive sizes, got {shape:?}"),
-                ))
-            }
-        };
+        let (c, h, w) = crate::error::validate::image_shape(OP, shape)?;
         let (kh, kw) = kernel.dim();
         if kh == 0 || kw == 0 {
             return Err(Error::param(OP, "kernel", "is empty"));
@@ -364,7 +355,9 @@ impl LinearOperator for Blur {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linear::{adjoint_test, random_array, LinearOperatorExt};
+    use crate::linear::{
+        adjoint_test, normal_mismatch, random_array, solve_regularized_residual, LinearOperatorExt,
+    };
 
     /// Direct spatial circular convolution, in f64, as the module docs define it.
     fn naive_blur(x: &ArrayD<f32>, k: &Array2<f32>) -> ArrayD<f64> {
@@ -459,23 +452,12 @@ mod tests {
         for &(c, h, w) in &[(1, 9, 8), (3, 8, 7)] {
             for (name, k) in kernels(3) {
                 let op = Blur::new(&[c, h, w], k, &name).unwrap();
-                let x = random_array(&[c, h, w], 5, "x");
-                let fast = op.normal_to(x.view()).unwrap();
-                let slow = op
-                    .adjoint_to(op.apply_to(x.view()).unwrap().view())
-                    .unwrap();
-                let err = (&fast - &slow)
-                    .mapv(f32::abs)
-                    .fold(0.0f32, |m, &v| m.max(v));
                 // Both paths are f32 FFT round trips of O(1) data: ~1e-6.
+                let err = normal_mismatch(&op, 5);
                 assert!(err < 1e-5, "{name}: normal differs by {err}");
-
-                let gamma = 0.05;
-                let sol = op.solve_regularized(gamma, x.view()).unwrap();
-                let back = op.normal_to(sol.view()).unwrap() + &(&sol * gamma);
-                let err = (&back - &x).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
                 // The system's condition number is at most 1/gamma = 20, so the residual of
                 // an f32 solution is ~20 * 1e-6.
+                let err = solve_regularized_residual(&op, 0.05, 5).unwrap();
                 assert!(err < 1e-4, "{name}: (A^T A + g) x - b = {err}");
             }
         }

@@ -88,6 +88,18 @@ pub(crate) mod validate {
         }
     }
 
+    /// `shape` must be an image shape `(C, H, W)` with positive sizes.
+    pub fn image_shape(operator: &str, shape: &[usize]) -> Result<(usize, usize, usize)> {
+        match *shape {
+            [c, h, w] if c > 0 && h > 0 && w > 0 => Ok((c, h, w)),
+            _ => Err(Error::param(
+                operator,
+                "shape",
+                format!("must be an image shape (C, H, W) with positive sizes, got {shape:?}"),
+            )),
+        }
+    }
+
     /// `value` must lie in the closed interval [lo, hi].
     pub fn in_range(operator: &str, key: &str, value: f64, lo: f64, hi: f64) -> Result<()> {
         if value.is_finite() && value >= lo && value <= hi {

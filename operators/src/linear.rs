@@ -166,6 +166,48 @@ pub fn adjoint_mismatch(op: &dyn LinearOperator, seed: u64) -> f64 {
     adjoint_test(op, seed).mismatch
 }
 
+/// Checks a closed-form [`LinearOperator::normal`] against apply-then-adjoint on a seeded
+/// random input: `max |normal(x) - A^T (A x)| / max |A^T (A x)|` (0 for the default).
+pub fn normal_mismatch(op: &dyn LinearOperator, seed: u64) -> f64 {
+    let x = random_array(op.domain_shape(), seed, "normal-x");
+    let mut fast = ArrayD::zeros(IxDyn(op.domain_shape()));
+    op.normal(x.view(), fast.view_mut());
+    let slow = generic_normal(op, x.view());
+    max_abs_diff(fast.view(), slow.view()) / max_abs(slow.view()).max(f64::MIN_POSITIVE)
+}
+
+/// Checks a closed-form [`LinearOperator::solve_regularized`]: with `z` its solution for a
+/// seeded random right-hand side `b`, returns `max |(A^T A + gamma) z - b| / max |b|`, the
+/// product taken by apply-then-adjoint (independent of any closed form). `None` where the
+/// operator has no closed form for this `gamma`.
+pub fn solve_regularized_residual(op: &dyn LinearOperator, gamma: f32, seed: u64) -> Option<f64> {
+    let b = random_array(op.domain_shape(), seed, "solve-rhs");
+    let z = op.solve_regularized(gamma, b.view())?;
+    let back = generic_normal(op, z.view()) + &(&z * gamma);
+    Some(max_abs_diff(back.view(), b.view()) / max_abs(b.view()).max(f64::MIN_POSITIVE))
+}
+
+/// `A^T (A x)` through `apply` and `adjoint`, whatever `normal` does.
+fn generic_normal(op: &dyn LinearOperator, x: ArrayViewD<f32>) -> ArrayD<f32> {
+    let mut y = ArrayD::zeros(IxDyn(op.range_shape()));
+    op.apply(x, y.view_mut());
+    let mut out = ArrayD::zeros(IxDyn(op.domain_shape()));
+    op.adjoint(y.view(), out.view_mut());
+    out
+}
+
+fn max_abs(a: ArrayViewD<f32>) -> f64 {
+    a.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64))
+}
+
+fn max_abs_diff(a: ArrayViewD<f32>, b: ArrayViewD<f32>) -> f64 {
+    let mut m = 0.0f64;
+    Zip::from(&a)
+        .and(&b)
+        .for_each(|&x, &y| m = m.max((x - y).abs() as f64));
+    m
+}
+
 /// `outer ∘ inner`: apply `inner`, then `outer`. The adjoint runs the parts' adjoints in
 /// reverse order; the normal operator uses `outer`'s (possibly closed-form) normal.
 pub struct Composed {

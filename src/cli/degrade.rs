@@ -32,11 +32,7 @@ pub fn run(a: &DegradeArgs) -> Result<()> {
     }
     let base_dir = std::env::current_dir()
         .map_err(|e| Error::Invalid(format!("cannot read the current directory: {e}")))?;
-    let ctx = BuildContext {
-        image_shape: image.shape().to_vec(),
-        seed: a.seed,
-        base_dir: base_dir.clone(),
-    };
+    let ctx = BuildContext::new(image.shape(), a.seed, base_dir.clone());
     let physics = spec::build(&a.op, &ctx)?;
     let y = physics.measure(image.view().into_dyn(), &noise, a.seed)?;
     let display = measurement::display_range(image.view());

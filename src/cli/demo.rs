@@ -96,11 +96,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     for case in CASES {
         let family = spec::family(spec::Spec::parse(case.op)?.family.as_str())?;
         let (image, _) = measurement::prepare_image(truth.clone(), family);
-        let ctx = BuildContext {
-            image_shape: image.shape().to_vec(),
-            seed,
-            base_dir: a.out.clone(),
-        };
+        let ctx = BuildContext::new(image.shape(), seed, a.out.clone());
         let physics = spec::build(case.op, &ctx)?;
         let noise = spec::noise::parse_noise(case.noise)?;
         let y = physics.measure(image.view().into_dyn(), &noise, seed)?;

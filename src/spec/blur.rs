@@ -144,11 +144,7 @@ mod tests {
     use posterior_operators::{adjoint_test, LinearOperatorExt};
 
     fn ctx(shape: &[usize], dir: &std::path::Path) -> BuildContext {
-        BuildContext {
-            image_shape: shape.to_vec(),
-            seed: 3,
-            base_dir: dir.to_path_buf(),
-        }
+        BuildContext::new(shape, 3, dir)
     }
 
     fn write_png(path: &std::path::Path, h: u32, w: u32, f: impl Fn(u32, u32) -> u8) {

@@ -219,11 +219,7 @@ mod tests {
     use posterior_operators::LinearOperatorExt;
 
     fn ctx(shape: &[usize]) -> BuildContext {
-        BuildContext {
-            image_shape: shape.to_vec(),
-            seed: 0,
-            base_dir: ".".into(),
-        }
+        BuildContext::new(shape, 0, ".")
     }
 
     #[test]

@@ -129,11 +129,7 @@ mod tests {
     use posterior_operators::{adjoint_test, LinearOperatorExt};
 
     fn ctx(shape: &[usize], dir: &std::path::Path) -> BuildContext {
-        BuildContext {
-            image_shape: shape.to_vec(),
-            seed: 11,
-            base_dir: dir.to_path_buf(),
-        }
+        BuildContext::new(shape, 11, dir)
     }
 
     fn write_mask(path: &std::path::Path, h: u32, w: u32) {

@@ -84,6 +84,16 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
+    /// A context for an image of `image_shape` `(C, H, W)`, a seed, and the directory that
+    /// relative paths in specs are resolved from.
+    pub fn new(image_shape: &[usize], seed: u64, base_dir: impl Into<PathBuf>) -> Self {
+        BuildContext {
+            image_shape: image_shape.to_vec(),
+            seed,
+            base_dir: base_dir.into(),
+        }
+    }
+
     /// `(C, H, W)` of the image, or an error if the image is not 3-D.
     pub fn chw(&self) -> Result<(usize, usize, usize)> {
         match self.image_shape[..] {

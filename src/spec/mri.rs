@@ -150,11 +150,7 @@ mod tests {
     use posterior_operators::{adjoint_test, LinearOperatorExt};
 
     fn ctx(shape: &[usize], dir: &std::path::Path) -> BuildContext {
-        BuildContext {
-            image_shape: shape.to_vec(),
-            seed: 5,
-            base_dir: dir.to_path_buf(),
-        }
+        BuildContext::new(shape, 5, dir)
     }
 
     #[test]

@@ -48,11 +48,7 @@ mod tests {
     use posterior_operators::adjoint_test;
 
     fn ctx(shape: &[usize]) -> BuildContext {
-        BuildContext {
-            image_shape: shape.to_vec(),
-            seed: 0,
-            base_dir: std::env::temp_dir(),
-        }
+        BuildContext::new(shape, 0, std::env::temp_dir())
     }
 
     #[test]
