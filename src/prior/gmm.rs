@@ -464,8 +464,8 @@ impl Gmm {
             // z = U^T (x - a mu)
             for (q, zq) in z.iter_mut().enumerate() {
                 let mut acc = 0.0;
-                for r in 0..d {
-                    acc += c.u[r * d + q] * (x[r] - a * c.mean[r]);
+                for (r, (xr, mr)) in x.iter().zip(&c.mean).enumerate() {
+                    acc += c.u[r * d + q] * (xr - a * mr);
                 }
                 *zq = acc;
             }
@@ -718,8 +718,8 @@ impl Denoiser for Gmm {
                 // a U diag(lambda / C) U^T v
                 for (q, wq) in w.iter_mut().enumerate() {
                     let mut acc = 0.0;
-                    for p in 0..d {
-                        acc += c.u[p * d + q] * vi[p];
+                    for (p, vp) in vi.iter().enumerate() {
+                        acc += c.u[p * d + q] * vp;
                     }
                     *wq = acc * a * c.lambda[q] / (a * a * c.lambda[q] + s * s);
                 }
@@ -881,7 +881,11 @@ mod tests {
                     .collect();
                 let v: Vec<f64> = (0..d).map(|j| ((j * 3 + 1) as f64).sin()).collect();
                 let (_, got) = g
-                    .x0_vjp(batch(&[x.clone()]).view(), &[t], batch(&[v.clone()]).view())
+                    .x0_vjp(
+                        batch(std::slice::from_ref(&x)).view(),
+                        &[t],
+                        batch(std::slice::from_ref(&v)).view(),
+                    )
                     .unwrap();
                 // Reference: the full Jacobian column by column from central differences of
                 // x0 evaluated in f64 (the private per-sample routine), then v^T J.
@@ -974,8 +978,8 @@ mod tests {
         ];
         let cov = inv2(prec);
         let rhs = [
-            si[0] * 0.5 + si[1] * -1.0 + 0.75 / (sy * sy),
-            si[2] * 0.5 + si[3] * -1.0 + 1.5 / (sy * sy),
+            si[0] * 0.5 - si[1] + 0.75 / (sy * sy),
+            si[2] * 0.5 - si[3] + 1.5 / (sy * sy),
         ];
         let mean = [
             cov[0] * rhs[0] + cov[1] * rhs[1],
