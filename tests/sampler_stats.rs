@@ -322,3 +322,97 @@ fn heavy_sweep() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+mod cli {
+    use assert_cmd::Command;
+
+    fn posterior() -> Command {
+        Command::cargo_bin("posterior").unwrap()
+    }
+
+    #[test]
+    fn sample_writes_a_scatter_plot_and_npy() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("demo.png");
+        let out = posterior()
+            .args([
+                "sample",
+                "--prior",
+                "gmm:demo2d",
+                "--sampler",
+                "dpm++2m",
+                "--steps",
+                "20",
+            ])
+            .args(["--n", "300", "--seed", "2", "--out"])
+            .arg(&png)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("20 NFE") && text.contains("against the exact mixture"),
+            "{text}"
+        );
+        let img = image::open(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (512, 512));
+
+        let npy = dir.path().join("s.npy");
+        let out = posterior()
+            .args([
+                "sample",
+                "--prior",
+                "gmm:components=2,dim=3,seed=1",
+                "--sampler",
+                "heun",
+            ])
+            .args(["--steps", "10", "--n", "50", "--path", "flow", "--out"])
+            .arg(&npy)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let a = posterior::io::read_npy(&npy).unwrap();
+        assert_eq!(a.shape(), &[50, 3]);
+    }
+
+    #[test]
+    fn sample_errors_are_clear_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&[&str], &str)] = &[
+            (&["--prior", "unet.safetensors"], "unknown prior"),
+            (&["--prior", "gmm:dim=3"], "needs a 2-D prior"),
+            (
+                &["--prior", "gmm:demo2d", "--sampler", "magic"],
+                "unknown sampler",
+            ),
+            (
+                &["--prior", "gmm:demo2d", "--eta", "2"],
+                "eta must lie in [0, 1]",
+            ),
+            (&["--prior", "gmm:demo2d", "--steps", "0"], "at least 1"),
+            (&["--prior", "gmm:demo2d,sigma=3"], "unknown key `sigma`"),
+        ];
+        for (args, msg) in cases {
+            let png = dir.path().join("x.png");
+            let out = posterior()
+                .arg("sample")
+                .args(*args)
+                .arg("--out")
+                .arg(&png)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{args:?} succeeded");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(msg), "{args:?}: {err}");
+            assert!(!png.exists(), "{args:?} left a file");
+        }
+    }
+}

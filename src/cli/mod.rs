@@ -15,6 +15,7 @@ mod demo;
 mod ops;
 mod progress;
 mod reconstruct;
+mod sample;
 
 pub use progress::Progress;
 
@@ -38,6 +39,9 @@ pub enum Command {
     /// Degrade the bundled example image with several operators, reconstruct each, write
     /// the PNGs and print PSNR/SSIM.
     Demo(DemoArgs),
+    /// Draw samples from a prior with an unconditional sampler (DDPM, DDIM, Euler, Heun,
+    /// DPM-Solver++(2M)); for now the priors are Gaussian mixtures (`gmm:demo2d`).
+    Sample(SampleArgs),
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +115,38 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// The prior: `gmm:demo2d`, `gmm:components=K,dim=D,seed=S[,cov=diag][,path=vp|cosine|ve|flow]`,
+    /// or a mixture in a .json file.
+    #[arg(long)]
+    pub prior: String,
+    /// ddpm | ddim | euler | heun | dpm++2m.
+    #[arg(long, default_value = "ddim")]
+    pub sampler: String,
+    /// Sampler steps (denoiser evaluations; Heun uses two per step).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM's eta: 0 deterministic, 1 ancestral.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Sample on this path instead of the prior's own (vp, cosine, ve, flow), by
+    /// signal-to-noise matching.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Number of samples.
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many seconds and return the latest denoised estimate.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Output: .png (scatter plot over the density, 2-D priors) or .npy (samples, (N, D)).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -121,5 +157,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(a) => demo::run(&a),
+        Command::Sample(a) => sample::run(&a),
     }
 }
