@@ -65,23 +65,41 @@ impl Fft2 {
 
     /// Centred orthonormal forward DFT, in place.
     pub fn forward_centered(&self, data: &mut [Complex32]) {
-        ifftshift2(data, self.h, self.w);
-        self.forward(data);
-        fftshift2(data, self.h, self.w);
-        self.scale(data);
+        self.centered(data, false);
     }
 
     /// Centred orthonormal inverse DFT (the adjoint of [`Fft2::forward_centered`]), in place.
     pub fn inverse_centered(&self, data: &mut [Complex32]) {
-        ifftshift2(data, self.h, self.w);
-        self.inverse(data);
-        fftshift2(data, self.h, self.w);
-        self.scale(data);
+        self.centered(data, true);
     }
 
-    fn scale(&self, data: &mut [Complex32]) {
-        let s = 1.0 / ((self.h * self.w) as f32).sqrt();
-        data.iter_mut().for_each(|v| *v *= s);
+    /// `fftshift(dft(ifftshift(x))) / sqrt(h w)`. For even sizes the shifts become signs:
+    /// along an axis of even length `n`, `fftshift(dft(ifftshift(x)))[k] =
+    /// (-1)^(k - n/2) dft((-1)^m x[m])[k]` (a shift by n/2 is a modulation by (-1)^k), so
+    /// two sign passes, fused with the scaling, replace the two copying rolls.
+    fn centered(&self, data: &mut [Complex32], inverse: bool) {
+        let (h, w) = (self.h, self.w);
+        let s = 1.0 / ((h * w) as f32).sqrt();
+        if h % 2 == 0 && w % 2 == 0 {
+            modulate(data, w, 1.0);
+            if inverse {
+                self.inverse(data);
+            } else {
+                self.forward(data);
+            }
+            // (-1)^(k - h/2) (-1)^(l - w/2) = (-1)^(k + l) (-1)^((h + w) / 2).
+            let sign = if ((h + w) / 2) % 2 == 0 { s } else { -s };
+            modulate(data, w, sign);
+        } else {
+            ifftshift2(data, h, w);
+            if inverse {
+                self.inverse(data);
+            } else {
+                self.forward(data);
+            }
+            fftshift2(data, h, w);
+            data.iter_mut().for_each(|v| *v *= s);
+        }
     }
 
     fn run(&self, data: &mut [Complex32], rows: &Arc<dyn Fft<f32>>, cols: &Arc<dyn Fft<f32>>) {
@@ -91,30 +109,45 @@ impl Fft2 {
             || vec![Complex32::default(); rows.get_inplace_scratch_len()],
             |scratch, row| rows.process_with_scratch(row, scratch),
         );
-        let mut t = transpose(data, h, w);
+        // Columns: transpose into one buffer, transform its rows, transpose back in place.
+        let mut t = vec![Complex32::default(); h * w];
+        transpose_into(data, &mut t, h, w);
         t.par_chunks_mut(h).for_each_init(
             || vec![Complex32::default(); cols.get_inplace_scratch_len()],
             |scratch, col| cols.process_with_scratch(col, scratch),
         );
-        let back = transpose(&t, w, h);
-        data.copy_from_slice(&back);
+        transpose_into(&t, data, w, h);
     }
 }
 
-/// Transposes a row-major `h x w` array into a new `w x h` one.
-fn transpose(data: &[Complex32], h: usize, w: usize) -> Vec<Complex32> {
-    let mut out = vec![Complex32::default(); h * w];
-    const B: usize = 32;
-    for i0 in (0..h).step_by(B) {
-        for j0 in (0..w).step_by(B) {
-            for i in i0..(i0 + B).min(h) {
-                for j in j0..(j0 + B).min(w) {
-                    out[j * h + i] = data[i * w + j];
-                }
-            }
+/// Multiplies entry `(i, j)` of a row-major array with rows of length `w` by
+/// `scale * (-1)^(i + j)`.
+fn modulate(data: &mut [Complex32], w: usize, scale: f32) {
+    for (i, row) in data.chunks_mut(w).enumerate() {
+        let first = if i % 2 == 0 { scale } else { -scale };
+        for (j, v) in row.iter_mut().enumerate() {
+            *v *= if j % 2 == 0 { first } else { -first };
         }
     }
-    out
+}
+
+/// Writes the transpose of a row-major `h x w` array into `out` (`w x h`), in cache-sized
+/// tiles, the bands of output rows in parallel.
+fn transpose_into(data: &[Complex32], out: &mut [Complex32], h: usize, w: usize) {
+    const B: usize = 32;
+    out.par_chunks_mut(B * h)
+        .enumerate()
+        .for_each(|(band, rows)| {
+            let j0 = band * B;
+            let j1 = (j0 + B).min(w);
+            for i0 in (0..h).step_by(B) {
+                for i in i0..(i0 + B).min(h) {
+                    for j in j0..j1 {
+                        rows[(j - j0) * h + i] = data[i * w + j];
+                    }
+                }
+            }
+        });
 }
 
 /// Cyclic shift of a row-major `h x w` array by (`dy`, `dx`): `out[(i+dy)%h][(j+dx)%w] = in[i][j]`.
@@ -229,6 +262,35 @@ mod tests {
             f.forward_centered(&mut c);
             let centre = c[(h / 2) * w + w / 2];
             assert!((centre.re - ((h * w) as f32).sqrt()).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn centered_transform_equals_shift_fft_shift_for_even_and_odd_sizes() {
+        for &(h, w) in &[(4, 6), (8, 8), (6, 10), (5, 7), (4, 5), (2, 2)] {
+            let f = Fft2::new(h, w);
+            let x = signal(h * w);
+            for inverse in [false, true] {
+                let mut fast = x.clone();
+                let mut slow = x.clone();
+                ifftshift2(&mut slow, h, w);
+                if inverse {
+                    f.inverse_centered(&mut fast);
+                    f.inverse(&mut slow);
+                } else {
+                    f.forward_centered(&mut fast);
+                    f.forward(&mut slow);
+                }
+                fftshift2(&mut slow, h, w);
+                let s = 1.0 / ((h * w) as f32).sqrt();
+                for (a, b) in fast.iter().zip(&slow) {
+                    assert!(
+                        (a - b * s).norm() < 1e-5,
+                        "{h}x{w} inverse={inverse}: {a} vs {}",
+                        b * s
+                    );
+                }
+            }
         }
     }
 
