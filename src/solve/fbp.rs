@@ -120,7 +120,7 @@ mod tests {
     /// degrees (limited angle), of 360 fan views (arc detector), of a Beer-Lambert scan with
     /// i0 = 1e4 and Poisson photon noise (hann); display window [0.1, 0.4].
     #[test]
-    #[ignore]
+    #[ignore = "writes a figure: CT_FIGURE=out.png cargo test --release -p posterior --lib solve::fbp::tests::figure -- --ignored"]
     fn figure() {
         use rand_distr::{Distribution, Poisson};
         let path = std::env::var("CT_FIGURE").unwrap_or_else(|_| "/tmp/ct-fbp.png".into());

@@ -549,7 +549,7 @@ mod tests {
     /// Timing only (never asserted): `cargo test --release -p posterior-operators --lib
     /// ct::fbp::tests::timing -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "timing, not a check: cargo test --release -p posterior-operators --lib ct::fbp::tests::timing -- --ignored --nocapture"]
     fn timing() {
         for p in kinds() {
             let g = Geometry::new(512, 512, &p.1.views(180)).unwrap();

@@ -416,7 +416,7 @@ mod tests {
     /// Timing only (never asserted): `cargo test --release -p posterior-operators --lib
     /// ct::projector::tests::timing -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "timing, not a check: cargo test --release -p posterior-operators --lib ct::projector::tests::timing -- --ignored --nocapture"]
     fn timing() {
         let g = Geometry::new(512, 512, &GeometryParams::parallel().views(180)).unwrap();
         let t0 = std::time::Instant::now();
