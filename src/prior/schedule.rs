@@ -394,6 +394,44 @@ impl Schedule {
         out
     }
 
+    /// A grid with the same ends as [`Schedule::knots`] but noisy knots uniform in
+    /// `lambda = log(a/s)` (DPM-Solver's "logSNR" spacing): from `lambda(t_max)`, floored at
+    /// -6 where the path starts at `a = 0` or nearly so (then the first knot stays at
+    /// `t_max` and the rest are uniform from -6), up to `lambda(t_min)`; then the clean knot.
+    pub fn knots_log_snr(&self, steps: usize) -> Vec<Knot> {
+        let steps = steps.max(1);
+        let (hi_t, lo_t) = (self.t_max(), self.t_min(steps));
+        let l_end = self.log_snr(lo_t);
+        let l_start = self.log_snr(hi_t);
+        let mut out = vec![self.knot(hi_t)];
+        if steps > 1 {
+            let (first, l0) = if l_start >= -6.0 {
+                (1, l_start)
+            } else {
+                (1, -6.0f64.min(l_end))
+            };
+            let count = steps - 1;
+            for i in first..=count {
+                // Above -6: knots 1..steps-1 of a uniform grid that starts at knot 0; below:
+                // knots 1..steps-1 uniform from -6 (inclusive) to the end.
+                let l = if l_start >= -6.0 {
+                    l0 + (l_end - l0) * i as f64 / count as f64
+                } else if count == 1 {
+                    l_end
+                } else {
+                    l0 + (l_end - l0) * (i - 1) as f64 / (count - 1) as f64
+                };
+                out.push(self.knot(self.t_for_log_snr(l)));
+            }
+        }
+        out.push(Knot {
+            t: 0.0,
+            a: 1.0,
+            s: 0.0,
+        });
+        out
+    }
+
     /// The knot at time `t` on this path.
     pub fn knot(&self, t: f64) -> Knot {
         let (a, s) = self.coeffs(t);
@@ -655,6 +693,27 @@ mod tests {
         let ts: Vec<f64> = f.iter().map(|k| k.t).collect();
         assert_eq!(ts, vec![1.0, 0.75, 0.5, 0.25, 0.0]);
         assert_eq!(Schedule::ve_default().knots(1).len(), 2);
+        // logSNR grid: starts at t = 1, ends clean, equal steps in lambda (past the first
+        // knot where the path starts at a = 0).
+        for sch in [
+            Schedule::vp_linear(),
+            Schedule::rectified_flow(),
+            Schedule::vp_cosine(),
+        ] {
+            let k = sch.knots_log_snr(12);
+            assert_eq!(k.len(), 13);
+            assert!(k[0].t == 1.0 && k[12].is_clean());
+            assert!(k.windows(2).all(|w| w[1].t < w[0].t), "{}", sch.name());
+            let l: Vec<f64> = k[1..12].iter().map(|k| k.log_snr()).collect();
+            let d0 = l[1] - l[0];
+            assert!(
+                l.windows(2)
+                    .all(|w| ((w[1] - w[0]) - d0).abs() < 1e-6 * d0.abs()),
+                "{}: {l:?}",
+                sch.name()
+            );
+        }
+        assert_eq!(Schedule::vp_linear().knots_log_snr(1).len(), 2);
         assert!(Schedule::ve(1.0, 0.5).is_err());
         assert!(Schedule::vp_linear_with(0.0, 0.02, 1000).is_err());
         assert!(Schedule::vp_linear_with(1e-4, 0.02, 1).is_err());

