@@ -280,16 +280,28 @@ impl Gmm {
         g.unwrap_or_else(|_| Self::standard_normal(2))
     }
 
+    /// `N(0, I)` in `dim` dimensions, built directly (no factorisation, cannot fail).
     fn standard_normal(dim: usize) -> Gmm {
-        Gmm::from_parts(
-            vec![1.0],
-            vec![vec![0.0; dim]],
-            vec![(0..dim * dim)
-                .map(|k| if k % (dim + 1) == 0 { 1.0 } else { 0.0 })
-                .collect()],
-            true,
-        )
-        .expect("the standard normal is a valid mixture")
+        let eye: Vec<f64> = (0..dim * dim)
+            .map(|k| if k % (dim + 1) == 0 { 1.0 } else { 0.0 })
+            .collect();
+        Gmm {
+            dim,
+            comps: vec![Component {
+                weight: 1.0,
+                log_weight: 0.0,
+                mean: vec![0.0; dim],
+                cov: eye.clone(),
+                u: eye,
+                lambda: vec![1.0; dim],
+            }],
+            schedule: Schedule::vp_linear(),
+            info: PriorInfo {
+                name: format!("gmm(1 component, dim {dim})"),
+                range: (-3.0, 3.0),
+                sample_shape: vec![dim],
+            },
+        }
     }
 
     /// A random mixture of `components` components in `dim` dimensions drawn from `seed`:

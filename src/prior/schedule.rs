@@ -93,11 +93,7 @@ fn invalid(msg: String) -> Error {
 impl Schedule {
     /// The DDPM/ADM path: linear betas 1e-4..0.02 over T = 1000 steps.
     pub fn vp_linear() -> Schedule {
-        // The defaults are valid by construction.
-        Self::vp_linear_with(1e-4, 0.02, 1000).unwrap_or(Schedule {
-            kind: PathKind::RectifiedFlow,
-            log_abar: Vec::new(),
-        })
+        Self::vp_table(1e-4, 0.02, 1000)
     }
 
     /// A VP path with linear betas from `beta_start` to `beta_end` over `steps` steps.
@@ -114,6 +110,11 @@ impl Schedule {
                 "schedule vp: the number of diffusion steps must be at least 2, got {steps}"
             )));
         }
+        Ok(Self::vp_table(beta_start, beta_end, steps))
+    }
+
+    /// The table of `log abar_k` for validated parameters.
+    fn vp_table(beta_start: f64, beta_end: f64, steps: usize) -> Schedule {
         let mut log_abar = Vec::with_capacity(steps + 1);
         let mut acc = 0.0f64;
         log_abar.push(0.0);
@@ -122,14 +123,14 @@ impl Schedule {
             acc += (-beta).ln_1p();
             log_abar.push(acc);
         }
-        Ok(Schedule {
+        Schedule {
             kind: PathKind::VpLinear {
                 beta_start,
                 beta_end,
                 steps,
             },
             log_abar,
-        })
+        }
     }
 
     /// The cosine VP path of improved DDPM (offset 0.008).
