@@ -1006,4 +1006,47 @@ mod tests {
             assert!((pc[j] - cov[j]).abs() < 1e-10);
         }
     }
+
+    #[test]
+    fn image_shaped_mixture_posterior_under_an_inpainting_mask() {
+        // A mixture over (1, 3, 3) images measured by the operators crate's inpainting mask:
+        // the posterior equals the one computed from the same operator as a dense matrix,
+        // pins the observed pixels to y (sigma_y small), keeps the image shape, and serves
+        // as a denoiser on (N, 1, 3, 3) batches.
+        let g = Gmm::random(2, 9, 3, false)
+            .unwrap()
+            .with_sample_shape(&[1, 3, 3])
+            .unwrap();
+        let mut m = ndarray::Array2::from_elem((3, 3), true);
+        m[[1, 1]] = false;
+        m[[0, 2]] = false;
+        let op = posterior_operators::inpaint::Mask::new(&[1, 3, 3], m, "test").unwrap();
+        let truth = ArrayD::from_shape_fn(IxDyn(&[1, 3, 3]), |i| {
+            (i[1] as f32 - 1.0) * 0.8 + i[2] as f32 * 0.3
+        });
+        let mut y = ArrayD::zeros(IxDyn(&[1, 3, 3]));
+        op.apply(truth.view(), y.view_mut());
+        let p = g.posterior(&op, y.view(), 1e-3).unwrap();
+        assert_eq!(p.info().sample_shape, vec![1, 3, 3]);
+        let (_, _, dense) = dense_matrix(&op).unwrap();
+        let yv: Vec<f64> = y.iter().map(|v| *v as f64).collect();
+        let q = g.posterior_dense(9, &dense, &yv, 1e-3).unwrap();
+        for (a, b) in p.mean().iter().zip(q.mean()) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let pm = p.mean();
+        for (k, (t, mk)) in truth.iter().zip(&pm).enumerate() {
+            if k != 4 && k != 2 {
+                // observed: the posterior mean is y up to sigma_y^2 / prior variance
+                assert!((*t as f64 - mk).abs() < 1e-3, "pixel {k}: {t} vs {mk}");
+            }
+        }
+        let x = ArrayD::<f32>::zeros(IxDyn(&[5, 1, 3, 3]));
+        assert_eq!(p.x0(x.view(), &[0.5; 5]).unwrap().shape(), &[5, 1, 3, 3]);
+        // Wrong measurement shape is an error naming the expected shape.
+        let e = g
+            .posterior(&op, ArrayD::zeros(IxDyn(&[9])).view(), 0.1)
+            .unwrap_err();
+        assert!(e.to_string().contains("[1, 3, 3]"), "{e}");
+    }
 }

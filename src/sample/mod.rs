@@ -16,7 +16,10 @@
 //! denoiser evaluations give `steps` steps (Heun: `2 steps - 1` evaluations). Sampling starts
 //! from `x_1 = s(1) z`, `z ~ N(0, I)`, neglecting the `a(1) x0` term (`a(1) = 0` for
 //! rectified flow and cosine, `0.0064` for discrete VP; VE neglects the data's own spread
-//! against `sigma_max = 50`).
+//! against `sigma_max = 50`). For targets that are narrow and far from the origin the
+//! deterministic samplers carry that start offset to the end (about `sd * a(1) * |mean|` on
+//! VP, `sd * |mean| / sigma_max` on VE; see the image-posterior test in
+//! `tests/sampler_stats.rs`); rectified flow starts exactly.
 //!
 //! NFE counts batched denoiser calls (one call on a batch of N is one NFE, as for a network
 //! evaluated on a batch).
