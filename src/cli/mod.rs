@@ -137,6 +137,7 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
+    /// Seed of the starting noise and of the sampler's fresh noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop after this many seconds and return the latest denoised estimate.
