@@ -26,7 +26,7 @@ pub mod sr;
 
 pub use error::{Error, Result};
 pub use forward::{ForwardOperator, Operator};
-pub use linear::{normal_mismatch, solve_regularized_residual, 
-    adjoint_mismatch, adjoint_test, AdjointReport, Composed, Identity, LinearOperator,
-    LinearOperatorExt, Scaled,
+pub use linear::{
+    adjoint_mismatch, adjoint_test, normal_mismatch, solve_regularized_residual, AdjointReport,
+    Composed, Identity, LinearOperator, LinearOperatorExt, Scaled,
 };
