@@ -9,6 +9,7 @@ pub mod error;
 pub mod figure;
 pub mod io;
 pub mod measurement;
+pub mod nn;
 pub mod metrics;
 pub mod prior;
 pub mod recon;
