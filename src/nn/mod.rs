@@ -23,6 +23,11 @@ pub mod linear;
 pub mod norm;
 pub mod resample;
 
+pub use act::{silu, silu_vjp};
+pub use embed::timestep_embedding;
+pub use linear::{Linear, LinearGrads};
+pub use resample::{avg_pool2x, avg_pool2x_vjp, upsample_nearest2x, upsample_nearest2x_vjp};
+
 
 
 
