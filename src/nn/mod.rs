@@ -27,6 +27,7 @@ pub use act::{silu, silu_vjp};
 pub use conv::{Conv2d, Conv2dGrads};
 pub use embed::timestep_embedding;
 pub use linear::{Linear, LinearGrads};
+pub use norm::{GroupNorm, GroupNormGrads};
 pub use resample::{avg_pool2x, avg_pool2x_vjp, upsample_nearest2x, upsample_nearest2x_vjp};
 
 
