@@ -1,1 +1,197 @@
-//! todo
+//! QKV self-attention as guided-diffusion's `QKVAttentionLegacy`.
+
+use ndarray::{Array3, ArrayView3};
+use rayon::prelude::*;
+
+use crate::nn::{gemm::sgemm, same_shape, shape_err};
+use crate::{Error, Result};
+
+/// `QKVAttentionLegacy(n_heads)`: input `qkv` `(B, H * 3 * C, T)` (the output of the
+/// attention block's 1x1 `qkv` convolution, spatial positions flattened to `T`), output
+/// `(B, H * C, T)`.
+///
+/// Legacy head split (guided-diffusion's default, `use_new_attention_order=False`): `qkv` is
+/// reshaped to `(B * H, 3C, T)` and split along the channel axis, so head `h` reads
+/// **q = channels `[3Ch, 3Ch + C)`, k = `[3Ch + C, 3Ch + 2C)`, v = `[3Ch + 2C, 3Ch + 3C)`**
+/// (interleaved per head, not q-block/k-block/v-block), and writes output channels
+/// `[Ch, Ch + C)`. Per head, with `s = 1 / sqrt(sqrt(C))` applied to both q and k,
+/// `W[t, u] = sum_c (s q[c, t]) (s k[c, u])`, `P = softmax over u`, and
+/// `a[c, t] = sum_u P[t, u] v[c, u]`. All in f32 (the softmax with max subtraction and an
+/// f64 row sum).
+#[derive(Debug, Clone, Copy)]
+pub struct QkvAttentionLegacy {
+    pub n_heads: usize,
+}
+
+impl QkvAttentionLegacy {
+    pub fn new(n_heads: usize) -> Result<Self> {
+        if n_heads == 0 {
+            return Err(Error::Invalid("attention: n_heads must be >= 1, got 0".into()));
+        }
+        Ok(QkvAttentionLegacy { n_heads })
+    }
+
+    /// Per-head channel count `C` for a `qkv` input of `width` channels.
+    fn head_ch(&self, shape: &[usize]) -> Result<usize> {
+        let width = shape[1];
+        if width == 0 || width % (3 * self.n_heads) != 0 {
+            return Err(shape_err(
+                "attention",
+                format!("(B, {} * 3 * C, T) with C >= 1", self.n_heads),
+                shape,
+            ));
+        }
+        Ok(width / (3 * self.n_heads))
+    }
+
+    /// Softmax attention weights `P` (T x T) of one head into `p`.
+    fn weights(q: &[f32], k: &[f32], c: usize, t: usize, p: &mut [f32]) {
+        sgemm(t, t, c, q, true, k, false, p, false);
+        let s2 = 1.0 / (c as f32).sqrt(); // s^2 with s = C^(-1/4)
+        for row in p.chunks_mut(t) {
+            let mut mx = f32::NEG_INFINITY;
+            for v in row.iter_mut() {
+                *v *= s2;
+                mx = mx.max(*v);
+            }
+            let mut sum = 0.0f64;
+            for v in row.iter_mut() {
+                *v = (*v - mx).exp();
+                sum += *v as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+
+    /// Forward: `(B, 3HC, T) -> (B, HC, T)`.
+    pub fn forward(&self, qkv: ArrayView3<f32>) -> Result<Array3<f32>> {
+        let c = self.head_ch(qkv.shape())?;
+        let (b, _, t) = qkv.dim();
+        let qkv = qkv.as_standard_layout();
+        let xs = qkv.as_slice().unwrap_or_default();
+        let mut out = Array3::zeros((b, self.n_heads * c, t));
+        if t == 0 {
+            return Ok(out);
+        }
+        out.as_slice_mut()
+            .unwrap_or_default()
+            .par_chunks_mut(c * t)
+            .enumerate()
+            .for_each(|(i, a)| {
+                let blk = &xs[i * 3 * c * t..(i + 1) * 3 * c * t];
+                let (q, rest) = blk.split_at(c * t);
+                let (k, v) = rest.split_at(c * t);
+                let mut p = vec![0.0f32; t * t];
+                Self::weights(q, k, c, t, &mut p);
+                sgemm(c, t, t, v, false, &p, true, a, false);
+            });
+        Ok(out)
+    }
+
+    /// VJP with respect to `qkv`: `da` `(B, HC, T)`; returns `(B, 3HC, T)`. Per head, with
+    /// `dP = da^T v`, `dW = P * (dP - rowsum(P * dP))`: `dq = s^2 k dW^T`, `dk = s^2 q dW`,
+    /// `dv = da P`.
+    pub fn vjp(&self, qkv: ArrayView3<f32>, da: ArrayView3<f32>) -> Result<Array3<f32>> {
+        let c = self.head_ch(qkv.shape())?;
+        let (b, w, t) = qkv.dim();
+        same_shape("attention", "output gradient", &[b, self.n_heads * c, t], da.shape())?;
+        let qkv = qkv.as_standard_layout();
+        let da = da.as_standard_layout();
+        let (xs, das) = (qkv.as_slice().unwrap_or_default(), da.as_slice().unwrap_or_default());
+        let mut dqkv = Array3::zeros((b, w, t));
+        if t == 0 {
+            return Ok(dqkv);
+        }
+        let s2 = 1.0 / (c as f32).sqrt();
+        dqkv.as_slice_mut()
+            .unwrap_or_default()
+            .par_chunks_mut(3 * c * t)
+            .enumerate()
+            .for_each(|(i, dblk)| {
+                let blk = &xs[i * 3 * c * t..(i + 1) * 3 * c * t];
+                let (q, rest) = blk.split_at(c * t);
+                let (k, v) = rest.split_at(c * t);
+                let dai = &das[i * c * t..(i + 1) * c * t];
+                let mut p = vec![0.0f32; t * t];
+                Self::weights(q, k, c, t, &mut p);
+                let (dq, rest) = dblk.split_at_mut(c * t);
+                let (dk, dv) = rest.split_at_mut(c * t);
+                sgemm(c, t, t, dai, false, &p, false, dv, false);
+                let mut dp = vec![0.0f32; t * t];
+                sgemm(t, t, c, dai, true, v, false, &mut dp, false);
+                for (prow, drow) in p.chunks(t).zip(dp.chunks_mut(t)) {
+                    let dot: f64 = prow.iter().zip(drow.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let dot = dot as f32;
+                    for (d, &pv) in drow.iter_mut().zip(prow) {
+                        *d = s2 * pv * (*d - dot);
+                    }
+                }
+                sgemm(c, t, t, k, false, &dp, true, dq, false);
+                sgemm(c, t, t, q, false, &dp, false, dk, false);
+            });
+        Ok(dqkv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::testutil::*;
+
+    /// Naive attention in f64 with the legacy channel indexing written out.
+    fn naive(x: &[f64], b: usize, heads: usize, c: usize, t: usize) -> Vec<f64> {
+        let w = 3 * heads * c;
+        let at = |bb: usize, ch: usize, tt: usize| x[(bb * w + ch) * t + tt];
+        let s = 1.0 / (c as f64).sqrt().sqrt();
+        let mut out = vec![0.0; b * heads * c * t];
+        for bb in 0..b {
+            for h in 0..heads {
+                let (q0, k0, v0) = (3 * c * h, 3 * c * h + c, 3 * c * h + 2 * c);
+                for tt in 0..t {
+                    let logits: Vec<f64> = (0..t)
+                        .map(|u| (0..c).map(|ch| s * at(bb, q0 + ch, tt) * s * at(bb, k0 + ch, u)).sum())
+                        .collect();
+                    let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for ch in 0..c {
+                        out[(bb * heads * c + h * c + ch) * t + tt] =
+                            (0..t).map(|u| e[u] / z * at(bb, v0 + ch, u)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forward_and_vjp_match_naive_legacy_heads() {
+        // (B, heads, C, T): one head, two heads with odd C and T, batch > 1.
+        for (k, &(b, heads, c, t)) in [(1, 1, 4, 5), (2, 2, 3, 7), (2, 3, 2, 4)].iter().enumerate() {
+            let n = b * 3 * heads * c * t;
+            let xv: Vec<f32> = rand_vec(n, 500 + k as u64).iter().map(|v| 2.0 * v).collect();
+            let x = Array3::from_shape_vec((b, 3 * heads * c, t), xv.clone()).unwrap();
+            let att = QkvAttentionLegacy::new(heads).unwrap();
+            let y = att.forward(x.view()).unwrap();
+            let x64 = to64(&xv);
+            // f32 logits, exp and sums of a handful of terms: ~1e-6 relative.
+            let e = rel_err(y.as_slice().unwrap(), &naive(&x64, b, heads, c, t));
+            assert!(e < 1e-5, "case {k}: forward rel err {e}");
+            let dav = rand_vec(b * heads * c * t, 600 + k as u64);
+            let da = Array3::from_shape_vec((b, heads * c, t), dav.clone()).unwrap();
+            let dx = att.vjp(x.view(), da.view()).unwrap();
+            let want = fd_grad(|xs| naive(xs, b, heads, c, t), &x64, &to64(&dav));
+            let e = rel_err(dx.as_slice().unwrap(), &want);
+            assert!(e < 1e-4, "case {k}: vjp rel err {e}");
+        }
+    }
+
+    #[test]
+    fn shape_errors() {
+        let att = QkvAttentionLegacy::new(2).unwrap();
+        assert!(att.forward(Array3::zeros((1, 9, 4)).view()).is_err());
+        assert!(att.vjp(Array3::zeros((1, 12, 4)).view(), Array3::zeros((1, 4, 3)).view()).is_err());
+        assert!(QkvAttentionLegacy::new(0).is_err());
+    }
+}
