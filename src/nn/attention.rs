@@ -26,7 +26,9 @@ pub struct QkvAttentionLegacy {
 impl QkvAttentionLegacy {
     pub fn new(n_heads: usize) -> Result<Self> {
         if n_heads == 0 {
-            return Err(Error::Invalid("attention: n_heads must be >= 1, got 0".into()));
+            return Err(Error::Invalid(
+                "attention: n_heads must be >= 1, got 0".into(),
+            ));
         }
         Ok(QkvAttentionLegacy { n_heads })
     }
@@ -95,10 +97,18 @@ impl QkvAttentionLegacy {
     pub fn vjp(&self, qkv: ArrayView3<f32>, da: ArrayView3<f32>) -> Result<Array3<f32>> {
         let c = self.head_ch(qkv.shape())?;
         let (b, w, t) = qkv.dim();
-        same_shape("attention", "output gradient", &[b, self.n_heads * c, t], da.shape())?;
+        same_shape(
+            "attention",
+            "output gradient",
+            &[b, self.n_heads * c, t],
+            da.shape(),
+        )?;
         let qkv = qkv.as_standard_layout();
         let da = da.as_standard_layout();
-        let (xs, das) = (qkv.as_slice().unwrap_or_default(), da.as_slice().unwrap_or_default());
+        let (xs, das) = (
+            qkv.as_slice().unwrap_or_default(),
+            da.as_slice().unwrap_or_default(),
+        );
         let mut dqkv = Array3::zeros((b, w, t));
         if t == 0 {
             return Ok(dqkv);
@@ -121,7 +131,11 @@ impl QkvAttentionLegacy {
                 let mut dp = vec![0.0f32; t * t];
                 sgemm(t, t, c, dai, true, v, false, &mut dp, false);
                 for (prow, drow) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                    let dot: f64 = prow.iter().zip(drow.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let dot: f64 = prow
+                        .iter()
+                        .zip(drow.iter())
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
                     let dot = dot as f32;
                     for (d, &pv) in drow.iter_mut().zip(prow) {
                         *d = s2 * pv * (*d - dot);
@@ -150,7 +164,11 @@ mod tests {
                 let (q0, k0, v0) = (3 * c * h, 3 * c * h + c, 3 * c * h + 2 * c);
                 for tt in 0..t {
                     let logits: Vec<f64> = (0..t)
-                        .map(|u| (0..c).map(|ch| s * at(bb, q0 + ch, tt) * s * at(bb, k0 + ch, u)).sum())
+                        .map(|u| {
+                            (0..c)
+                                .map(|ch| s * at(bb, q0 + ch, tt) * s * at(bb, k0 + ch, u))
+                                .sum()
+                        })
                         .collect();
                     let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
@@ -168,9 +186,15 @@ mod tests {
     #[test]
     fn forward_and_vjp_match_naive_legacy_heads() {
         // (B, heads, C, T): one head, two heads with odd C and T, batch > 1.
-        for (k, &(b, heads, c, t)) in [(1, 1, 4, 5), (2, 2, 3, 7), (2, 3, 2, 4)].iter().enumerate() {
+        for (k, &(b, heads, c, t)) in [(1, 1, 4, 5), (2, 2, 3, 7), (2, 3, 2, 4)]
+            .iter()
+            .enumerate()
+        {
             let n = b * 3 * heads * c * t;
-            let xv: Vec<f32> = rand_vec(n, 500 + k as u64).iter().map(|v| 2.0 * v).collect();
+            let xv: Vec<f32> = rand_vec(n, 500 + k as u64)
+                .iter()
+                .map(|v| 2.0 * v)
+                .collect();
             let x = Array3::from_shape_vec((b, 3 * heads * c, t), xv.clone()).unwrap();
             let att = QkvAttentionLegacy::new(heads).unwrap();
             let y = att.forward(x.view()).unwrap();
@@ -191,7 +215,12 @@ mod tests {
     fn shape_errors() {
         let att = QkvAttentionLegacy::new(2).unwrap();
         assert!(att.forward(Array3::zeros((1, 9, 4)).view()).is_err());
-        assert!(att.vjp(Array3::zeros((1, 12, 4)).view(), Array3::zeros((1, 4, 3)).view()).is_err());
+        assert!(att
+            .vjp(
+                Array3::zeros((1, 12, 4)).view(),
+                Array3::zeros((1, 4, 3)).view()
+            )
+            .is_err());
         assert!(QkvAttentionLegacy::new(0).is_err());
     }
 }

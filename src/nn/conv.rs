@@ -49,7 +49,12 @@ impl Clone for Conv2d {
 
 impl Conv2d {
     /// Validates `bias.len() == out`, `stride >= 1`, a non-empty kernel.
-    pub fn new(weight: Array4<f32>, bias: Array1<f32>, stride: usize, padding: usize) -> Result<Self> {
+    pub fn new(
+        weight: Array4<f32>,
+        bias: Array1<f32>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let (o, i, kh, kw) = weight.dim();
         if bias.len() != o {
             return Err(Error::Invalid(format!(
@@ -247,7 +252,10 @@ impl Conv2d {
         same_shape("conv2d", "output gradient", &[n, co, ho, wo], dy.shape())?;
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
-        let (xs, dys) = (x.as_slice().unwrap_or_default(), dy.as_slice().unwrap_or_default());
+        let (xs, dys) = (
+            x.as_slice().unwrap_or_default(),
+            dy.as_slice().unwrap_or_default(),
+        );
         let kdim = ci * kh * kw;
         let mut gw = Array4::zeros(self.weight.raw_dim());
         let gws = gw.as_slice_mut().unwrap_or_default();
@@ -272,7 +280,10 @@ impl Conv2d {
             }
             s as f32
         });
-        Ok(Conv2dGrads { weight: gw, bias: gb })
+        Ok(Conv2dGrads {
+            weight: gw,
+            bias: gb,
+        })
     }
 }
 
@@ -306,7 +317,8 @@ mod tests {
                                 for d in 0..kw {
                                     let iy = (oy * s + a) as isize - p as isize;
                                     let ix = (ox * s + d) as isize - p as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
+                                    {
                                         acc += wt[[o, c, a, d]] as f64
                                             * x[((b * ci + c) * h + iy as usize) * w + ix as usize];
                                     }
@@ -334,7 +346,8 @@ mod tests {
         ];
         for (case, &(n, ci, co, h, w, k, s, p)) in cases.iter().enumerate() {
             let seed = 10 * case as u64;
-            let wt = Array4::from_shape_vec((co, ci, k, k), rand_vec(co * ci * k * k, seed)).unwrap();
+            let wt =
+                Array4::from_shape_vec((co, ci, k, k), rand_vec(co * ci * k * k, seed)).unwrap();
             let bias = Array1::from(rand_vec(co, seed + 1));
             let conv = Conv2d::new(wt.clone(), bias.clone(), s, p).unwrap();
             let xv = rand_vec(n * ci * h * w, seed + 2);
@@ -371,7 +384,11 @@ mod tests {
                                     for q in 0..k {
                                         let iy = (oy * s + a) as isize - p as isize;
                                         let ix = (ox * s + q) as isize - p as isize;
-                                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        if iy >= 0
+                                            && ix >= 0
+                                            && (iy as usize) < h
+                                            && (ix as usize) < w
+                                        {
                                             gw[((o * ci + c) * k + a) * k + q] +=
                                                 d * x[[b, c, iy as usize, ix as usize]] as f64;
                                         }
@@ -382,16 +399,28 @@ mod tests {
                     }
                 }
             }
-            assert!(rel_err(g.weight.as_slice().unwrap(), &gw) < 1e-5, "case {case}: dW");
-            assert!(rel_err(g.bias.as_slice().unwrap(), &gb) < 1e-5, "case {case}: db");
+            assert!(
+                rel_err(g.weight.as_slice().unwrap(), &gw) < 1e-5,
+                "case {case}: dW"
+            );
+            assert!(
+                rel_err(g.bias.as_slice().unwrap(), &gb) < 1e-5,
+                "case {case}: db"
+            );
         }
     }
 
     #[test]
     fn shape_errors_are_reported() {
         let conv = Conv2d::new(Array4::zeros((4, 3, 3, 3)), Array1::zeros(4), 1, 1).unwrap();
-        let e = conv.forward(Array4::zeros((1, 2, 5, 5)).view()).unwrap_err().to_string();
-        assert!(e.contains("(N, 3, H, W)") && e.contains("[1, 2, 5, 5]"), "{e}");
+        let e = conv
+            .forward(Array4::zeros((1, 2, 5, 5)).view())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(N, 3, H, W)") && e.contains("[1, 2, 5, 5]"),
+            "{e}"
+        );
         assert!(conv.vjp(5, 5, Array4::zeros((1, 4, 4, 5)).view()).is_err());
         assert!(Conv2d::new(Array4::zeros((4, 3, 3, 3)), Array1::zeros(3), 1, 1).is_err());
         assert!(Conv2d::new(Array4::zeros((4, 3, 3, 3)), Array1::zeros(4), 0, 1).is_err());

@@ -91,7 +91,14 @@ mod tests {
     #[test]
     fn matches_naive_triple_loop_all_transposes() {
         // Shapes include odd sizes, k=1, vectors, and one above the parallel threshold.
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (17, 1, 9), (1, 13, 4), (33, 29, 65), (70, 66, 61)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 1, 9),
+            (1, 13, 4),
+            (33, 29, 65),
+            (70, 66, 61),
+        ] {
             for ta in [false, true] {
                 for tb in [false, true] {
                     let a = rand_vec(m * k, 1);

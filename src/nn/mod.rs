@@ -31,14 +31,6 @@ pub use linear::{Linear, LinearGrads};
 pub use norm::{GroupNorm, GroupNormGrads};
 pub use resample::{avg_pool2x, avg_pool2x_vjp, upsample_nearest2x, upsample_nearest2x_vjp};
 
-
-
-
-
-
-
-
-
 use crate::{Error, Result};
 
 /// A shape error naming the layer, the expected and the found shape.

@@ -38,7 +38,12 @@ impl GroupNorm {
                 bias.len()
             )));
         }
-        Ok(GroupNorm { groups, eps, weight, bias })
+        Ok(GroupNorm {
+            groups,
+            eps,
+            weight,
+            bias,
+        })
     }
 
     /// guided-diffusion's `normalization(channels)`: 32 groups, eps 1e-5.
@@ -59,7 +64,11 @@ impl GroupNorm {
     fn stats(&self, block: &[f32]) -> (f64, f64) {
         let len = block.len().max(1) as f64;
         let mean = block.iter().map(|&v| v as f64).sum::<f64>() / len;
-        let var = block.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len;
+        let var = block
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / len;
         (mean, 1.0 / (var + self.eps as f64).sqrt())
     }
 
@@ -89,7 +98,10 @@ impl GroupNorm {
                     let c = g * cg + j;
                     let a = (rstd * self.weight[c] as f64) as f32;
                     let b = self.bias[c];
-                    for (yv, &xv) in yb[j * s..(j + 1) * s].iter_mut().zip(&xb[j * s..(j + 1) * s]) {
+                    for (yv, &xv) in yb[j * s..(j + 1) * s]
+                        .iter_mut()
+                        .zip(&xb[j * s..(j + 1) * s])
+                    {
                         *yv = (xv - m) * a + b;
                     }
                 }
@@ -105,7 +117,10 @@ impl GroupNorm {
         let cg = self.weight.len() / self.groups;
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
-        let (xs, dys) = (x.as_slice().unwrap_or_default(), dy.as_slice().unwrap_or_default());
+        let (xs, dys) = (
+            x.as_slice().unwrap_or_default(),
+            dy.as_slice().unwrap_or_default(),
+        );
         let mut dx = ArrayD::zeros(x.raw_dim());
         let blk = cg * s;
         if blk == 0 {
@@ -152,7 +167,10 @@ impl GroupNorm {
         let cg = c / self.groups;
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
-        let (xs, dys) = (x.as_slice().unwrap_or_default(), dy.as_slice().unwrap_or_default());
+        let (xs, dys) = (
+            x.as_slice().unwrap_or_default(),
+            dy.as_slice().unwrap_or_default(),
+        );
         let mut gw = vec![0.0f64; c];
         let mut gb = vec![0.0f64; c];
         let blk = cg * s;
@@ -185,7 +203,15 @@ mod tests {
     use ndarray::IxDyn;
 
     /// Naive GroupNorm in f64 (two-pass statistics per (n, group)).
-    fn naive(x: &[f64], n: usize, c: usize, s: usize, groups: usize, w: &[f32], b: &[f32]) -> Vec<f64> {
+    fn naive(
+        x: &[f64],
+        n: usize,
+        c: usize,
+        s: usize,
+        groups: usize,
+        w: &[f32],
+        b: &[f32],
+    ) -> Vec<f64> {
         let cg = c / groups;
         let mut y = vec![0.0; x.len()];
         for a in 0..n {
@@ -208,8 +234,11 @@ mod tests {
     fn forward_vjp_param_grads_match_naive() {
         // (N, C, spatial, groups): 2-D images with odd sizes, a sequence (N, C, T), and
         // one group per channel.
-        let cases: [(Vec<usize>, usize); 3] =
-            [(vec![2, 6, 3, 5], 3), (vec![1, 8, 7], 2), (vec![2, 4, 2, 3], 4)];
+        let cases: [(Vec<usize>, usize); 3] = [
+            (vec![2, 6, 3, 5], 3),
+            (vec![1, 8, 7], 2),
+            (vec![2, 4, 2, 3], 4),
+        ];
         for (k, (shape, groups)) in cases.into_iter().enumerate() {
             let (n, c) = (shape[0], shape[1]);
             let s: usize = shape[2..].iter().product();
@@ -217,13 +246,19 @@ mod tests {
             let b = rand_vec(c, 200 + k as u64);
             let gn = GroupNorm::new(groups, 1e-5, w.clone().into(), b.clone().into()).unwrap();
             // Offset and scale the input so the mean subtraction matters.
-            let xv: Vec<f32> = rand_vec(n * c * s, 300 + k as u64).iter().map(|v| 3.0 * v + 2.0).collect();
+            let xv: Vec<f32> = rand_vec(n * c * s, 300 + k as u64)
+                .iter()
+                .map(|v| 3.0 * v + 2.0)
+                .collect();
             let x = ArrayD::from_shape_vec(IxDyn(&shape), xv.clone()).unwrap();
             let x64 = to64(&xv);
             let f = |xs: &[f64]| naive(xs, n, c, s, groups, &w, &b);
             let y = gn.forward(x.view()).unwrap();
             // f64 statistics, f32 output: ~1e-7 relative.
-            assert!(rel_err(y.as_slice().unwrap(), &f(&x64)) < 1e-5, "case {k}: forward");
+            assert!(
+                rel_err(y.as_slice().unwrap(), &f(&x64)) < 1e-5,
+                "case {k}: forward"
+            );
             let dyv = rand_vec(n * c * s, 400 + k as u64);
             let dy = ArrayD::from_shape_vec(IxDyn(&shape), dyv.clone()).unwrap();
             let dx = gn.vjp(x.view(), dy.view()).unwrap();
@@ -243,9 +278,21 @@ mod tests {
                 let yp = naive(&x64, n, c, s, groups, &wp, &b);
                 let ym = naive(&x64, n, c, s, groups, &wm, &b);
                 let step = wp[ch] as f64 - wm[ch] as f64;
-                let fd: f64 = yp.iter().zip(&ym).zip(&dyv).map(|((p, m), d)| (p - m) * *d as f64).sum::<f64>() / step;
-                assert!((g.weight[ch] as f64 - fd).abs() < 1e-3 * fd.abs().max(1.0), "dweight {ch}");
-                let db: f64 = (0..n).flat_map(|a| (0..s).map(move |t| (a, t))).map(|(a, t)| dyv[(a * c + ch) * s + t] as f64).sum();
+                let fd: f64 = yp
+                    .iter()
+                    .zip(&ym)
+                    .zip(&dyv)
+                    .map(|((p, m), d)| (p - m) * *d as f64)
+                    .sum::<f64>()
+                    / step;
+                assert!(
+                    (g.weight[ch] as f64 - fd).abs() < 1e-3 * fd.abs().max(1.0),
+                    "dweight {ch}"
+                );
+                let db: f64 = (0..n)
+                    .flat_map(|a| (0..s).map(move |t| (a, t)))
+                    .map(|(a, t)| dyv[(a * c + ch) * s + t] as f64)
+                    .sum();
                 assert!((g.bias[ch] as f64 - db).abs() < 1e-5, "dbias {ch}");
             }
         }
@@ -257,9 +304,13 @@ mod tests {
         assert!(GroupNorm::new(2, 1e-5, Array1::ones(8), Array1::zeros(6)).is_err());
         assert!(GroupNorm::gn32(Array1::ones(64), Array1::zeros(64)).is_ok());
         let gn = GroupNorm::new(2, 1e-5, Array1::ones(4), Array1::zeros(4)).unwrap();
-        assert!(gn.forward(ArrayD::zeros(IxDyn(&[1, 3, 2, 2])).view()).is_err());
+        assert!(gn
+            .forward(ArrayD::zeros(IxDyn(&[1, 3, 2, 2])).view())
+            .is_err());
         // A constant block normalizes to the bias (variance 0 is guarded by eps).
-        let y = gn.forward(ArrayD::from_elem(IxDyn(&[1, 4, 2, 2]), 5.0).view()).unwrap();
+        let y = gn
+            .forward(ArrayD::from_elem(IxDyn(&[1, 4, 2, 2]), 5.0).view())
+            .unwrap();
         assert!(y.iter().all(|v| v.abs() < 1e-6));
     }
 }

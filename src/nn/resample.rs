@@ -25,12 +25,15 @@ pub fn upsample_nearest2x_vjp(dy: ArrayView4<f32>) -> Result<Array4<f32>> {
             dy.shape(),
         ));
     }
-    Ok(Array4::from_shape_fn((n, c, h2 / 2, w2 / 2), |(a, b, i, j)| {
-        dy[[a, b, 2 * i, 2 * j]]
-            + dy[[a, b, 2 * i, 2 * j + 1]]
-            + dy[[a, b, 2 * i + 1, 2 * j]]
-            + dy[[a, b, 2 * i + 1, 2 * j + 1]]
-    }))
+    Ok(Array4::from_shape_fn(
+        (n, c, h2 / 2, w2 / 2),
+        |(a, b, i, j)| {
+            dy[[a, b, 2 * i, 2 * j]]
+                + dy[[a, b, 2 * i, 2 * j + 1]]
+                + dy[[a, b, 2 * i + 1, 2 * j]]
+                + dy[[a, b, 2 * i + 1, 2 * j + 1]]
+        },
+    ))
 }
 
 /// 2x2 average pooling with stride 2: `(N, C, H, W) -> (N, C, H/2, W/2)` (floor, as
@@ -49,7 +52,12 @@ pub fn avg_pool2x(x: ArrayView4<f32>) -> Array4<f32> {
 /// block gets a quarter of the block's output gradient; dropped odd rows/columns get zero.
 pub fn avg_pool2x_vjp(in_shape: [usize; 4], dy: ArrayView4<f32>) -> Result<Array4<f32>> {
     let [n, c, h, w] = in_shape;
-    same_shape("avg_pool2x", "output gradient", &[n, c, h / 2, w / 2], dy.shape())?;
+    same_shape(
+        "avg_pool2x",
+        "output gradient",
+        &[n, c, h / 2, w / 2],
+        dy.shape(),
+    )?;
     Ok(Array4::from_shape_fn((n, c, h, w), |(a, b, i, j)| {
         if i / 2 < h / 2 && j / 2 < w / 2 {
             0.25 * dy[[a, b, i / 2, j / 2]]
