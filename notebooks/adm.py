@@ -199,9 +199,14 @@ class ResBlock(TimestepBlock):
 def _attention(q, k, v):
     """q, k, v: (B', ch, T).  Returns (B', ch, T)."""
     ch = q.shape[1]
-    s = ch ** -0.25
+    s = ch**-0.25
     w = torch.einsum("bct,bcs->bts", q * s, k * s)
-    w = torch.softmax(w.float(), dim=-1).type(w.dtype)
+    # guided-diffusion takes the softmax in f32 for f16 activations; f32 and
+    # f64 stay in their own precision.
+    if w.dtype in (torch.float16, torch.bfloat16):
+        w = torch.softmax(w.float(), dim=-1).type(w.dtype)
+    else:
+        w = torch.softmax(w, dim=-1)
     return torch.einsum("bts,bcs->bct", w, v)
 
 
@@ -321,16 +326,12 @@ class UNetModel(nn.Module):
                 use_new_attention_order=use_new_attention_order,
             )
 
-        self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
 
         ch = first_ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList(
-            [EmbSequential(nn.Conv2d(in_channels, ch, 3, padding=1))]
-        )
+        self.input_blocks = nn.ModuleList([EmbSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
         skip_chans = [ch]
         ds = 1
         last = len(channel_mult) - 1
@@ -405,14 +406,14 @@ def default_channel_mult(image_size: int) -> tuple:
     }
     if image_size not in table:
         raise ValueError(
-            f"unsupported image size {image_size} for channel_mult=\"\" "
+            f'unsupported image size {image_size} for channel_mult="" '
             f"(auto only for {sorted(table)}); pass --channel_mult explicitly"
         )
     return table[image_size]
 
 
 def parse_channel_mult(channel_mult, image_size: int) -> tuple:
-    """"" -> per-size default, "1,2,2" -> (1, 2, 2); a tuple/list passes through."""
+    """ "" -> per-size default, "1,2,2" -> (1, 2, 2); a tuple/list passes through."""
     if isinstance(channel_mult, (tuple, list)):
         return tuple(channel_mult)
     if channel_mult == "":
@@ -424,7 +425,7 @@ def parse_channel_mult(channel_mult, image_size: int) -> tuple:
 
 
 def parse_attention_resolutions(attention_resolutions, image_size: int) -> tuple:
-    """"16,8" -> (image_size // 16, image_size // 8), as guided-diffusion's create_model."""
+    """ "16,8" -> (image_size // 16, image_size // 8), as guided-diffusion's create_model."""
     if isinstance(attention_resolutions, (tuple, list)):
         parts = [str(r) for r in attention_resolutions]
     else:

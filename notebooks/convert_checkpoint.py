@@ -103,16 +103,18 @@ def model_card(flags: dict, model: "adm.UNetModel", dtype: str, source: str | No
     no string parsing): channel_mult as a list of numbers, attention_resolutions
     as downsample rates ds, out_channels, num_heads_upsample resolved.
     `flags` holds the guided-diffusion flags as given.  `schedule` holds the
-    diffusion: `betas` in f64 exactly as guided-diffusion's
-    get_named_beta_schedule computes them; the network takes the integer step
-    index t in [0, diffusion_steps) (rescale_timesteps False).
+    diffusion by name (betas are recomputed from noise_schedule and
+    diffusion_steps as guided-diffusion's get_named_beta_schedule does; see
+    README.md); the network takes the integer step index t in
+    [0, diffusion_steps) (rescale_timesteps False).
     """
     image_size = int(flags["image_size"])
     mult = adm.parse_channel_mult(flags["channel_mult"], image_size)
     attn_ds = adm.parse_attention_resolutions(flags["attention_resolutions"], image_size)
     nhu = flags["num_heads_upsample"]
     in_ch = int(flags.get("in_channels", 3))
-    betas = adm.named_beta_schedule(flags["noise_schedule"], int(flags["diffusion_steps"]))
+    adm.named_beta_schedule(flags["noise_schedule"], int(flags["diffusion_steps"]))  # validates
+    learn_sigma = bool(flags["learn_sigma"])
     n_params = sum(p.numel() for p in model.state_dict().values())
     card = {
         "format": CARD_FORMAT,
@@ -144,8 +146,11 @@ def model_card(flags: dict, model: "adm.UNetModel", dtype: str, source: str | No
             "diffusion_steps": int(flags["diffusion_steps"]),
             "noise_schedule": flags["noise_schedule"],
             "timestep_input": "integer step index t in [0, diffusion_steps), fed as float",
-            "output": "eps (first out_channels/2 channels) and variance interpolation v in [-1,1] (last half) when learn_sigma",
-            "betas": betas,
+            "output": (
+                "eps in channels [0, C), variance interpolation v in channels [C, 2C) (learned range)"
+                if learn_sigma
+                else "eps"
+            ),
         },
         "intensity_range": [-1.0, 1.0],
         "channels": in_ch,
@@ -195,7 +200,7 @@ def load_state_dict(path: str):
         raise SystemExit(f"error: {path!r} does not hold a state dict (name -> tensor)")
     # DataParallel prefixes.
     if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
