@@ -1,9 +1,9 @@
 //! QKV self-attention as guided-diffusion's `QKVAttentionLegacy`.
 
-use ndarray::{Array3, ArrayView3};
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4};
 use rayon::prelude::*;
 
-use crate::nn::{gemm::sgemm, same_shape, shape_err};
+use crate::nn::{gemm::sgemm, same_shape, shape_err, Conv2d, GroupNorm};
 use crate::{Error, Result};
 
 /// `QKVAttentionLegacy(n_heads)`: input `qkv` `(B, H * 3 * C, T)` (the output of the
@@ -148,6 +148,104 @@ impl QkvAttentionLegacy {
     }
 }
 
+/// guided-diffusion's `AttentionBlock` (legacy head order): for `x` `(B, C, H, W)`,
+/// `out = x + proj_out(attention(qkv(norm(x))))` with spatial positions flattened to
+/// `T = H W`. State-dict names: `norm.weight/bias` (GroupNorm32), `qkv.weight/bias`,
+/// `proj_out.weight/bias`. guided-diffusion's `qkv` and `proj_out` are 1-D convolutions
+/// with weights `(3C, C, 1)` and `(C, C, 1)`; here they are [`Conv2d`] 1x1 layers with
+/// weights `(3C, C, 1, 1)` and `(C, C, 1, 1)` (same data, one trailing axis added).
+/// `n_heads` is guided-diffusion's `num_heads`, or `C / num_head_channels` when that flag
+/// is set.
+#[derive(Debug, Clone)]
+pub struct AttentionBlock {
+    pub norm: GroupNorm,
+    pub qkv: Conv2d,
+    pub attention: QkvAttentionLegacy,
+    pub proj_out: Conv2d,
+}
+
+fn flat(x: &ArrayView4<f32>) -> Result<Array4<f32>> {
+    let (b, c, h, w) = x.dim();
+    x.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((b, c, h * w, 1))
+        .map_err(|e| Error::Invalid(format!("attention block: reshape failed: {e}")))
+}
+
+fn to3(x: Array4<f32>) -> Result<Array3<f32>> {
+    let (b, c, t, _) = x.dim();
+    x.into_shape_with_order((b, c, t))
+        .map_err(|e| Error::Invalid(format!("attention block: reshape failed: {e}")))
+}
+
+fn to4(x: Array3<f32>) -> Result<Array4<f32>> {
+    let (b, c, t) = x.dim();
+    x.into_shape_with_order((b, c, t, 1))
+        .map_err(|e| Error::Invalid(format!("attention block: reshape failed: {e}")))
+}
+
+impl AttentionBlock {
+    /// Validates that the parts fit together: `C` norm channels, `qkv` 1x1 `C -> 3C`,
+    /// `proj_out` 1x1 `C -> C`, `3C` divisible by `3 n_heads`.
+    pub fn new(norm: GroupNorm, qkv: Conv2d, n_heads: usize, proj_out: Conv2d) -> Result<Self> {
+        let c = norm.weight.len();
+        let ok = |cv: &Conv2d, o: usize| {
+            let (oo, ii, kh, kw) = cv.weight.dim();
+            oo == o && ii == c && kh == 1 && kw == 1 && cv.stride == 1 && cv.padding == 0
+        };
+        if !ok(&qkv, 3 * c) || !ok(&proj_out, c) || n_heads == 0 || c % n_heads != 0 {
+            return Err(Error::Invalid(format!(
+                "attention block: expected qkv weight ({}, {c}, 1, 1), proj_out weight ({c}, {c}, 1, 1) and {c} divisible by n_heads; got qkv {:?}, proj_out {:?}, n_heads {n_heads}",
+                3 * c,
+                qkv.weight.shape(),
+                proj_out.weight.shape()
+            )));
+        }
+        Ok(AttentionBlock {
+            norm,
+            qkv,
+            attention: QkvAttentionLegacy::new(n_heads)?,
+            proj_out,
+        })
+    }
+
+    /// Forward, `(B, C, H, W) -> (B, C, H, W)`.
+    pub fn forward(&self, x: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let xf = flat(&x)?;
+        let xn = self.norm.forward(xf.view().into_dyn())?;
+        let xn = xn
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(|e| Error::Invalid(format!("attention block: {e}")))?;
+        let qkv = to3(self.qkv.forward(xn.view())?)?;
+        let a = to4(self.attention.forward(qkv.view())?)?;
+        let h = self.proj_out.forward(a.view())?;
+        let out = xf + h;
+        out.into_shape_with_order(x.raw_dim())
+            .map_err(|e| Error::Invalid(format!("attention block: reshape failed: {e}")))
+    }
+
+    /// VJP with respect to the input (recomputes the forward activations from `x`).
+    pub fn vjp(&self, x: ArrayView4<f32>, dy: ArrayView4<f32>) -> Result<Array4<f32>> {
+        same_shape("attention block", "output gradient", x.shape(), dy.shape())?;
+        let (b, c, h, w) = x.dim();
+        let xf = flat(&x)?;
+        let xn = self
+            .norm
+            .forward(xf.view().into_dyn())?
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(|e| Error::Invalid(format!("attention block: {e}")))?;
+        let qkv = to3(self.qkv.forward(xn.view())?)?;
+        let dyf = flat(&dy)?;
+        let da = to3(self.proj_out.vjp(h * w, 1, dyf.view())?)?;
+        let dqkv = to4(self.attention.vjp(qkv.view(), da.view())?)?;
+        let dxn = self.qkv.vjp(h * w, 1, dqkv.view())?;
+        let dxf = self.norm.vjp(xf.view().into_dyn(), dxn.view().into_dyn())?;
+        let dx = dyf.into_dyn() + dxf;
+        dx.into_shape_with_order((b, c, h, w))
+            .map_err(|e| Error::Invalid(format!("attention block: reshape failed: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +320,45 @@ mod tests {
             )
             .is_err());
         assert!(QkvAttentionLegacy::new(0).is_err());
+    }
+    #[test]
+    fn attention_block_vjp_matches_directional_differences() {
+        use ndarray::{Array1, Array4};
+        let (b, c, h, w, heads) = (2, 4, 3, 3, 2);
+        let gn = GroupNorm::new(2, 1e-5, rand_vec(c, 1).into(), rand_vec(c, 2).into()).unwrap();
+        let wq = Array4::from_shape_vec((3 * c, c, 1, 1), rand_vec(3 * c * c, 3)).unwrap();
+        let qkv = Conv2d::new(wq, Array1::from(rand_vec(3 * c, 4)), 1, 0).unwrap();
+        let wp = Array4::from_shape_vec((c, c, 1, 1), rand_vec(c * c, 5)).unwrap();
+        let proj = Conv2d::new(wp, Array1::from(rand_vec(c, 6)), 1, 0).unwrap();
+        let blk = AttentionBlock::new(gn, qkv, heads, proj).unwrap();
+        let n = b * c * h * w;
+        let x = Array4::from_shape_vec((b, c, h, w), rand_vec(n, 7)).unwrap();
+        let dy = Array4::from_shape_vec((b, c, h, w), rand_vec(n, 8)).unwrap();
+        let y = blk.forward(x.view()).unwrap();
+        // Residual: the output differs from x by the (non-zero) attention branch.
+        assert!(y.iter().zip(&x).any(|(a, b)| (a - b).abs() > 1e-3));
+        let dx = blk.vjp(x.view(), dy.view()).unwrap();
+        let dot = |a: &Array4<f32>, b: &Array4<f32>| -> f64 {
+            a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
+        };
+        // The parts are verified against f64 references above; here the chaining is
+        // checked on the f32 forward by central differences along random directions:
+        // step 1e-2 gives truncation ~1e-4 and f32 rounding ~1e-5 / 1e-2 relative, so a
+        // 1e-2 relative tolerance, while a mis-chained VJP is off by O(1).
+        for seed in 0..3u64 {
+            let v = Array4::from_shape_vec((b, c, h, w), rand_vec(n, 20 + seed)).unwrap();
+            let hstep = 1e-2f32;
+            let yp = blk.forward((&x + &(&v * hstep)).view()).unwrap();
+            let ym = blk.forward((&x - &(&v * hstep)).view()).unwrap();
+            let fd = (dot(&dy, &yp) - dot(&dy, &ym)) / (2.0 * hstep as f64);
+            let an = dot(&dx, &v);
+            assert!(
+                (fd - an).abs() < 1e-2 * an.abs().max(1.0),
+                "seed {seed}: {fd} vs {an}"
+            );
+        }
+        let bad = Conv2d::new(Array4::zeros((c, c, 1, 1)), Array1::zeros(c), 1, 0).unwrap();
+        let gn2 = GroupNorm::new(2, 1e-5, Array1::ones(c), Array1::zeros(c)).unwrap();
+        assert!(AttentionBlock::new(gn2, bad.clone(), heads, bad).is_err());
     }
 }

@@ -24,7 +24,7 @@ pub mod norm;
 pub mod resample;
 
 pub use act::{silu, silu_vjp};
-pub use attention::QkvAttentionLegacy;
+pub use attention::{AttentionBlock, QkvAttentionLegacy};
 pub use conv::{Conv2d, Conv2dGrads};
 pub use embed::timestep_embedding;
 pub use linear::{Linear, LinearGrads};
