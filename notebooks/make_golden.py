@@ -27,6 +27,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 
@@ -281,6 +283,10 @@ def make_config(name: str, cfg: dict, out_root: str):
         out32 = m32(torch.from_numpy(x), torch.from_numpy(t)).numpy()
     rel = np.abs(out32 - out).max() / np.abs(out).max()
     assert rel < 1e-4, f"{name}: f32 vs f64 forward relative error {rel}"
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (g32,) = torch.autograd.grad((m32(xt, torch.from_numpy(t)) * torch.from_numpy(v)).sum(), xt)
+    vrel = np.abs(g32.numpy() - vjp).max() / np.abs(vjp).max()
+    assert vrel < 1e-4, f"{name}: f32 vs f64 VJP relative error {vrel}"
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(vjp))
 
     # Round trip: the stored prior directory reproduces the model.
@@ -309,7 +315,12 @@ def make_config(name: str, cfg: dict, out_root: str):
     )
     for fname, arr in arrays:
         np.save(os.path.join(d, f"{fname}.npy"), arr)
-    return dict(out_absmax=float(np.abs(out).max()), vjp_absmax=float(np.abs(vjp).max()), f32_rel=float(rel))
+    return dict(
+        out_absmax=float(np.abs(out).max()),
+        vjp_absmax=float(np.abs(vjp).max()),
+        f32_rel=float(rel),
+        f32_vjp_rel=float(vrel),
+    )
 
 
 def check_every_parameter_matters(name: str, cfg: dict):
@@ -356,10 +367,121 @@ def check_every_parameter_matters(name: str, cfg: dict):
                 assert diff > 1e-8, f"{name}: parameter {pname} does not affect the output"
 
 
+# --------------------------------------------------------------------------
+# FFHQ-256 with hash-generated weights (no weight file shipped)
+
+MASK64 = (1 << 64) - 1
+HASH_SQRT3 = math.sqrt(3.0)
+
+
+def fnv1a64(key: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in key.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def hash_unit(key: str, n: int) -> np.ndarray:
+    """n values in [-1, 1), exactly representable in f32:
+    u_i = splitmix64(fnv1a64(key) XOR i), value_i = (u_i >> 40) / 2^23 - 1."""
+    z = np.uint64(fnv1a64(key)) ^ np.arange(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    k = (z >> np.uint64(40)).astype(np.float64)
+    return (k / 2.0**23 - 1.0).astype(np.float32)
+
+
+def hash_param(key: str, shape) -> np.ndarray:
+    """The deterministic weight of `key` (all arithmetic in f32, no FMA):
+    >= 2-D (conv / linear weight):  unit * f32(sqrt(3 / fan_in)), fan_in = numel / shape[0]
+    1-D ending in "weight" (GroupNorm): 1 + unit * f32(0.1 sqrt 3)
+    1-D ending in "bias":               unit * f32(0.1 sqrt 3)."""
+    n = int(np.prod(shape))
+    u = hash_unit(key, n)
+    if len(shape) >= 2:
+        a = u * np.float32(math.sqrt(3.0 / (n // shape[0])))
+    elif key.endswith("weight"):
+        a = np.float32(1.0) + u * np.float32(0.1 * HASH_SQRT3)
+    else:
+        a = u * np.float32(0.1 * HASH_SQRT3)
+    return a.astype(np.float32).reshape(shape)
+
+
+def make_ffhq256_hash(out_root: str, batch: int = 2):
+    """Golden values for the FFHQ-256 configuration with hash_param weights.
+
+    Writes OUT/ffhq256_hash/: model.json (card, no weights file), rows.npy
+    (the sampled row/column indices), out_sub.npy = out[:, :, rows][:, :, :, rows],
+    vjp_sub.npy likewise, and check.json (t, first values of a few weights
+    and of x, v, and f64 sums over the full out / vjp).  x = hash_unit("input.x"),
+    v = hash_unit("input.v") reshaped to (N, C, 256, 256) / (N, 2C, 256, 256).
+    """
+    flags = dict(BASE_FLAGS)
+    flags.update(adm.FFHQ256_FLAGS)
+    flags["in_channels"] = 3
+    model = adm.create_model(**{k: flags[k] for k in cc.MODEL_KEYS}).eval()
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(torch.from_numpy(hash_param(k, tuple(p.shape))))
+    d = os.path.join(out_root, "ffhq256_hash")
+    os.makedirs(d, exist_ok=True)
+    card = cc.model_card(
+        flags, model, "f32", None, {"training_data": "none: hash-generated weights (make_golden.hash_param)"}
+    )
+    card["weights"] = {"file": None, "generator": "make_golden.hash_param (see notebooks/README.md)"}
+    with open(os.path.join(d, "model.json"), "w") as f:
+        json.dump(card, f, indent=1)
+        f.write("\n")
+    n, s = batch, 256
+    x = hash_unit("input.x", n * 3 * s * s).reshape(n, 3, s, s)
+    v = hash_unit("input.v", n * 6 * s * s).reshape(n, 6, s, s)
+    t = np.array([10, 900][:n], dtype=np.int64)
+    out, vjp = reference_forward_vjp(model, x, t, v)
+    # PyTorch's own f32 evaluation agrees with the f64 reference (recorded).
+    m32 = model.float()
+    xt = torch.from_numpy(x).requires_grad_(True)
+    o32 = m32(xt, torch.from_numpy(t))
+    (g32,) = torch.autograd.grad((o32 * torch.from_numpy(v)).sum(), xt)
+    f32_out_rel = float(np.abs(o32.detach().numpy() - out).max() / np.abs(out).max())
+    f32_vjp_rel = float(np.abs(g32.numpy() - vjp).max() / np.abs(vjp).max())
+    del o32, g32, xt
+    assert f32_out_rel < 1e-4 and f32_vjp_rel < 1e-4, (f32_out_rel, f32_vjp_rel)
+    rows = np.r_[0:s:9, s - 1].astype(np.int64)
+    np.save(os.path.join(d, "rows.npy"), rows)
+    np.save(os.path.join(d, "out_sub.npy"), out[:, :, rows][:, :, :, rows].astype(np.float32))
+    np.save(os.path.join(d, "vjp_sub.npy"), vjp[:, :, rows][:, :, :, rows].astype(np.float32))
+    sd = {k: v_.float().numpy() for k, v_ in model.float().state_dict().items()}
+    check = {
+        "t": t.tolist(),
+        "x_first": x.ravel()[:4].tolist(),
+        "v_first": v.ravel()[:4].tolist(),
+        "weights_first": {
+            k: sd[k].ravel()[:4].tolist()
+            for k in ("time_embed.0.weight", "input_blocks.0.0.bias", "out.0.weight", "middle_block.1.qkv.weight")
+        },
+        "weights_sum_f64": {k: float(sd[k].astype(np.float64).sum()) for k in ("out.2.weight", "time_embed.2.weight")},
+        "out_sum": float(out.sum()),
+        "out_sumsq": float((out**2).sum()),
+        "vjp_sum": float(vjp.sum()),
+        "vjp_abssum": float(np.abs(vjp).sum()),
+        "out_absmax": float(np.abs(out).max()),
+        "vjp_absmax": float(np.abs(vjp).max()),
+        "torch_f32_vs_f64_max_rel": {"out": f32_out_rel, "vjp": f32_vjp_rel},
+    }
+    with open(os.path.join(d, "check.json"), "w") as f:
+        json.dump(check, f, indent=1)
+        f.write("\n")
+    return check
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "adm"))
     ap.add_argument("--check-only", action="store_true", help="only run the structure checks")
+    ap.add_argument("--ffhq256", action="store_true", help="also write the FFHQ-256 hash-weight golden (minutes)")
     a = ap.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(min(4, torch.get_num_threads()))
@@ -373,6 +495,9 @@ def main(argv=None):
     for name, cfg in CONFIGS.items():
         info = make_config(name, cfg, a.out)
         print(f"{name}: {info}")
+    if a.ffhq256:
+        info = make_ffhq256_hash(a.out)
+        print(f"ffhq256_hash: out_absmax {info['out_absmax']:.4g}, vjp_absmax {info['vjp_absmax']:.4g}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import adm
-import convert_checkpoint as cc
-import make_golden as mg
+import adm  # noqa: E402
+import convert_checkpoint as cc  # noqa: E402
+import make_golden as mg  # noqa: E402
 
 SMALL = {
     "image_size": 16,
@@ -209,3 +209,49 @@ def test_goldens_reproduce():
             fm = (m(xt - eps * dx, torch.from_numpy(t)) * torch.from_numpy(v.astype(np.float64))).sum()
         fd = ((fp - fm) / (2 * eps)).item()
         assert fd == pytest.approx(float((vjp * dx.numpy()).sum()), rel=1e-6)
+
+
+def test_hash_generator():
+    # reference values: FNV-1a("a"), splitmix64 first output from state 0
+    assert mg.fnv1a64("a") == 0xAF63DC4C8601EC8C
+    assert mg.fnv1a64("") == 0xCBF29CE484222325
+
+    # pure-Python splitmix64 against the vectorised one
+    def sm(z):
+        m = (1 << 64) - 1
+        z = (z + 0x9E3779B97F4A7C15) & m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    assert sm(0) == 0xE220A8397B1DCDAF
+    u = mg.hash_unit("time_embed.0.weight", 7)
+    s = mg.fnv1a64("time_embed.0.weight")
+    for i in range(7):
+        assert u[i] == np.float32((sm(s ^ i) >> 40) / 2.0**23 - 1.0)
+    # the "1-D weight = GroupNorm scale" rule holds for the FFHQ-256 model
+    m = adm.create_model(**adm.FFHQ256_FLAGS)
+    for k, p in m.named_parameters():
+        if p.dim() == 1 and k.endswith("weight"):
+            assert isinstance(m.get_submodule(k.rsplit(".", 1)[0]), torch.nn.GroupNorm), k
+    w = mg.hash_param("out.0.weight", (128,))
+    assert w.dtype == np.float32 and np.all(np.abs(w - 1) <= 0.1 * math.sqrt(3) + 1e-6)
+
+
+def test_ffhq256_hash_fixture_consistent():
+    """check.json's generator values agree with hash_param / hash_unit (the
+    forward itself takes ~1 min in f64; make_golden.py --ffhq256 recomputes it)."""
+    d = os.path.join(HERE, "..", "tests", "data", "adm", "ffhq256_hash")
+    check = json.load(open(os.path.join(d, "check.json")))
+    m = adm.create_model(**adm.FFHQ256_FLAGS)
+    shapes = {k: tuple(p.shape) for k, p in m.named_parameters()}
+    for k, first in check["weights_first"].items():
+        assert mg.hash_param(k, shapes[k]).ravel()[:4].tolist() == first, k
+    for k, s in check["weights_sum_f64"].items():
+        assert mg.hash_param(k, shapes[k]).astype(np.float64).sum() == pytest.approx(s, rel=1e-12)
+    assert mg.hash_unit("input.x", 4).tolist() == check["x_first"]
+    assert mg.hash_unit("input.v", 4).tolist() == check["v_first"]
+    rows = np.load(os.path.join(d, "rows.npy"))
+    assert rows[0] == 0 and rows[-1] == 255 and len(rows) == 30
+    assert np.load(os.path.join(d, "out_sub.npy")).shape == (2, 6, 30, 30)
+    assert np.load(os.path.join(d, "vjp_sub.npy")).shape == (2, 3, 30, 30)
