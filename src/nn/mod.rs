@@ -22,6 +22,7 @@ pub mod gemm;
 pub mod linear;
 pub mod norm;
 pub mod resample;
+pub mod resblock;
 
 pub use act::{silu, silu_vjp};
 pub use attention::{AttentionBlock, QkvAttentionLegacy};
@@ -30,6 +31,7 @@ pub use embed::timestep_embedding;
 pub use linear::{Linear, LinearGrads};
 pub use norm::{GroupNorm, GroupNormGrads};
 pub use resample::{avg_pool2x, avg_pool2x_vjp, upsample_nearest2x, upsample_nearest2x_vjp};
+pub use resblock::{ResBlock, UpDown};
 
 use crate::{Error, Result};
 
