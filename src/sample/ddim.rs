@@ -7,7 +7,7 @@
 //! deterministic DDIM, `eta = 1` the ancestral (DDPM) sampler. The step to the clean point
 //! returns `x0_hat`.
 
-use super::{eps_from_x0, start, Context, Sampler, State};
+use super::{eps_from_x0, knot_step, start, Context, Sampler, State};
 use crate::error::{Error, Result};
 use crate::prior::Knot;
 
@@ -50,13 +50,9 @@ impl Sampler for Ddim {
         self.knots = cx.denoiser().schedule().knots(self.steps);
         Ok(start(cx, &self.knots, n))
     }
-    fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let x0 = cx.x0(state.x.view(), cur.t)?;
-        if nxt.is_clean() {
-            state.x = x0.clone();
-        } else {
-            let eps = eps_from_x0(&state.x, &x0, &cur);
+    fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
+        knot_step(cx, &self.knots, state, |cx, cur, nxt, x, x0| {
+            let eps = eps_from_x0(&x, x0, &cur);
             let ratio = cur.a * nxt.s / (nxt.a * cur.s);
             let sigma = self.eta * nxt.s * (1.0 - ratio * ratio).max(0.0).sqrt();
             let keep = (nxt.s * nxt.s - sigma * sigma).max(0.0).sqrt() as f32;
@@ -64,14 +60,10 @@ impl Sampler for Ddim {
             let mut x = x0.mapv(|v| a2 * v);
             x.zip_mut_with(&eps, |x, &e| *x += keep * e);
             if sg > 0.0 {
-                let z = cx.normal(state.x.shape());
+                let z = cx.normal(x.shape());
                 x.zip_mut_with(&z, |x, &z| *x += sg * z);
             }
-            state.x = x;
-        }
-        state.x0_hat = Some(x0);
-        state.step += 1;
-        state.t = nxt.t;
-        Ok(state)
+            Ok(x)
+        })
     }
 }

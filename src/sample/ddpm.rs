@@ -7,7 +7,7 @@
 //! "posterior variance" choice `beta_tilde` of DDPM; with the T = 1000 VP grid it is exactly
 //! the original sampler). The step to the clean point returns `x0_hat`.
 
-use super::{start, Context, Sampler, State};
+use super::{knot_step, start, Context, Sampler, State};
 use crate::error::Result;
 use crate::prior::Knot;
 
@@ -38,27 +38,19 @@ impl Sampler for Ddpm {
         self.knots = cx.denoiser().schedule().knots(self.steps);
         Ok(start(cx, &self.knots, n))
     }
-    fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let x0 = cx.x0(state.x.view(), cur.t)?;
-        if nxt.is_clean() {
-            state.x = x0.clone();
-        } else {
+    fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
+        knot_step(cx, &self.knots, state, |cx, cur, nxt, xt, x0| {
             let r = cur.a / nxt.a;
             let v = (cur.s * cur.s - r * r * nxt.s * nxt.s).max(1e-300);
             let var = 1.0 / (1.0 / (nxt.s * nxt.s) + r * r / v);
             let c0 = (var * nxt.a / (nxt.s * nxt.s)) as f32;
             let cx_ = (var * r / v) as f32;
             let sd = var.sqrt() as f32;
-            let z = cx.normal(state.x.shape());
+            let z = cx.normal(xt.shape());
             let mut x = x0.mapv(|u| c0 * u);
-            x.zip_mut_with(&state.x, |o, &xi| *o += cx_ * xi);
+            x.zip_mut_with(&xt, |o, &xi| *o += cx_ * xi);
             x.zip_mut_with(&z, |o, &zi| *o += sd * zi);
-            state.x = x;
-        }
-        state.x0_hat = Some(x0);
-        state.step += 1;
-        state.t = nxt.t;
-        Ok(state)
+            Ok(x)
+        })
     }
 }

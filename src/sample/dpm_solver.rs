@@ -16,7 +16,7 @@
 
 use ndarray::ArrayD;
 
-use super::{start, Context, Sampler, State};
+use super::{knot_step, start, Context, Sampler, State};
 use crate::error::Result;
 use crate::prior::Knot;
 
@@ -72,17 +72,15 @@ impl Sampler for DpmSolver2M {
         self.prev = None;
         Ok(start(cx, &self.knots, n))
     }
-    fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
+    fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
         let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let x0 = cx.x0(state.x.view(), cur.t)?;
         let h = nxt.log_snr() - cur.log_snr();
-        if nxt.is_clean() {
-            state.x = x0.clone();
-        } else {
+        let prev = self.prev.take();
+        let state = knot_step(cx, &self.knots, state, |_, cur, nxt, mut x, x0| {
             let e = cur.a * nxt.s / (cur.s * nxt.a); // e^{-h}
             let cxx = (nxt.s / cur.s) as f32;
             let cd = (nxt.a * (1.0 - e)) as f32;
-            let d = match &self.prev {
+            let d = match &prev {
                 Some((x0p, hp)) if hp.is_finite() && h.is_finite() && *hp > 0.0 => {
                     let r = hp / h;
                     let (c1, c2) = ((1.0 + 0.5 / r) as f32, (0.5 / r) as f32);
@@ -92,13 +90,11 @@ impl Sampler for DpmSolver2M {
                 }
                 _ => x0.clone(),
             };
-            state.x.mapv_inplace(|v| cxx * v);
-            state.x.zip_mut_with(&d, |o, &dv| *o += cd * dv);
-        }
-        self.prev = Some((x0.clone(), h));
-        state.x0_hat = Some(x0);
-        state.step += 1;
-        state.t = nxt.t;
+            x.mapv_inplace(|v| cxx * v);
+            x.zip_mut_with(&d, |o, &dv| *o += cd * dv);
+            Ok(x)
+        })?;
+        self.prev = state.x0_hat.clone().map(|x0| (x0, h));
         Ok(state)
     }
 }

@@ -285,6 +285,29 @@ pub(crate) fn start(cx: &mut Context, knots: &[Knot], n: usize) -> State {
 }
 
 /// `eps_hat = (x - a x0_hat) / s`.
+/// The step every sampler here shares: denoise at the current knot, move to the next
+/// with `update(cx, current, next, x, x0_hat)` (which takes the iterate and returns the new
+/// one), except at the final noise-free knot, where the iterate becomes the denoised
+/// estimate; then record the estimate and advance the step and the time.
+pub(crate) fn knot_step(
+    cx: &mut Context,
+    knots: &[Knot],
+    mut state: State,
+    update: impl FnOnce(&mut Context, Knot, Knot, ArrayD<f32>, &ArrayD<f32>) -> Result<ArrayD<f32>>,
+) -> Result<State> {
+    let (cur, nxt) = (knots[state.step], knots[state.step + 1]);
+    let x0 = cx.x0(state.x.view(), cur.t)?;
+    state.x = if nxt.is_clean() {
+        x0.clone()
+    } else {
+        update(cx, cur, nxt, std::mem::take(&mut state.x), &x0)?
+    };
+    state.x0_hat = Some(x0);
+    state.step += 1;
+    state.t = nxt.t;
+    Ok(state)
+}
+
 pub(crate) fn eps_from_x0(x: &ArrayD<f32>, x0: &ArrayD<f32>, k: &Knot) -> ArrayD<f32> {
     let (a, s) = (k.a as f32, k.s as f32);
     let mut e = x.clone();

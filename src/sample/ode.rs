@@ -7,7 +7,7 @@
 
 use ndarray::ArrayD;
 
-use super::{eps_from_x0, start, Context, Sampler, State};
+use super::{eps_from_x0, knot_step, start, Context, Sampler, State};
 use crate::error::Result;
 use crate::prior::Knot;
 
@@ -48,20 +48,13 @@ impl Sampler for Euler {
         self.knots = cx.denoiser().schedule().knots(self.steps);
         Ok(start(cx, &self.knots, n))
     }
-    fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let x0 = cx.x0(state.x.view(), cur.t)?;
-        if nxt.is_clean() {
-            state.x = x0.clone();
-        } else {
-            let v = velocity(cx, &cur, &state.x, &x0);
+    fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
+        knot_step(cx, &self.knots, state, |cx, cur, nxt, mut x, x0| {
+            let v = velocity(cx, &cur, &x, x0);
             let h = (nxt.t - cur.t) as f32;
-            state.x.zip_mut_with(&v, |x, &v| *x += h * v);
-        }
-        state.x0_hat = Some(x0);
-        state.step += 1;
-        state.t = nxt.t;
-        Ok(state)
+            x.zip_mut_with(&v, |x, &v| *x += h * v);
+            Ok(x)
+        })
     }
 }
 
@@ -92,25 +85,18 @@ impl Sampler for Heun {
         self.knots = cx.denoiser().schedule().knots(self.steps);
         Ok(start(cx, &self.knots, n))
     }
-    fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let x0 = cx.x0(state.x.view(), cur.t)?;
-        if nxt.is_clean() {
-            state.x = x0.clone();
-        } else {
-            let v1 = velocity(cx, &cur, &state.x, &x0);
+    fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
+        knot_step(cx, &self.knots, state, |cx, cur, nxt, mut x, x0| {
+            let v1 = velocity(cx, &cur, &x, x0);
             let h = (nxt.t - cur.t) as f32;
-            let mut xp = state.x.clone();
+            let mut xp = x.clone();
             xp.zip_mut_with(&v1, |x, &v| *x += h * v);
             let x0p = cx.x0(xp.view(), nxt.t)?;
             let v2 = velocity(cx, &nxt, &xp, &x0p);
-            state.x.zip_mut_with(&v1, |x, &v| *x += 0.5 * h * v);
-            state.x.zip_mut_with(&v2, |x, &v| *x += 0.5 * h * v);
-        }
-        state.x0_hat = Some(x0);
-        state.step += 1;
-        state.t = nxt.t;
-        Ok(state)
+            x.zip_mut_with(&v1, |x, &v| *x += 0.5 * h * v);
+            x.zip_mut_with(&v2, |x, &v| *x += 0.5 * h * v);
+            Ok(x)
+        })
     }
 }
 
