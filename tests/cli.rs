@@ -226,52 +226,42 @@ fn bad_input_is_reported_and_leaves_no_partial_output() {
     let img = data("coffee_rgb.png");
     let out = run.path("y.npy");
 
-    let e = fails(
-        posterior()
-            .args(["degrade", "no/such/file.png", "--op", "blur", "--out"])
-            .arg(&out),
-    );
-    assert!(e.contains("no/such/file.png"), "{e}");
-    let e = fails(
-        posterior()
-            .arg("degrade")
-            .arg(&img)
-            .args(["--op", "blur:sigma=-1", "--out"])
-            .arg(&out),
-    );
-    assert!(e.contains("sigma"), "{e}");
-    let e = fails(
-        posterior()
-            .arg("degrade")
-            .arg(&img)
-            .args(["--op", "warp:x=1", "--out"])
-            .arg(&out),
-    );
-    assert!(e.contains("warp") && e.contains("blur"), "{e}");
-    let e = fails(
-        posterior()
-            .arg("degrade")
-            .arg(&img)
-            .args(["--op", "blur", "--noise", "gaussian:sigma=x", "--out"])
-            .arg(&out),
-    );
-    assert!(e.contains("sigma"), "{e}");
-    let e = fails(
-        posterior()
-            .arg("degrade")
-            .arg(&img)
-            .args(["--op", "sr:factor=3", "--out"])
-            .arg(&out),
-    );
-    assert!(e.contains("factor"), "{e}");
-    let e = fails(
-        posterior()
-            .arg("degrade")
-            .arg(&img)
-            .args(["--op", "blur", "--out"])
-            .arg(run.path("y.png")),
-    );
-    assert!(e.contains(".npy"), "{e}");
+    // (input, degrade options, output, what the message must name)
+    let png = run.path("y.png");
+    let bad: &[(&Path, &[&str], &Path, &[&str])] = &[
+        (
+            Path::new("no/such/file.png"),
+            &["--op", "blur"],
+            &out,
+            &["no/such/file.png"],
+        ),
+        (&img, &["--op", "blur:sigma=-1"], &out, &["sigma"]),
+        (&img, &["--op", "warp:x=1"], &out, &["warp", "blur"]),
+        (
+            &img,
+            &["--op", "blur", "--noise", "gaussian:sigma=x"],
+            &out,
+            &["sigma"],
+        ),
+        (&img, &["--op", "sr:factor=3"], &out, &["factor"]),
+        (&img, &["--op", "blur"], &png, &[".npy"]),
+    ];
+    for &(input, opts, output, names) in bad {
+        let e = fails(
+            posterior()
+                .arg("degrade")
+                .arg(input)
+                .args(opts)
+                .arg("--out")
+                .arg(output),
+        );
+        for n in names {
+            assert!(
+                e.contains(n),
+                "{input:?} {opts:?}: message does not name `{n}`: {e}"
+            );
+        }
+    }
     // NaN pixels.
     let nan = run.path("nan.npy");
     let mut a = ndarray::Array2::<f32>::zeros((16, 16));
