@@ -37,12 +37,14 @@ pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver;
 pub mod ode;
+pub mod problem;
 pub mod stats;
 
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver::DpmSolver2M;
 pub use ode::{Euler, Heun};
+pub use problem::Problem;
 
 /// The state of a sampler between steps.
 #[derive(Clone, Debug)]
