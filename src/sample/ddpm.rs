@@ -7,9 +7,41 @@
 //! "posterior variance" choice `beta_tilde` of DDPM; with the T = 1000 VP grid it is exactly
 //! the original sampler). The step to the clean point returns `x0_hat`.
 
+use ndarray::ArrayD;
+
 use super::{knot_step, start, Context, Sampler, State};
 use crate::error::Result;
 use crate::prior::Knot;
+
+/// The Gaussian `q(x' | x, x0) = N(c_x0 x0 + c_x x, sd^2 I)` between two noisy knots (see
+/// the module docs): the ancestral step, shared by every sampler that takes one (DDPM, DPS,
+/// the SMC proposals, whose log-densities need `sd`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AncestralKernel {
+    pub c_x0: f32,
+    pub c_x: f32,
+    pub sd: f32,
+}
+
+impl AncestralKernel {
+    /// The kernel from knot `cur` to the less noisy knot `nxt` (both with `s > 0`).
+    pub fn between(cur: Knot, nxt: Knot) -> AncestralKernel {
+        let r = cur.a / nxt.a;
+        let v = (cur.s * cur.s - r * r * nxt.s * nxt.s).max(1e-300);
+        let var = 1.0 / (1.0 / (nxt.s * nxt.s) + r * r / v);
+        AncestralKernel {
+            c_x0: (var * nxt.a / (nxt.s * nxt.s)) as f32,
+            c_x: (var * r / v) as f32,
+            sd: var.sqrt() as f32,
+        }
+    }
+    /// The kernel's mean `c_x0 x0 + c_x x`.
+    pub fn mean(&self, x: &ArrayD<f32>, x0: &ArrayD<f32>) -> ArrayD<f32> {
+        let mut m = x0.mapv(|u| self.c_x0 * u);
+        m.zip_mut_with(x, |o, &xi| *o += self.c_x * xi);
+        m
+    }
+}
 
 /// Ancestral sampling with `steps` steps.
 #[derive(Clone, Debug)]
@@ -40,16 +72,10 @@ impl Sampler for Ddpm {
     }
     fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
         knot_step(cx, &self.knots, state, |cx, cur, nxt, xt, x0| {
-            let r = cur.a / nxt.a;
-            let v = (cur.s * cur.s - r * r * nxt.s * nxt.s).max(1e-300);
-            let var = 1.0 / (1.0 / (nxt.s * nxt.s) + r * r / v);
-            let c0 = (var * nxt.a / (nxt.s * nxt.s)) as f32;
-            let cx_ = (var * r / v) as f32;
-            let sd = var.sqrt() as f32;
+            let kernel = AncestralKernel::between(cur, nxt);
             let z = cx.normal(xt.shape());
-            let mut x = x0.mapv(|u| c0 * u);
-            x.zip_mut_with(&xt, |o, &xi| *o += cx_ * xi);
-            x.zip_mut_with(&z, |o, &zi| *o += sd * zi);
+            let mut x = kernel.mean(&xt, x0);
+            x.zip_mut_with(&z, |o, &zi| *o += kernel.sd * zi);
             Ok(x)
         })
     }

@@ -40,8 +40,8 @@ pub mod ode;
 pub mod problem;
 pub mod stats;
 
-pub use ddim::Ddim;
-pub use ddpm::Ddpm;
+pub use ddim::{Ddim, DdimStep};
+pub use ddpm::{AncestralKernel, Ddpm};
 pub use dpm_solver::DpmSolver2M;
 pub use ode::{Euler, Heun};
 pub use problem::Problem;
