@@ -23,6 +23,7 @@ pub mod linear;
 pub mod norm;
 pub mod resample;
 pub mod resblock;
+pub mod safetensors;
 
 pub use act::{silu, silu_vjp};
 pub use attention::{AttentionBlock, QkvAttentionLegacy};
