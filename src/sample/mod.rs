@@ -35,16 +35,20 @@ use crate::prior::{Denoiser, Knot};
 
 pub mod ddim;
 pub mod ddpm;
+pub mod dps;
 pub mod dpm_solver;
 pub mod ode;
 pub mod problem;
+pub mod smc;
 pub mod stats;
 
 pub use ddim::{Ddim, DdimStep};
 pub use ddpm::{AncestralKernel, Ddpm};
+pub use dps::{default_zeta, Dps, DpsSettings, DpsUpdate};
 pub use dpm_solver::DpmSolver2M;
 pub use ode::{Euler, Heun};
 pub use problem::Problem;
+pub use smc::{Ensemble, Smc, SmcMethod, SmcSettings};
 
 /// The state of a sampler between steps.
 #[derive(Clone, Debug)]

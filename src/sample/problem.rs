@@ -12,7 +12,7 @@
 use ndarray::{ArrayD, ArrayViewD, Axis};
 use posterior_operators::error::check_finite;
 use posterior_operators::forward::Operator;
-use posterior_operators::linear::LinearOperator;
+use posterior_operators::linear::{LinearOperator, LinearOperatorExt};
 
 use crate::error::{Error, Result};
 use crate::prior::PriorInfo;
@@ -117,6 +117,39 @@ impl Problem {
             gi.assign(&self.operator.vjp(xi, r.view())?);
         }
         Ok((grad, sq))
+    }
+
+    /// A least-squares starting point `A^+ y` (one sample, the operator's domain shape), for
+    /// samplers that start from the data (RED-diff). For a linear operator: the Tikhonov
+    /// solution `(A^T A + gamma I)^-1 A^T y` with a small `gamma = 1e-3 ||A||^2` (relative to
+    /// the operator's scale, so that directions `A` does not see stay at zero instead of
+    /// being amplified from rounding), in closed form where the operator has one
+    /// ([`LinearOperator::solve_regularized`]), else by 30 conjugate-gradient iterations on
+    /// the normal equations. A nonlinear model has no pseudo-inverse here: the start is
+    /// zero, the centre of a `[-1, 1]` prior.
+    pub fn pseudo_inverse(&self) -> Result<ArrayD<f32>> {
+        let dom = ndarray::IxDyn(self.operator.domain_shape());
+        let Some(op) = self.linear() else {
+            return Ok(ArrayD::zeros(dom));
+        };
+        let norm = op.norm_estimate(30, 0);
+        if !(norm.is_finite() && norm > 0.0) {
+            return Ok(ArrayD::zeros(dom));
+        }
+        let gamma = (1e-3 * norm * norm) as f32;
+        let aty = op.adjoint_to(self.y.view())?;
+        if let Some(x) = op.solve_regularized(gamma, aty.view()) {
+            return Ok(x);
+        }
+        let (x, _) = crate::solve::krylov::least_squares(
+            op,
+            self.y.view(),
+            None,
+            gamma,
+            30,
+            &mut |_, _| {},
+        )?;
+        Ok(x)
     }
 
     fn batch_len(&self, x: &ArrayViewD<f32>) -> Result<usize> {
