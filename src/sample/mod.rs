@@ -34,20 +34,24 @@ use crate::error::{Error, Result};
 use crate::prior::{Denoiser, Knot};
 
 pub mod ddim;
+pub mod dds;
 pub mod ddpm;
 pub mod dps;
 pub mod dpm_solver;
 pub mod ode;
 pub mod problem;
+pub mod reddiff;
 pub mod smc;
 pub mod stats;
 
+pub use dds::{Dds, DdsSettings, DdsVolume, SliceTv};
 pub use ddim::{Ddim, DdimStep};
 pub use ddpm::{AncestralKernel, Ddpm};
 pub use dps::{default_zeta, Dps, DpsSettings, DpsUpdate};
 pub use dpm_solver::DpmSolver2M;
 pub use ode::{Euler, Heun};
 pub use problem::Problem;
+pub use reddiff::{RedDiff, RedDiffSettings};
 pub use smc::{Ensemble, Smc, SmcMethod, SmcSettings};
 
 /// The state of a sampler between steps.
