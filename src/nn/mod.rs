@@ -24,6 +24,7 @@ pub mod norm;
 pub mod resample;
 pub mod resblock;
 pub mod safetensors;
+pub mod unet;
 
 pub use act::{silu, silu_vjp};
 pub use attention::{AttentionBlock, QkvAttentionLegacy};
@@ -33,6 +34,7 @@ pub use linear::{Linear, LinearGrads};
 pub use norm::{GroupNorm, GroupNormGrads};
 pub use resample::{avg_pool2x, avg_pool2x_vjp, upsample_nearest2x, upsample_nearest2x_vjp};
 pub use resblock::{ResBlock, UpDown};
+pub use unet::{ParamSource, UNet, UNetConfig};
 
 use crate::{Error, Result};
 

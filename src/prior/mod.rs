@@ -5,9 +5,11 @@
 pub mod denoiser;
 pub mod dense;
 pub mod gmm;
+pub mod network;
 pub mod schedule;
 
 pub use denoiser::{check_batch, Denoiser, OnPath, PriorInfo};
 pub use dense::{dense_matrix, DenseOperator};
 pub use gmm::{Covariance, Gmm};
+pub use network::{resolve_prior, ModelCard, NetworkPrior};
 pub use schedule::{Knot, Param, PathKind, Schedule};

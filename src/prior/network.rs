@@ -1,0 +1,425 @@
+//! A pretrained network as a prior: the prior directory format (`model.safetensors` +
+//! `model.json`, format `posterior-adm-v1`, written by `notebooks/convert_checkpoint.py`
+//! and the training scripts) and [`NetworkPrior`], the [`Denoiser`] built on guided-diffusion's
+//! U-Net.
+//!
+//! Time convention: the network takes guided-diffusion's step index `n` in `[0, T)` (as a
+//! float); on the continuous path of [`Schedule`] step `n` sits at `t = (n + 1) / T`, so
+//! a query at time `t` feeds `n = t T - 1`, clamped to `[0, T - 1]` (times below `1/T`,
+//! where the discrete model was never trained, use step 0). The network predicts `eps`
+//! (the first `C` output channels; a learned-sigma model's variance channels are ignored
+//! by the denoiser and available through [`NetworkPrior::raw`]), and Tweedie's estimate is
+//! `x0 = (x_t - s(t) eps) / a(t)`, unclipped (clipping to the intensity range would make
+//! the VJP inexact; samplers may clip).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ndarray::{s, ArrayD, ArrayView4, ArrayViewD, Axis, Ix4};
+use serde::{Deserialize, Serialize};
+
+use super::denoiser::{check_batch, Denoiser, PriorInfo};
+use super::schedule::Schedule;
+use crate::error::{Error, Result};
+use crate::nn::safetensors::{Dtype, SafeTensors};
+use crate::nn::unet::{ParamSource, UNet, UNetConfig};
+
+/// The format tag of a prior directory's model card.
+pub const CARD_FORMAT: &str = "posterior-adm-v1";
+/// The card's file name inside a prior directory.
+pub const CARD_FILE: &str = "model.json";
+
+/// The diffusion the network was trained for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleCard {
+    pub diffusion_steps: usize,
+    /// `linear` (betas `1e-4 s .. 0.02 s`, `s = 1000 / T`) or `cosine`.
+    pub noise_schedule: String,
+}
+
+/// Where the weights are and how they are stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightsCard {
+    /// The safetensors file, relative to the directory (`null` for generated test weights).
+    pub file: Option<String>,
+    /// `f32` or `f16` (optional; checked against the file when present).
+    #[serde(default)]
+    pub dtype: Option<String>,
+}
+
+/// A prior directory's `model.json` (the fields the engine uses; the rest, such as training
+/// data and figures, is kept in `extra` and shown by `posterior priors`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub format: String,
+    pub architecture: UNetConfig,
+    pub schedule: ScheduleCard,
+    pub intensity_range: [f32; 2],
+    pub channels: usize,
+    pub resolution: [usize; 2],
+    pub weights: WeightsCard,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl ModelCard {
+    /// Reads and checks `model.json` (format tag, self-consistency).
+    pub fn read(path: &Path) -> Result<ModelCard> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| file_err(path, format!("cannot read the model card: {e}")))?;
+        let card: ModelCard = serde_json::from_str(&text)
+            .map_err(|e| file_err(path, format!("not a valid model card: {e}")))?;
+        if card.format != CARD_FORMAT {
+            return Err(file_err(
+                path,
+                format!(
+                    "model card format `{}` is not supported (expected `{CARD_FORMAT}`)",
+                    card.format
+                ),
+            ));
+        }
+        card.check().map_err(|e| file_err(path, e.to_string()))?;
+        Ok(card)
+    }
+
+    /// The card's fields agree with each other.
+    pub fn check(&self) -> Result<()> {
+        let a = &self.architecture;
+        a.validate()?;
+        let bad = |m: String| Err(Error::Invalid(m));
+        if self.channels != a.in_channels {
+            return bad(format!(
+                "the card says {} channel(s) but the architecture takes {}",
+                self.channels, a.in_channels
+            ));
+        }
+        if self.resolution[0] % a.size_divisor() != 0 || self.resolution[1] % a.size_divisor() != 0
+        {
+            return bad(format!(
+                "resolution {:?} is not a multiple of {} as the architecture's {} levels need",
+                self.resolution,
+                a.size_divisor(),
+                a.channel_mult.len()
+            ));
+        }
+        let [lo, hi] = self.intensity_range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return bad(format!("intensity_range [{lo}, {hi}] is not an interval"));
+        }
+        self.path_schedule()?;
+        Ok(())
+    }
+
+    /// The continuous path matching the card's discrete schedule.
+    pub fn path_schedule(&self) -> Result<Schedule> {
+        let s = &self.schedule;
+        match s.noise_schedule.as_str() {
+            "linear" if s.diffusion_steps == 1000 => Ok(Schedule::vp_linear()),
+            "linear" => {
+                let scale = 1000.0 / s.diffusion_steps as f64;
+                Schedule::vp_linear_with(1e-4 * scale, 0.02 * scale, s.diffusion_steps)
+            }
+            "cosine" => Ok(Schedule::vp_cosine()),
+            other => Err(Error::Invalid(format!(
+                "noise_schedule `{other}` is not supported (expected linear or cosine)"
+            ))),
+        }
+    }
+
+    /// The number of parameters the card declares (`architecture.num_parameters`), if any.
+    pub fn declared_parameters(&self) -> Option<usize> {
+        self.architecture.num_parameters
+    }
+}
+
+/// Parameters from a safetensors file, every shape checked against the architecture and
+/// every stored tensor required to be used.
+struct FileSource<'a> {
+    st: &'a SafeTensors,
+    used: BTreeSet<String>,
+    count: usize,
+}
+
+impl ParamSource for FileSource<'_> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let path = self.st.path();
+        let info = self.st.info(key).ok_or_else(|| {
+            file_err(
+                path,
+                format!(
+                    "missing tensor `{key}` (shape {shape:?}) that the architecture in {CARD_FILE} needs; the card disagrees with the weights"
+                ),
+            )
+        })?;
+        if info.shape != shape {
+            return Err(file_err(
+                path,
+                format!(
+                    "tensor `{key}` has shape {:?}, but the architecture in {CARD_FILE} expects {shape:?}; the card disagrees with the weights",
+                    info.shape
+                ),
+            ));
+        }
+        self.used.insert(key.to_string());
+        self.count += shape.iter().product::<usize>();
+        let v = self.st.f32_values(key)?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(file_err(
+                path,
+                format!("tensor `{key}` holds a non-finite value at flat index {i}"),
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// Builds the network of `card` from the weights file `path`.
+pub fn load_unet(card: &ModelCard, path: &Path) -> Result<UNet> {
+    let st = SafeTensors::read(path)?;
+    if let (Some(want), Some(found)) = (card.weights.dtype.as_deref(), st.common_dtype()) {
+        let want_d = match want.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Some(Dtype::F32),
+            "f16" | "float16" => Some(Dtype::F16),
+            "bf16" | "bfloat16" => Some(Dtype::Bf16),
+            _ => None,
+        };
+        if want_d != Some(found) {
+            return Err(file_err(
+                path,
+                format!(
+                    "the card says the weights are {want}, but the file stores {}",
+                    found.name()
+                ),
+            ));
+        }
+    }
+    let mut src = FileSource {
+        st: &st,
+        used: BTreeSet::new(),
+        count: 0,
+    };
+    let unet = UNet::build(card.architecture.clone(), &mut src)?;
+    let unused: Vec<&str> = st.keys().filter(|k| !src.used.contains(*k)).collect();
+    if let Some(first) = unused.first() {
+        return Err(file_err(
+            path,
+            format!(
+                "{} stored tensor(s) are not part of the architecture in {CARD_FILE}, e.g. `{first}`; the card disagrees with the weights",
+                unused.len()
+            ),
+        ));
+    }
+    if let Some(n) = card.declared_parameters() {
+        if n != src.count {
+            return Err(file_err(
+                path,
+                format!(
+                    "the card declares {n} parameters, the weights hold {}",
+                    src.count
+                ),
+            ));
+        }
+    }
+    Ok(unet)
+}
+
+/// Finds a prior by directory path or by name: a directory holding `model.json`, else a
+/// shipped prior `NAME` under the directories of `$POSTERIOR_PRIORS` (`:`-separated) or
+/// the project's `priors/`.
+pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(name_or_path);
+    if direct.join(CARD_FILE).is_file() {
+        return Ok(direct);
+    }
+    let mut roots: Vec<PathBuf> = std::env::var("POSTERIOR_PRIORS")
+        .map(|v| {
+            v.split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("priors"));
+    for r in &roots {
+        let d = r.join(name_or_path);
+        if d.join(CARD_FILE).is_file() {
+            return Ok(d);
+        }
+    }
+    let mut known: Vec<String> = roots
+        .iter()
+        .filter_map(|r| std::fs::read_dir(r).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(CARD_FILE).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    known.sort();
+    known.dedup();
+    Err(file_err(
+        &direct,
+        format!(
+            "no prior here: not a directory with a {CARD_FILE}, and no shipped prior has this name (known: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    ))
+}
+
+/// A guided-diffusion network seen as a [`Denoiser`] on its VP path.
+#[derive(Debug)]
+pub struct NetworkPrior {
+    unet: UNet,
+    card: ModelCard,
+    schedule: Schedule,
+    info: PriorInfo,
+}
+
+impl NetworkPrior {
+    /// Opens a prior directory (or a shipped prior by name, see [`resolve_prior`]).
+    pub fn open(name_or_path: &str) -> Result<NetworkPrior> {
+        let dir = resolve_prior(name_or_path)?;
+        let card = ModelCard::read(&dir.join(CARD_FILE))?;
+        let file = card.weights.file.clone().ok_or_else(|| {
+            file_err(
+                &dir.join(CARD_FILE),
+                "the card names no weights file (weights.file is null)",
+            )
+        })?;
+        let unet = load_unet(&card, &dir.join(file))?;
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name_or_path.to_string());
+        NetworkPrior::new(unet, card, &name)
+    }
+
+    /// A prior from a built network and its card.
+    pub fn new(unet: UNet, card: ModelCard, name: &str) -> Result<NetworkPrior> {
+        card.check()?;
+        if unet.config() != &card.architecture {
+            return Err(Error::Invalid(
+                "the network's configuration differs from the card's architecture".into(),
+            ));
+        }
+        let schedule = card.path_schedule()?;
+        let info = PriorInfo {
+            name: name.to_string(),
+            range: (card.intensity_range[0], card.intensity_range[1]),
+            sample_shape: vec![card.channels, card.resolution[0], card.resolution[1]],
+        };
+        Ok(NetworkPrior {
+            unet,
+            card,
+            schedule,
+            info,
+        })
+    }
+
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    /// The network's step input for time `t`: `t T - 1` clamped to `[0, T - 1]`.
+    pub fn step_for_time(&self, t: f32) -> f32 {
+        let n = self.card.schedule.diffusion_steps as f32;
+        (t * n - 1.0).clamp(0.0, n - 1.0)
+    }
+
+    /// The network's own output `model(x, steps)` (eps, then the variance channels of a
+    /// learned-sigma model) at guided-diffusion step indices.
+    pub fn raw(&self, x: ArrayView4<f32>, steps: &[f32]) -> Result<ndarray::Array4<f32>> {
+        self.unet.forward(x, steps)
+    }
+
+    fn prepare<'a>(
+        &self,
+        x_t: &ArrayViewD<'a, f32>,
+        t: &[f32],
+    ) -> Result<(ArrayView4<'a, f32>, Vec<f32>, Vec<(f32, f32)>)> {
+        check_batch(&self.info, x_t, t, "x_t")?;
+        let x4 = x_t
+            .clone()
+            .into_dimensionality::<Ix4>()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.info.name)))?;
+        let steps = t.iter().map(|&ti| self.step_for_time(ti)).collect();
+        let coeffs = t
+            .iter()
+            .map(|&ti| {
+                let (a, s) = self.schedule.coeffs(ti as f64);
+                (a as f32, s as f32)
+            })
+            .collect();
+        Ok((x4, steps, coeffs))
+    }
+}
+
+impl Denoiser for NetworkPrior {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+    fn info(&self) -> &PriorInfo {
+        &self.info
+    }
+    fn x0(&self, x_t: ArrayViewD<f32>, t: &[f32]) -> Result<ArrayD<f32>> {
+        let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
+        let c = self.card.channels;
+        let out = self.unet.forward(x4, &steps)?;
+        let mut x0 = x4.to_owned();
+        for (i, (a, s)) in coeffs.into_iter().enumerate() {
+            let eps = out.slice(s![i, ..c, .., ..]);
+            let mut xi = x0.index_axis_mut(Axis(0), i);
+            xi.zip_mut_with(&eps, |x, &e| *x = (*x - s * e) / a);
+        }
+        Ok(x0.into_dyn())
+    }
+    fn x0_vjp(
+        &self,
+        x_t: ArrayViewD<f32>,
+        t: &[f32],
+        v: ArrayViewD<f32>,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
+        if v.shape() != x_t.shape() {
+            return Err(Error::Invalid(format!(
+                "{}: the VJP vector has shape {:?}, expected {:?}",
+                self.info.name,
+                v.shape(),
+                x_t.shape()
+            )));
+        }
+        let c = self.card.channels;
+        let (n, _, h, w) = x4.dim();
+        // x0 = (x - s eps(x)) / a, so v^T dx0/dx = v / a + J_eps^T (-(s / a) v).
+        let mut cot = ndarray::Array4::<f32>::zeros((n, self.card.architecture.out_channels, h, w));
+        for (i, &(a, s)) in coeffs.iter().enumerate() {
+            let vi = v.index_axis(Axis(0), i);
+            cot.slice_mut(s![i, ..c, .., ..])
+                .zip_mut_with(&vi, |o, &u| *o = -(s / a) * u);
+        }
+        let (out, mut g) = self.unet.forward_vjp(x4, &steps, cot.view())?;
+        let mut x0 = x4.to_owned();
+        for (i, &(a, s)) in coeffs.iter().enumerate() {
+            let eps = out.slice(s![i, ..c, .., ..]);
+            x0.index_axis_mut(Axis(0), i)
+                .zip_mut_with(&eps, |x, &e| *x = (*x - s * e) / a);
+            let vi = v.index_axis(Axis(0), i);
+            g.index_axis_mut(Axis(0), i)
+                .zip_mut_with(&vi, |gi, &u| *gi += u / a);
+        }
+        Ok((x0.into_dyn(), g.into_dyn()))
+    }
+}
