@@ -339,3 +339,71 @@ fn ops_lists_every_family_with_its_parameters() {
         assert!(out.contains(key), "key `{key}` missing");
     }
 }
+
+#[test]
+fn denoise_raw_reproduces_guided_diffusion_and_is_deterministic() {
+    // plain_conv_f16's first golden sample is at step 0: `denoise --step 0 --raw` on it must
+    // give PyTorch's model(x, 0) (f64 reference; f32 tolerance 1e-4 relative as in
+    // tests/network.rs), and the Tweedie output must be identical run to run.
+    let dir = tempfile::tempdir().unwrap();
+    let prior = data("adm/plain_conv_f16");
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(prior.join("x.npy")).unwrap();
+    let reference: ndarray::ArrayD<f32> = ndarray_npy::read_npy(prior.join("out.npy")).unwrap();
+    let x0 = x.index_axis(ndarray::Axis(0), 0).to_owned();
+    let input = dir.path().join("x.npy");
+    ndarray_npy::write_npy(&input, &x0).unwrap();
+    let raw = dir.path().join("raw.npy");
+    let p = prior.to_str().unwrap();
+    let stdout = ok(posterior()
+        .arg("denoise")
+        .arg(&input)
+        .args(["--prior", p, "--step", "0", "--raw", "--out"])
+        .arg(&raw));
+    assert!(stdout.contains("raw network output"), "{stdout}");
+    let got: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&raw).unwrap();
+    let want = reference.index_axis(ndarray::Axis(0), 0);
+    assert_eq!(got.shape(), want.shape());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err / scale < 1e-4, "relative error {}", err / scale);
+    let tweedie = |name: &str| {
+        let out = dir.path().join(name);
+        ok(posterior()
+            .arg("denoise")
+            .arg(&input)
+            .args(["--prior", p, "--t", "0.4", "--out"])
+            .arg(&out));
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(tweedie("a.npy"), tweedie("b.npy"));
+    // Bad input: no time, both times, wrong shape, unknown prior, out of range.
+    let bad = dir.path().join("bad.npy");
+    ndarray_npy::write_npy(&bad, &ndarray::Array3::<f32>::zeros((3, 16, 16))).unwrap();
+    for (args, needle) in [
+        (vec!["--prior", p], "exactly one of"),
+        (vec!["--prior", p, "--step", "2000"], "--step must lie"),
+        (vec!["--prior", "no-such-prior", "--t", "0.5"], "no prior"),
+    ] {
+        let e = fails(
+            posterior()
+                .arg("denoise")
+                .arg(&input)
+                .args(&args)
+                .arg("--out")
+                .arg(dir.path().join("o.npy")),
+        );
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    let e = fails(
+        posterior()
+            .arg("denoise")
+            .arg(&bad)
+            .args(["--prior", p, "--t", "0.5", "--out"])
+            .arg(dir.path().join("o.npy")),
+    );
+    assert!(e.contains("does not fit the prior"), "{e}");
+    assert!(!dir.path().join("o.npy").exists());
+}

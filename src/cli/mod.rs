@@ -1,4 +1,5 @@
-//! The command-line interface: `posterior degrade`, `reconstruct`, `ops`, `demo`.
+//! The command-line interface: `posterior degrade`, `reconstruct`, `ops`, `demo`, `sample`,
+//! `denoise`.
 //!
 //! Each subcommand is a thin layer over the library: it parses arguments, calls the
 //! library, prints results, and turns errors into a message and a non-zero exit (in
@@ -12,6 +13,7 @@ use crate::error::Result;
 
 mod degrade;
 mod demo;
+mod denoise;
 mod ops;
 mod progress;
 mod reconstruct;
@@ -42,6 +44,31 @@ pub enum Command {
     /// Draw samples from a prior with an unconditional sampler (DDPM, DDIM, Euler, Heun,
     /// DPM-Solver++(2M)); for now the priors are Gaussian mixtures (`gmm:demo2d`).
     Sample(SampleArgs),
+    /// Run a network prior once on a noisy input and write its Tweedie estimate (or, with
+    /// --raw, the network's own output).
+    Denoise(DenoiseArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DenoiseArgs {
+    /// The noisy input x_t (.npy), shape (C, H, W) or (N, C, H, W), in the prior's units.
+    pub input: PathBuf,
+    /// The prior: a prior directory (model.json + weights) or a shipped prior's name.
+    #[arg(long)]
+    pub prior: String,
+    /// guided-diffusion's discrete timestep N in [0, T), fed to the network as is.
+    #[arg(long, conflicts_with = "t")]
+    pub step: Option<f64>,
+    /// A continuous time in [0, 1] on the prior's path (t = (N + 1) / T at step N).
+    #[arg(long)]
+    pub t: Option<f64>,
+    /// Write the network's raw output (eps, and the variance channels of a learned-sigma
+    /// model) instead of the Tweedie estimate.
+    #[arg(long)]
+    pub raw: bool,
+    /// Where to write the result (.npy).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -159,5 +186,6 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(a) => demo::run(&a),
         Command::Sample(a) => sample::run(&a),
+        Command::Denoise(a) => denoise::run(&a),
     }
 }
