@@ -1,14 +1,27 @@
-//! Micro-benchmarks of the network layer primitives (`posterior::nn`): a 3x3 convolution
-//! 64 -> 64 channels on 64x64 at batch 1 (forward, and the input VJP), a GroupNorm(32) of
-//! the same tensor, and one attention head set at 16x16 (256 positions, 128 channels, 4
-//! heads). Run with `cargo bench --bench nn`.
+//! Benchmarks of the network engine (`posterior::nn`).
+//!
+//! Layer level: a 3x3 convolution 64 -> 64 channels on 64x64 at batch 1 (forward, and the
+//! input VJP), a GroupNorm(32) of the same tensor, and one attention head set at 16x16 (256
+//! positions, 128 channels, 4 heads).
+//!
+//! Whole network (`unet_*`), batch 1, seeded random weights (see [`HashParams`], drawn the
+//! same way by `benches/peers/unet_peer.py`, so both sides run identical models):
+//! - `unet_small_fwd`, `unet_small_fwd_vjp`: 32x32, 1 channel, model_channels 64,
+//!   channel_mult (1, 2, 2), 2 residual blocks per level, attention at ds 2 (16 px, 4
+//!   heads), scale-shift norm, strided-conv / nearest+conv resampling;
+//! - `unet_ffhq256_fwd`, `unet_ffhq256_fwd_vjp`: `UNetConfig::ffhq256()`, only when the
+//!   environment has `POSTERIOR_BENCH_FFHQ=1` (one forward takes seconds on 2 cores).
+//!
+//! Run with `cargo bench --bench nn` (or a name filter: `cargo bench --bench nn -- unet`).
+//! `benches/peers/run_unet_compare.sh` runs the `unet_*` cases and the PyTorch peer back to
+//! back and prints the ratios.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{Array1, Array3, Array4};
-use posterior::nn::{Conv2d, GroupNorm, QkvAttentionLegacy};
+use posterior::nn::{Conv2d, GroupNorm, ParamSource, QkvAttentionLegacy, UNet, UNetConfig};
 
 fn filled4(shape: (usize, usize, usize, usize), scale: f32) -> Array4<f32> {
     let mut i = 0u32;
@@ -18,7 +31,125 @@ fn filled4(shape: (usize, usize, usize, usize), scale: f32) -> Array4<f32> {
     })
 }
 
-fn bench(c: &mut Criterion) {
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in [-0.5, 0.5): element `j` of a stream seeded by `seed`.
+fn unit(seed: u64, j: u64) -> f32 {
+    (splitmix64(seed.wrapping_add(j)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+/// Seeded random weights keyed by parameter name (so independent of construction order):
+/// element `j` of tensor `key` is `u = unit(fnv1a(key), j)`, uniform with variance 1/12;
+/// weights with >= 2 axes are `u sqrt(12 / fan_in)` (variance 1 / fan_in, fan_in the
+/// product of all axes but the first), 1-D weights (GroupNorm scales) `1 + 0.1 sqrt(12) u`,
+/// biases `0.1 sqrt(12) u`.
+struct HashParams;
+
+impl ParamSource for HashParams {
+    fn take(&mut self, key: &str, shape: &[usize]) -> posterior::Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        let seed = fnv1a(key);
+        let s12 = 12f32.sqrt();
+        let (scale, offset) = if key.ends_with(".bias") {
+            (0.1 * s12, 0.0)
+        } else if shape.len() == 1 {
+            (0.1 * s12, 1.0)
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            ((12.0 / fan_in as f32).sqrt(), 0.0)
+        };
+        Ok((0..n as u64)
+            .map(|j| offset + scale * unit(seed, j))
+            .collect())
+    }
+}
+
+/// Input-like arrays: `unit(seed, j) * sqrt(12)` (unit variance).
+fn input(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
+    let mut j = 0u64;
+    Array4::from_shape_simple_fn(shape, || {
+        j += 1;
+        12f32.sqrt() * unit(seed, j - 1)
+    })
+}
+
+/// The small prior of the benchmarks (see the module docs).
+fn small_config() -> UNetConfig {
+    UNetConfig {
+        image_size: 32,
+        in_channels: 1,
+        model_channels: 64,
+        out_channels: 1,
+        num_res_blocks: 2,
+        attention_resolutions: vec![2],
+        channel_mult: vec![1.0, 2.0, 2.0],
+        num_heads: 4,
+        num_head_channels: -1,
+        num_heads_upsample: 4,
+        use_scale_shift_norm: true,
+        resblock_updown: false,
+        use_new_attention_order: false,
+        conv_resample: true,
+        num_classes: None,
+        learn_sigma: false,
+        group_norm_groups: 32,
+        group_norm_eps: 1e-5,
+        num_parameters: None,
+    }
+}
+
+fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
+    let (ci, co, s) = (cfg.in_channels, cfg.out_channels, cfg.image_size);
+    let net = UNet::build(cfg, &mut HashParams).expect("valid unet");
+    let x = input((1, ci, s, s), 1);
+    let v = input((1, co, s, s), 2);
+    let t = [500.0f32];
+    // A fingerprint to compare with the peer's (same weights, same input).
+    let y = net.forward(x.view(), &t).expect("forward");
+    let (_, g) = net.forward_vjp(x.view(), &t, v.view()).expect("vjp");
+    let mean_abs = |a: &Array4<f32>| a.iter().map(|v| v.abs() as f64).sum::<f64>() / a.len() as f64;
+    eprintln!(
+        "{name}: mean|out| {:.6e}, mean|vjp| {:.6e}",
+        mean_abs(&y),
+        mean_abs(&g)
+    );
+    let mut g = c.benchmark_group("unet");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(secs));
+    g.bench_function(format!("{name}_fwd"), |b| {
+        b.iter(|| black_box(net.forward(black_box(x.view()), &t).expect("forward")))
+    });
+    g.bench_function(format!("{name}_fwd_vjp"), |b| {
+        b.iter(|| {
+            black_box(
+                net.forward_vjp(black_box(x.view()), &t, v.view())
+                    .expect("vjp"),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn unets(c: &mut Criterion) {
+    bench_unet(c, "unet_small", small_config(), 3);
+    if std::env::var("POSTERIOR_BENCH_FFHQ").as_deref() == Ok("1") {
+        bench_unet(c, "unet_ffhq256", UNetConfig::ffhq256(), 20);
+    }
+}
+
+fn layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("nn");
     g.measurement_time(Duration::from_secs(3)).sample_size(20);
 
@@ -53,5 +184,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, layers, unets);
 criterion_main!(benches);
