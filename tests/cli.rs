@@ -407,3 +407,26 @@ fn denoise_raw_reproduces_guided_diffusion_and_is_deterministic() {
     assert!(e.contains("does not fit the prior"), "{e}");
     assert!(!dir.path().join("o.npy").exists());
 }
+
+#[test]
+fn sample_draws_image_grids_from_a_network_prior() {
+    let dir = tempfile::tempdir().unwrap();
+    let prior = data("adm/sigma_ss_updown");
+    let p = prior.to_str().unwrap();
+    let npy = dir.path().join("s.npy");
+    let png = dir.path().join("s.png");
+    for out in [&npy, &png] {
+        let stdout = ok(posterior()
+            .args([
+                "sample", "--prior", p, "--steps", "3", "--n", "5", "--seed", "1", "--out",
+            ])
+            .arg(out));
+        assert!(stdout.contains("3 NFE"), "{stdout}");
+    }
+    let s: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&npy).unwrap();
+    assert_eq!(s.shape(), &[5, 3, 16, 16]);
+    assert!(s.iter().all(|v| v.is_finite()));
+    // 5 samples -> 3 columns x 2 rows of 16 px tiles at scale 4 with 2-px gaps.
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (3 * 64 + 4, 2 * 64 + 2));
+}

@@ -42,7 +42,7 @@ pub enum Command {
     /// the PNGs and print PSNR/SSIM.
     Demo(DemoArgs),
     /// Draw samples from a prior with an unconditional sampler (DDPM, DDIM, Euler, Heun,
-    /// DPM-Solver++(2M)); for now the priors are Gaussian mixtures (`gmm:demo2d`).
+    /// DPM-Solver++(2M)): a network prior (directory or shipped name) or a Gaussian mixture.
     Sample(SampleArgs),
     /// Run a network prior once on a noisy input and write its Tweedie estimate (or, with
     /// --raw, the network's own output).
@@ -144,8 +144,9 @@ pub struct DemoArgs {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// The prior: `gmm:demo2d`, `gmm:components=K,dim=D,seed=S[,cov=diag][,path=vp|cosine|ve|flow]`,
-    /// or a mixture in a .json file.
+    /// The prior: a prior directory (model.json + model.safetensors) or a shipped prior's
+    /// name; or a Gaussian mixture: `gmm:demo2d`,
+    /// `gmm:components=K,dim=D,seed=S[,cov=diag][,path=vp|cosine|ve|flow]`, or a .json file.
     #[arg(long)]
     pub prior: String,
     /// ddpm | ddim | euler | heun | dpm++2m.
@@ -170,7 +171,8 @@ pub struct SampleArgs {
     /// Stop after this many seconds and return the latest denoised estimate.
     #[arg(long)]
     pub time_limit: Option<f64>,
-    /// Output: .png (scatter plot over the density, 2-D priors) or .npy (samples, (N, D)).
+    /// Output: .png (a grid of images for a network prior; a scatter plot over the density
+    /// for a 2-D mixture) or .npy (samples, (N, C, H, W) or (N, D)).
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -4,7 +4,9 @@
 //! `gmm:components=K,dim=D,seed=S[,cov=full|diag]` (a random mixture), each with an optional
 //! `path=vp|cosine|ve|flow` (the path its denoiser is declared on; default vp), or a JSON
 //! file `{"weights": [...], "means": [[...], ...], "covariances": [[D*D row-major], ...]}`.
-//! Network priors come with the network engine.
+//! Any other `--prior` is a network prior: a prior directory (`model.json` + weights) or a
+//! shipped prior's name; its samples are written as a grid of images (`.png`, the prior's
+//! intensity range mapped to black..white) or as `(N, C, H, W)` (`.npy`, prior units).
 //!
 //! `--path` runs the sampler on another path than the prior's by signal-to-noise matching
 //! (e.g. a VP denoiser driven by a rectified-flow sampler). Output by extension: `.png` is a
@@ -19,7 +21,7 @@ use std::time::Duration;
 use ndarray::Array3;
 
 use crate::error::{Error, Result};
-use crate::prior::{Covariance, Denoiser, Gmm, OnPath, Schedule};
+use crate::prior::{Covariance, Denoiser, Gmm, NetworkPrior, OnPath, Schedule};
 use crate::sample::{self, stats, Executor, Observer, State};
 use crate::spec::{ParamInfo, Spec};
 
@@ -159,19 +161,33 @@ pub fn read_gmm_json(path: &Path) -> Result<Gmm> {
     Ok(gmm.with_schedule(sched))
 }
 
-/// Loads `--prior`.
-pub fn load_prior(text: &str) -> Result<Gmm> {
+/// A prior given by `--prior`: an exact mixture or a network.
+pub enum LoadedPrior {
+    Mixture(Gmm),
+    Network(NetworkPrior),
+}
+
+impl LoadedPrior {
+    /// The prior as a denoiser.
+    pub fn denoiser(self) -> Arc<dyn Denoiser> {
+        match self {
+            LoadedPrior::Mixture(g) => Arc::new(g),
+            LoadedPrior::Network(n) => Arc::new(n),
+        }
+    }
+}
+
+/// Loads `--prior`: a `gmm:` spec, a mixture `.json` file, or a network prior (a prior
+/// directory or a shipped prior's name).
+pub fn load_prior(text: &str) -> Result<LoadedPrior> {
     if text.trim_start().starts_with("gmm") {
-        return parse_gmm_spec(text);
+        return parse_gmm_spec(text).map(LoadedPrior::Mixture);
     }
     let p = Path::new(text);
     if crate::io::extension(p) == "json" {
-        return read_gmm_json(p);
+        return read_gmm_json(p).map(LoadedPrior::Mixture);
     }
-    Err(Error::Invalid(format!(
-        "unknown prior `{text}`: expected gmm:demo2d, gmm:components=K,dim=D,seed=S, or a .json \
-         mixture file (network priors are not available yet)"
-    )))
+    NetworkPrior::open(text).map(LoadedPrior::Network)
 }
 
 struct Bar(Progress);
@@ -188,30 +204,38 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     if ext != "png" && ext != "npy" {
         return Err(Error::file(
             &a.out,
-            format!("cannot write samples as `.{ext}`: expected .png (2-D scatter plot) or .npy"),
+            format!("cannot write samples as `.{ext}`: expected .png (image grid or 2-D scatter plot) or .npy"),
         ));
     }
-    let gmm = load_prior(&a.prior)?;
-    if ext == "png" && gmm.dim() != 2 {
-        return Err(Error::file(
-            &a.out,
-            format!(
-                "a scatter plot needs a 2-D prior, this one has dimension {}; write .npy instead",
-                gmm.dim()
-            ),
-        ));
+    let prior = load_prior(&a.prior)?;
+    let gmm = match &prior {
+        LoadedPrior::Mixture(g) => Some(g.clone()),
+        LoadedPrior::Network(_) => None,
+    };
+    let image_prior = gmm.is_none();
+    if let (Some(g), "png") = (&gmm, ext.as_str()) {
+        if g.dim() != 2 {
+            return Err(Error::file(
+                &a.out,
+                format!(
+                    "a scatter plot needs a 2-D prior, this one has dimension {}; write .npy instead",
+                    g.dim()
+                ),
+            ));
+        }
     }
-    if a.n == 0 || a.n > 1_000_000 {
+    let max_n = if image_prior { 4096 } else { 1_000_000 };
+    if a.n == 0 || a.n > max_n {
         return Err(Error::Invalid(format!(
-            "--n must be between 1 and 1000000, got {}",
+            "--n must be between 1 and {max_n}, got {}",
             a.n
         )));
     }
-    let native: Arc<dyn Denoiser> = Arc::new(gmm.clone());
+    let native = prior.denoiser();
     let denoiser: Arc<dyn Denoiser> = match &a.path {
         Some(p) => {
             let s = Schedule::from_name(p)?;
-            if s.name() == gmm.schedule().name() {
+            if s.name() == native.schedule().name() {
                 native
             } else {
                 Arc::new(OnPath::new(native, s))
@@ -234,17 +258,30 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     bar.0.finish();
     let out = out?;
     let samples = out.samples.view();
-    if ext == "npy" {
-        crate::io::write_npy(&a.out, samples.view())?;
-    } else {
-        let img = scatter_plot(&gmm, &out.samples, 512);
-        crate::io::write_image(&a.out, img.view(), (0.0, 1.0))?;
+    let info = denoiser.info().clone();
+    match (&gmm, ext.as_str()) {
+        (_, "npy") => crate::io::write_npy(&a.out, samples.view())?,
+        (Some(g), _) => {
+            let img = scatter_plot(g, &out.samples, 512);
+            crate::io::write_image(&a.out, img.view(), (0.0, 1.0))?;
+        }
+        (None, _) => {
+            let (lo, hi) = info.range;
+            let unit = out.samples.mapv(|v| ((v - lo) / (hi - lo)).clamp(0.0, 1.0));
+            let unit = unit
+                .into_dimensionality::<ndarray::Ix4>()
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let cols = (a.n as f64).sqrt().ceil() as usize;
+            let scale = (128 / info.sample_shape[1].max(1)).clamp(1, 4);
+            let img = crate::figure::image_grid(unit.view(), cols, scale);
+            crate::io::write_image(&a.out, img.view(), (0.0, 1.0))?;
+        }
     }
     println!(
         "{}: {} samples of {} on the {} path, {} NFE, {:.2} s{}",
         sampler.name(),
         a.n,
-        gmm.info().name,
+        info.name,
         denoiser.schedule().name(),
         out.nfe,
         out.elapsed.as_secs_f64(),
@@ -254,10 +291,10 @@ pub fn run(a: &SampleArgs) -> Result<()> {
             String::new()
         }
     );
-    if a.n >= 2 {
+    if let (Some(g), true) = (&gmm, a.n >= 2) {
         println!(
             "against the exact mixture: {}",
-            stats::compare(samples, &gmm, a.seed)
+            stats::compare(samples, g, a.seed)
         );
     }
     println!("wrote {}", a.out.display());
