@@ -40,6 +40,7 @@ pub mod dps;
 pub mod dpm_solver;
 pub mod ode;
 pub mod problem;
+pub mod units;
 pub mod reddiff;
 pub mod smc;
 pub mod stats;
