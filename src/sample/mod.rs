@@ -39,6 +39,7 @@ pub mod ddpm;
 pub mod dps;
 pub mod dpm_solver;
 pub mod ode;
+pub mod posterior;
 pub mod problem;
 pub mod units;
 pub mod reddiff;

@@ -1,0 +1,173 @@
+//! The posterior samplers by name, with their official defaults: what `posterior
+//! reconstruct --sampler` and the benchmark suites call.
+
+use std::sync::Arc;
+
+use posterior_operators::noise::NoiseModel;
+
+use super::{
+    Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
+    SmcSettings,
+};
+use crate::error::{Error, Result};
+
+/// The names [`build`] accepts.
+pub const POSTERIOR_SAMPLERS: &[&str] = &["dps", "reddiff", "dds", "smc", "tds", "fps"];
+
+/// A built posterior sampler: most run under the [`super::Executor`] as they are; SMC also
+/// hands back its weighted ensemble (uncertainty map).
+pub enum PosteriorSampler {
+    Plain(Box<dyn Sampler>),
+    Smc(Box<Smc>),
+}
+
+impl PosteriorSampler {
+    /// The sampler's description.
+    pub fn name(&self) -> String {
+        match self {
+            PosteriorSampler::Plain(s) => s.name(),
+            PosteriorSampler::Smc(s) => s.name(),
+        }
+    }
+}
+
+/// Overrides of a sampler's defaults (`None` keeps the official default).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Denoiser steps.
+    pub steps: Option<usize>,
+    /// SMC particles per posterior sample.
+    pub particles: Option<usize>,
+}
+
+/// The sampler called `name` for `problem`; `family` is the operator family (`blur`,
+/// `inpaint`, `sr`, `mri`, `ct`, `phase`), which picks DPS's official step size.
+pub fn build(
+    name: &str,
+    problem: Arc<Problem>,
+    family: &str,
+    o: &Overrides,
+) -> Result<PosteriorSampler> {
+    let steps = |default: usize| o.steps.unwrap_or(default);
+    if o.particles.is_some() && !matches!(name, "smc" | "tds" | "fps") {
+        return Err(Error::Invalid(format!(
+            "--particles applies to the SMC samplers (smc, tds, fps), not {name}"
+        )));
+    }
+    Ok(match name {
+        "dps" => {
+            let d = DpsSettings::for_task(family);
+            let s = DpsSettings {
+                steps: steps(d.steps),
+                ..d
+            };
+            PosteriorSampler::Plain(Box::new(Dps::new(problem, s)?))
+        }
+        "reddiff" | "red-diff" => {
+            let d = RedDiffSettings::default();
+            let s = RedDiffSettings {
+                steps: steps(d.steps),
+                ..d
+            };
+            PosteriorSampler::Plain(Box::new(RedDiff::new(problem, s)?))
+        }
+        "dds" => {
+            let d = DdsSettings::default();
+            let s = DdsSettings {
+                steps: steps(d.steps),
+                ..d
+            };
+            PosteriorSampler::Plain(Box::new(Dds::new(problem, s)?))
+        }
+        "smc" | "tds" | "fps" => {
+            let d = if name == "fps" {
+                SmcSettings::fps()
+            } else {
+                SmcSettings::tds()
+            };
+            let s = SmcSettings {
+                steps: steps(d.steps),
+                particles: o.particles.unwrap_or(d.particles),
+                ..d
+            };
+            PosteriorSampler::Smc(Box::new(Smc::new(problem, s)?))
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown sampler `{other}`: expected one of {}",
+                POSTERIOR_SAMPLERS.join(", ")
+            )))
+        }
+    })
+}
+
+/// The Gaussian noise level per real measurement entry that a noise model implies:
+/// `sigma` for Gaussian, `sigma / sqrt 2` per component for complex Gaussian, 0 for none;
+/// for Poisson with `scale` counts per unit, the Gaussian approximation
+/// `sqrt(mean(y) / scale)` of its variance `y / scale`.
+pub fn gaussian_level(noise: &NoiseModel, y: ndarray::ArrayViewD<f32>) -> f64 {
+    match *noise {
+        NoiseModel::None => 0.0,
+        NoiseModel::Gaussian { sigma } => sigma as f64,
+        NoiseModel::ComplexGaussian { sigma } => sigma as f64 / std::f64::consts::SQRT_2,
+        NoiseModel::Poisson { scale } => {
+            let mean = y.iter().map(|v| v.max(0.0) as f64).sum::<f64>() / y.len().max(1) as f64;
+            (mean / scale as f64).sqrt()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, IxDyn};
+    use posterior_operators::forward::Operator;
+    use posterior_operators::linear::Identity;
+
+    fn problem(sigma: f64) -> Arc<Problem> {
+        let op = Operator::Linear(Box::new(Identity::new(&[1, 4, 4])));
+        Arc::new(Problem::new(op, ArrayD::zeros(IxDyn(&[1, 4, 4])), sigma).unwrap())
+    }
+
+    #[test]
+    fn names_build_their_samplers_with_overrides_and_bad_requests_fail() {
+        let o = Overrides {
+            steps: Some(7),
+            particles: None,
+        };
+        for name in ["dps", "reddiff", "dds"] {
+            let s = build(name, problem(0.1), "blur", &o).unwrap();
+            assert!(
+                matches!(s, PosteriorSampler::Plain(ref p) if p.steps() == 7),
+                "{name}"
+            );
+        }
+        let o = Overrides {
+            steps: Some(5),
+            particles: Some(3),
+        };
+        let s = build("fps", problem(0.1), "blur", &o).unwrap();
+        assert!(s.name().contains("3 particles"), "{}", s.name());
+        assert!(build("dps", problem(0.1), "blur", &o).is_err());
+        let e = build("magic", problem(0.1), "blur", &Overrides::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("dps, reddiff"), "{e}");
+        // SMC needs a noise level.
+        assert!(build("smc", problem(0.0), "blur", &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn noise_levels() {
+        let y = ArrayD::from_elem(IxDyn(&[4]), 4.0f32);
+        assert_eq!(gaussian_level(&NoiseModel::None, y.view()), 0.0);
+        assert!(
+            (gaussian_level(&NoiseModel::Gaussian { sigma: 0.1 }, y.view()) - 0.1).abs() < 1e-7
+        );
+        let c = gaussian_level(&NoiseModel::ComplexGaussian { sigma: 0.2 }, y.view());
+        assert!((c - 0.2 / 2f64.sqrt()).abs() < 1e-7);
+        let p = gaussian_level(&NoiseModel::Poisson { scale: 100.0 }, y.view());
+        assert!((p - 0.2).abs() < 1e-7);
+    }
+}
