@@ -488,3 +488,242 @@ impl Sampler for DdsVolume {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prior::{Denoiser, DenseOperator, Gmm};
+    use crate::sample::Executor;
+    use ndarray::IxDyn;
+    use posterior_operators::linear::{dot, random_array};
+    use posterior_operators::phase::FourierPhaseRetrieval;
+    use posterior_operators::Operator;
+
+    const A: [f32; 6] = [1.0, 0.5, -0.3, 0.2, -1.0, 0.8];
+
+    fn problem(sigma_y: f64) -> Arc<Problem> {
+        let op = DenseOperator::new(2, 3, A.to_vec()).unwrap();
+        let y = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.6, -0.2]).unwrap();
+        Arc::new(Problem::new(Operator::Linear(Box::new(op)), y, sigma_y).unwrap())
+    }
+
+    /// Solves the 3 x 3 system `m x = b` by Gaussian elimination with partial pivoting (f64).
+    fn solve3(mut m: [[f64; 3]; 3], mut b: [f64; 3]) -> [f64; 3] {
+        for c in 0..3 {
+            let p = (c..3)
+                .max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs()))
+                .unwrap();
+            m.swap(c, p);
+            b.swap(c, p);
+            for r in c + 1..3 {
+                let f = m[r][c] / m[c][c];
+                for k in c..3 {
+                    m[r][k] -= f * m[c][k];
+                }
+                b[r] -= f * b[c];
+            }
+        }
+        let mut x = [0.0; 3];
+        for r in (0..3).rev() {
+            let s: f64 = (r + 1..3).map(|k| m[r][k] * x[k]).sum();
+            x[r] = (b[r] - s) / m[r][r];
+        }
+        x
+    }
+
+    #[test]
+    fn the_slice_difference_and_its_adjoint_agree() {
+        // <D_z x, w> = <x, D_z^T w> on random arrays, and D_z of a constant stack is zero.
+        for s in [1, 2, 5] {
+            let x = random_array(&[s, 1, 2, 3], 1, "x");
+            let w = random_array(&[s.saturating_sub(1), 1, 2, 3], 2, "w");
+            let mut adj = ArrayD::zeros(x.raw_dim());
+            dz_adjoint_add(w.view(), adj.view_mut());
+            let (l, r) = (
+                dot(dz(x.view()).view(), w.view()),
+                dot(x.view(), adj.view()),
+            );
+            assert!(
+                (l - r).abs() <= 1e-5 * (1.0 + l.abs()),
+                "{s} slices: {l} vs {r}"
+            );
+            let c = ArrayD::from_elem(IxDyn(&[s, 1, 2, 3]), 0.7f32);
+            assert!(dz(c.view()).iter().all(|v| *v == 0.0));
+        }
+        // Not periodic: the first and last slices are not coupled.
+        let x = ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![0.0f32, 1.0, 3.0]).unwrap();
+        assert_eq!(dz(x.view()).as_slice().unwrap(), &[1.0, 2.0]);
+    }
+
+    #[test]
+    fn the_update_uses_the_official_eta_convention() {
+        // x' = a' x0 + s' (sqrt(1 - eta^2) eps + eta z) (official c1, c2).
+        let nxt = Knot {
+            t: 0.3,
+            a: 0.8,
+            s: 0.6,
+        };
+        let st = dds_ddim(nxt, 0.85);
+        assert!((st.a_next - 0.8).abs() < 1e-7);
+        assert!((st.sigma as f64 - 0.6 * 0.85).abs() < 1e-7);
+        assert!((st.keep as f64 - 0.6 * (1.0f64 - 0.85 * 0.85).sqrt()).abs() < 1e-7);
+        assert_eq!(dds_ddim(nxt, 1.0).keep, 0.0);
+    }
+
+    #[test]
+    fn one_step_returns_the_exact_regularised_solve_from_the_tweedie_estimate() {
+        // steps = 1: the only step goes to the clean knot and returns x0' = the CG solution
+        // of (I + gamma A^T A) x = x0_hat + gamma A^T y (noisy data) started at x0_hat; with
+        // 3 CG iterations on a 3 x 3 SPD system that is the exact solution (reference: a
+        // direct solve in f64; tolerance 1e-4 for f32 CG). With noise-free data the system
+        // is A^T A x = A^T y, and the result then satisfies A x = y.
+        let gmm = Gmm::random(2, 3, 4, false).unwrap();
+        for sigma_y in [0.05, 0.0] {
+            let p = problem(sigma_y);
+            let settings = DdsSettings {
+                steps: 1,
+                cg_iters: 3,
+                cg_tol: 0.0,
+                gamma: 0.7,
+                ..Default::default()
+            };
+            let mut dds = Dds::new(p.clone(), settings).unwrap();
+            let mut cx = Context::new(&gmm, 0);
+            let mut st = dds.init(&mut cx, 2).unwrap();
+            st.x = random_array(&[2, 3], 8, "x");
+            let x0 = gmm.x0(st.x.view(), &[st.t as f32; 2]).unwrap();
+            let out = dds.step(&mut cx, st).unwrap();
+            assert_eq!((cx.nfe(), cx.vjps(), out.step), (1, 0, 1));
+            // Two samples, at most 3 iterations each (the rank-2 noise-free system may stop
+            // after 2 when its residual reaches rounding level).
+            let it = dds.cg_iterations();
+            assert!(
+                it <= 6 && (it == 6 || sigma_y == 0.0) && it >= 4,
+                "{it} iterations"
+            );
+            let a: Vec<f64> = A.iter().map(|v| *v as f64).collect();
+            let yv = [0.6, -0.2];
+            for i in 0..2 {
+                if sigma_y > 0.0 {
+                    let g = 0.7;
+                    let mut m = [[0.0; 3]; 3];
+                    let mut b = [0.0; 3];
+                    for (r, row) in m.iter_mut().enumerate() {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            let ata: f64 = (0..2).map(|k| a[k * 3 + r] * a[k * 3 + c]).sum();
+                            *v = g * ata + if r == c { 1.0 } else { 0.0 };
+                        }
+                        b[r] = x0[[i, r]] as f64
+                            + g * (0..2).map(|k| a[k * 3 + r] * yv[k]).sum::<f64>();
+                    }
+                    let want = solve3(m, b);
+                    for j in 0..3 {
+                        assert!((out.x[[i, j]] as f64 - want[j]).abs() < 1e-4, "{i},{j}");
+                    }
+                } else {
+                    for (k, yk) in yv.iter().enumerate() {
+                        let ax: f64 = (0..3).map(|j| a[k * 3 + j] * out.x[[i, j]] as f64).sum();
+                        assert!((ax - yk).abs() < 1e-4, "sample {i}: {ax} vs {yk}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_one_slice_volume_is_plain_dds_and_weak_coupling_changes_little() {
+        // The volume runs the same shared step: one slice gives DDS's samples; S slices with
+        // the same problem and a negligible rho (1e-6) give DDS's batch of S to rounding.
+        let gmm = Gmm::random(2, 3, 4, false).unwrap();
+        let p = problem(0.05);
+        let settings = DdsSettings {
+            steps: 12,
+            ..Default::default()
+        };
+        let mut dds = Dds::new(p.clone(), settings).unwrap();
+        // The check can fail: with the default rho = 10 the 4-slice stack is coupled and
+        // differs from the independent batch by far more than the tolerance.
+        for (s, rho, same) in [(1usize, 10.0, true), (4, 1e-6, true), (4, 10.0, false)] {
+            let tv = SliceTv {
+                rho,
+                ..Default::default()
+            };
+            let mut vol = DdsVolume::new(vec![p.clone(); s], settings, tv).unwrap();
+            let a = Executor::new(9).run(&mut dds, &gmm, s).unwrap();
+            let b = Executor::new(9).run(&mut vol, &gmm, s).unwrap();
+            assert_eq!((b.nfe, b.vjps), (12, 0));
+            let diff = (&a.samples - &b.samples)
+                .iter()
+                .fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(
+                diff < 1e-4,
+                same,
+                "{s} slices, rho {rho}: max difference {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn nonlinear_models_and_bad_settings_are_errors_that_say_what_to_use() {
+        let op = FourierPhaseRetrieval::new(&[1, 4, 4], 2.0).unwrap();
+        let y = ArrayD::zeros(IxDyn(posterior_operators::ForwardOperator::range_shape(
+            &op,
+        )));
+        let p = Arc::new(Problem::new(Operator::Nonlinear(Box::new(op)), y, 0.0).unwrap());
+        let msg = Dds::new(p.clone(), DdsSettings::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("linear") && msg.contains("dps") && msg.contains("reddiff"),
+            "{msg}"
+        );
+        let msg = DdsVolume::new(vec![p], DdsSettings::default(), SliceTv::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("slice 0") && msg.contains("dps"), "{msg}");
+        let base = DdsSettings::default();
+        for (bad, what) in [
+            (DdsSettings { steps: 0, ..base }, "steps"),
+            (DdsSettings { eta: 1.2, ..base }, "eta"),
+            (
+                DdsSettings {
+                    cg_tol: -1.0,
+                    ..base
+                },
+                "tolerance",
+            ),
+            (DdsSettings { gamma: 0.0, ..base }, "gamma"),
+        ] {
+            let msg = Dds::new(problem(0.1), bad).err().unwrap().to_string();
+            assert!(msg.contains(what), "{msg}");
+        }
+        let tv = SliceTv::default();
+        for (bad, what) in [
+            (SliceTv { rho: 0.0, ..tv }, "rho"),
+            (SliceTv { lambda: -1.0, ..tv }, "lambda"),
+            (
+                SliceTv {
+                    admm_iters: 0,
+                    ..tv
+                },
+                "ADMM",
+            ),
+        ] {
+            let msg = DdsVolume::new(vec![problem(0.1)], base, bad)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains(what), "{msg}");
+        }
+        assert!(DdsVolume::new(vec![], base, tv).is_err());
+        let gmm = Gmm::random(1, 3, 0, false).unwrap();
+        let mut vol = DdsVolume::new(vec![problem(0.1); 3], base, tv).unwrap();
+        let msg = Executor::new(0)
+            .run(&mut vol, &gmm, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("3 slices"), "{msg}");
+    }
+}
