@@ -517,8 +517,9 @@ mod tests {
             b.swap(c, p);
             for r in c + 1..3 {
                 let f = m[r][c] / m[c][c];
-                for k in c..3 {
-                    m[r][k] -= f * m[c][k];
+                let pivot = m[c];
+                for (v, p) in m[r].iter_mut().zip(pivot).skip(c) {
+                    *v -= f * p;
                 }
                 b[r] -= f * b[c];
             }
@@ -617,8 +618,8 @@ mod tests {
                             + g * (0..2).map(|k| a[k * 3 + r] * yv[k]).sum::<f64>();
                     }
                     let want = solve3(m, b);
-                    for j in 0..3 {
-                        assert!((out.x[[i, j]] as f64 - want[j]).abs() < 1e-4, "{i},{j}");
+                    for (j, w) in want.iter().enumerate() {
+                        assert!((out.x[[i, j]] as f64 - w).abs() < 1e-4, "{i},{j}");
                     }
                 } else {
                     for (k, yk) in yv.iter().enumerate() {
