@@ -430,3 +430,128 @@ fn sample_draws_image_grids_from_a_network_prior() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (3 * 64 + 4, 2 * 64 + 2));
 }
+
+#[test]
+fn reconstruct_with_every_sampler_writes_estimates_and_uncertainty_maps() {
+    // The fixture prior has random weights, so this checks the plumbing (units, shapes,
+    // outputs, counts, errors), not quality; quality is checked with trained priors.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let img = ndarray::Array3::<f32>::from_shape_fn((1, 16, 16), |(_, i, j)| {
+        if (4..12).contains(&i) && (4..12).contains(&j) {
+            0.8
+        } else {
+            0.1
+        }
+    });
+    ndarray_npy::write_npy(d("img.npy"), &img).unwrap();
+    ok(posterior()
+        .arg("degrade")
+        .arg(d("img.npy"))
+        .args([
+            "--op",
+            "blur:kernel=gaussian,sigma=1",
+            "--noise",
+            "gaussian:sigma=0.02",
+            "--out",
+        ])
+        .arg(d("y.npy")));
+    let prior = data("adm/plain_conv_f16");
+    let p = prior.to_str().unwrap();
+    for (sampler, extra, nfe) in [
+        ("dps", vec![], "4 NFE, 4 VJP"),
+        ("reddiff", vec![], "4 NFE"),
+        ("dds", vec![], "4 NFE"),
+        ("fps", vec!["--particles", "3"], "4 NFE"),
+    ] {
+        let out = d(&format!("{sampler}.npy"));
+        let std = d(&format!("{sampler}_std.png"));
+        let mut cmd = posterior();
+        cmd.arg("reconstruct")
+            .arg(d("y.npy"))
+            .args([
+                "--sampler",
+                sampler,
+                "--prior",
+                p,
+                "--steps",
+                "4",
+                "--seed",
+                "5",
+            ])
+            .args(&extra)
+            .arg("--out")
+            .arg(&out)
+            .arg("--truth")
+            .arg(d("img.npy"));
+        if sampler == "fps" {
+            cmd.arg("--std").arg(&std);
+        } else {
+            cmd.args(["--samples", "2", "--std"]).arg(&std);
+        }
+        let stdout = ok(&mut cmd);
+        assert!(
+            stdout.contains(nfe) && stdout.contains("PSNR"),
+            "{sampler}: {stdout}"
+        );
+        let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&out).unwrap();
+        assert_eq!(x.shape(), &[1, 16, 16], "{sampler}");
+        assert!(x.iter().all(|v| v.is_finite()), "{sampler}");
+        assert!(std.exists(), "{sampler}: no uncertainty map");
+    }
+    // Errors name what is wrong.
+    let y = d("y.npy");
+    for (args, needle) in [
+        (
+            vec!["--sampler", "dps", "--prior", p, "--std", "s.png"],
+            "--std needs an ensemble",
+        ),
+        (
+            vec!["--sampler", "dps", "--prior", p, "--device", "cuda"],
+            "no GPU backend",
+        ),
+        (
+            vec!["--sampler", "dps", "--prior", p, "--particles", "4"],
+            "--particles applies",
+        ),
+        (vec!["--sampler", "magic", "--prior", p], "unknown sampler"),
+        (vec!["--prior", p], "--prior applies to posterior sampling"),
+        (
+            vec![
+                "--sampler",
+                "dps",
+                "--prior",
+                data("adm/sigma_ss_updown").to_str().unwrap(),
+            ],
+            "channel",
+        ),
+    ] {
+        let e = fails(
+            posterior()
+                .arg("reconstruct")
+                .arg(&y)
+                .args(&args)
+                .arg("--out")
+                .arg(d("o.npy")),
+        );
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    // An image at another resolution than the prior's: both sizes and the fix are named.
+    ok(posterior()
+        .arg("degrade")
+        .arg(data("example.png"))
+        .args(["--op", "inpaint:mask=box", "--out"])
+        .arg(d("y256.npy")));
+    let e = fails(
+        posterior()
+            .arg("reconstruct")
+            .arg(d("y256.npy"))
+            .args(["--sampler", "dds", "--prior", p, "--out"])
+            .arg(d("o.npy")),
+    );
+    assert!(
+        e.contains("[1, 256, 256]") && e.contains("resample the image to 16x16"),
+        "{e}"
+    );
+    assert!(!d("o.npy").exists());
+}

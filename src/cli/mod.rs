@@ -104,9 +104,33 @@ pub struct DegradeArgs {
 pub struct ReconstructArgs {
     /// The measurement (.npy) written by `posterior degrade`, with its .json sidecar beside it.
     pub measurement: PathBuf,
-    /// adjoint | cg | tv | fbp (CT) | gd | hio (phase retrieval).
-    #[arg(long, default_value = "cg")]
-    pub method: String,
+    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | hio (phase retrieval). Default
+    /// cg; not combined with --sampler.
+    #[arg(long, conflicts_with = "sampler")]
+    pub method: Option<String>,
+    /// Posterior sampler with a diffusion prior: dps | reddiff | dds | smc (= tds) | fps.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// The prior for --sampler: a prior directory or a shipped prior's name (default: the
+    /// operator family's, brain-mri for mri, ct-ellipses for ct, fmnist-32 otherwise).
+    #[arg(long)]
+    pub prior: Option<String>,
+    /// Sampler steps (denoiser evaluations); default: the sampler's official setting.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// SMC particles per posterior sample.
+    #[arg(long)]
+    pub particles: Option<usize>,
+    /// Independent posterior samples; the output is their mean, --std their spread.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// auto | cpu | cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Write the pixelwise posterior standard deviation (uncertainty map) here (.png or
+    /// .npy): the SMC ensemble's, or the spread of --samples >= 2.
+    #[arg(long)]
+    pub std: Option<PathBuf>,
     /// Iterations (defaults: cg 30, tv 300, gd 200, hio 1000).
     #[arg(long)]
     pub iters: Option<usize>,
@@ -123,7 +147,7 @@ pub struct ReconstructArgs {
     /// Keep a complex reconstruction as its (re, im) pair instead of the magnitude (.npy only).
     #[arg(long)]
     pub complex: bool,
-    /// Seed for methods with a random start (hio).
+    /// Seed for methods with a random start (hio) and for the samplers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where to write the reconstruction: .png (display range of the input) or .npy (units

@@ -1,18 +1,49 @@
-//! `posterior reconstruct`: classical reconstruction of a measurement.
+//! `posterior reconstruct`: reconstruction of a measurement, by a classical method
+//! (`--method`) or by a posterior sampler with a diffusion prior (`--sampler`).
+//!
+//! The sampler path restates the measurement in the prior's units
+//! ([`crate::sample::units`]): the measured image's display range (recorded by `degrade`)
+//! maps onto the prior's intensity range. The image must have the prior's resolution and
+//! channels; otherwise the error says both and how to resample.
 
 use std::time::Instant;
 
-use ndarray::{Array3, ArrayD, Ix3};
+use std::sync::Arc;
+
+use ndarray::{Array3, ArrayD, Axis, Ix3};
 
 use crate::error::{Error, Result};
 use crate::io;
 use crate::measurement::{self, Sidecar};
+use crate::prior::{default_prior_for, Denoiser, NetworkPrior};
 use crate::recon::{self, Method, ReconOptions};
+use crate::sample::posterior::{
+    build as build_sampler, gaussian_level, Overrides, PosteriorSampler,
+};
+use crate::sample::units::{problem_in_prior_units, PriorUnits};
+use crate::sample::{Executor, Observer, Sampler, State};
+use crate::spec::noise::parse_noise;
 
 use super::{Progress, ReconstructArgs};
 
 pub fn run(a: &ReconstructArgs) -> Result<()> {
-    let method: Method = a.method.parse()?;
+    if a.sampler.is_some() {
+        return run_sampler(a);
+    }
+    for (given, flag) in [
+        (a.prior.is_some(), "--prior"),
+        (a.steps.is_some(), "--steps"),
+        (a.particles.is_some(), "--particles"),
+        (a.std.is_some(), "--std"),
+        (a.samples != 1, "--samples"),
+    ] {
+        if given {
+            return Err(Error::Invalid(format!(
+                "{flag} applies to posterior sampling: add --sampler dps|reddiff|dds|smc|fps"
+            )));
+        }
+    }
+    let method: Method = a.method.as_deref().unwrap_or("cg").parse()?;
     let out_ext = io::extension(&a.out);
     if out_ext != "png" && out_ext != "npy" {
         return Err(Error::file(&a.out, "--out must name a .png or .npy file"));
@@ -87,4 +118,155 @@ fn write_output(path: &std::path::Path, image: &ArrayD<f32>, side: &Sidecar) -> 
         let file_units = image.mapv(|v| v * s.scale + offset);
         io::write_npy(path, file_units.view())
     }
+}
+
+struct Bar(Progress);
+
+impl Observer for Bar {
+    fn observe(&mut self, step: usize, state: &State) {
+        self.0.update(step, state.t);
+    }
+}
+
+fn check_image_ext(path: &std::path::Path, what: &str) -> Result<()> {
+    let ext = io::extension(path);
+    if ext != "png" && ext != "npy" {
+        return Err(Error::file(
+            path,
+            format!("{what} must name a .png or .npy file"),
+        ));
+    }
+    Ok(())
+}
+
+/// `reconstruct --sampler`: posterior sampling with a diffusion prior.
+fn run_sampler(a: &ReconstructArgs) -> Result<()> {
+    let name = a.sampler.as_deref().unwrap_or_default();
+    check_image_ext(&a.out, "--out")?;
+    if let Some(p) = &a.std {
+        check_image_ext(p, "--std")?;
+    }
+    if a.complex || a.nonneg || a.iters.is_some() || a.lambda.is_some() {
+        return Err(Error::Invalid(
+            "--complex, --nonneg, --iters and --lambda apply to the classical methods, not to --sampler".into(),
+        ));
+    }
+    match a.device.as_str() {
+        "auto" | "cpu" => {}
+        "cuda" => {
+            return Err(Error::Invalid(
+                "--device cuda: this build has no GPU backend yet; use --device cpu (or auto)"
+                    .into(),
+            ))
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown device `{other}`: expected auto, cpu or cuda"
+            )))
+        }
+    }
+    if a.samples == 0 || a.samples > 256 {
+        return Err(Error::Invalid(format!(
+            "--samples must be between 1 and 256, got {}",
+            a.samples
+        )));
+    }
+    let ensemble = matches!(name, "smc" | "tds" | "fps");
+    if a.std.is_some() && !ensemble && a.samples < 2 {
+        return Err(Error::Invalid(
+            "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more".into(),
+        ));
+    }
+    let (y, side) = measurement::read(&a.measurement)?;
+    let physics = side.physics()?;
+    let family = physics.family.name;
+    let truth = match &a.truth {
+        Some(p) => Some(measurement::read_truth(p, &side)?),
+        None => None,
+    };
+    let prior_name = a
+        .prior
+        .clone()
+        .unwrap_or_else(|| default_prior_for(family).to_string());
+    let prior = NetworkPrior::open(&prior_name)?;
+    let info = prior.info().clone();
+    let noise = parse_noise(&side.noise)?;
+    let sigma_y = gaussian_level(&noise, y.view());
+    let units = PriorUnits::new((side.display_range[0], side.display_range[1]), info.range)?;
+    let problem = problem_in_prior_units(physics.operator, physics.embedding, y, sigma_y, units)?;
+    problem.check_prior(&info)?;
+    let overrides = Overrides {
+        steps: a.steps,
+        particles: a.particles,
+    };
+    let mut sampler = build_sampler(name, Arc::new(problem), family, &overrides)?;
+    let label = sampler.name();
+    let steps = match &sampler {
+        PosteriorSampler::Plain(s) => s.steps(),
+        PosteriorSampler::Smc(s) => s.steps(),
+    };
+    let mut bar = Bar(Progress::new(&label, steps));
+    let start = Instant::now();
+    let outcome = {
+        let mut exec = Executor::new(a.seed).observe(&mut bar);
+        match &mut sampler {
+            PosteriorSampler::Plain(s) => exec.run(s.as_mut(), &prior, a.samples),
+            PosteriorSampler::Smc(s) => exec.run(s.as_mut(), &prior, a.samples),
+        }
+    };
+    bar.0.finish();
+    let outcome = outcome?;
+    let seconds = start.elapsed().as_secs_f64();
+    // The estimate (prior units) and its spread.
+    let (mean, spread) = match &sampler {
+        PosteriorSampler::Smc(s) => {
+            let ens = s.ensemble().ok_or_else(|| {
+                Error::Invalid(format!("{label}: the run ended without an ensemble"))
+            })?;
+            let mean = ens.mean.mean_axis(Axis(0));
+            let var = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
+            (mean, var.map(|v| v.mapv(f32::sqrt)))
+        }
+        PosteriorSampler::Plain(_) => {
+            let mean = outcome.samples.mean_axis(Axis(0));
+            let spread = (a.samples >= 2).then(|| outcome.samples.std_axis(Axis(0), 1.0));
+            (mean, spread)
+        }
+    };
+    let mean = mean.ok_or_else(|| Error::Invalid("no samples were drawn".into()))?;
+    let image = units.to_image(mean.view());
+    write_output(&a.out, &image, &side)?;
+    if let Some(p) = &a.std {
+        let spread = spread.ok_or_else(|| {
+            Error::Invalid(
+                "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more".into(),
+            )
+        })?;
+        let spread = spread.mapv(|v| v * units.scale.abs());
+        if io::extension(p) == "png" {
+            let chw = to_chw(spread)?;
+            let hi = chw.iter().fold(0f32, |m, v| m.max(*v)).max(1e-12);
+            io::write_image(p, chw.view(), (0.0, hi))?;
+        } else {
+            io::write_npy(p, spread.view())?;
+        }
+    }
+    println!(
+        "{}: {label} with prior {} ({} sample(s)) in {:.2} s, {} NFE, {} VJP",
+        a.out.display(),
+        info.name,
+        a.samples,
+        seconds,
+        outcome.nfe,
+        outcome.vjps
+    );
+    if let Some(truth) = truth {
+        let r =
+            recon::Quality::compare(to_chw(image)?.view(), truth.view(), side.data_range as f64)?;
+        println!(
+            "PSNR {:.2} dB  SSIM {:.4}  NRMSE {:.4}",
+            r.psnr, r.ssim, r.nrmse
+        );
+    }
+    Ok(())
 }

@@ -591,12 +591,53 @@ impl UNet {
         timesteps: &[f32],
         v: ArrayView4<f32>,
     ) -> Result<(Array4<f32>, Array4<f32>)> {
+        let (out, tape) = self.forward_tape(x, timesteps)?;
+        let g = tape.backward(v)?;
+        Ok((out, g))
+    }
+
+    /// `model(x, t)` and the tape of its activations, from which [`UNetTape::backward`]
+    /// computes the input VJP for a cotangent chosen after seeing the output (what DPS
+    /// needs: its cotangent depends on the output). The tape holds every layer's input; it
+    /// is freed when consumed or dropped.
+    pub fn forward_tape(
+        &self,
+        x: ArrayView4<f32>,
+        timesteps: &[f32],
+    ) -> Result<(Array4<f32>, UNetTape<'_>)> {
         self.check_input(&x, timesteps)?;
         let emb = self.embed_time(timesteps)?;
-        let emb = emb.view();
-        let mut tape = Vec::new();
-        let out = self.run(x, emb, Some(&mut tape))?;
-        crate::nn::same_shape("unet", "cotangent", out.shape(), v.shape())?;
+        let mut inputs = Vec::new();
+        let out = self.run(x, emb.view(), Some(&mut inputs))?;
+        let out_shape = out.dim();
+        Ok((
+            out,
+            UNetTape {
+                unet: self,
+                emb,
+                inputs,
+                out_shape,
+            },
+        ))
+    }
+}
+
+/// The activations of one forward pass of a [`UNet`], kept for its VJP.
+pub struct UNetTape<'a> {
+    unet: &'a UNet,
+    emb: Array2<f32>,
+    inputs: Vec<Array4<f32>>,
+    out_shape: (usize, usize, usize, usize),
+}
+
+impl UNetTape<'_> {
+    /// `d/dx sum(model(x, t) * v)` for the forward pass this tape recorded.
+    pub fn backward(mut self, v: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let (n, c, h, w) = self.out_shape;
+        crate::nn::same_shape("unet", "cotangent", &[n, c, h, w], v.shape())?;
+        let net = self.unet;
+        let emb = self.emb.view();
+        let tape = &mut self.inputs;
         let mut pop = || {
             tape.pop()
                 .ok_or_else(|| invalid("unet: tape underflow".into()))
@@ -604,10 +645,11 @@ impl UNet {
         // out = out_conv(silu(out_norm(h)))
         let h = pop()?;
         let (_, _, hh, ww) = h.dim();
-        let a = self.out_norm.forward(h.view().into_dyn())?;
-        let g = self.out_conv.vjp(hh, ww, v)?;
+        let a = net.out_norm.forward(h.view().into_dyn())?;
+        let g = net.out_conv.vjp(hh, ww, v)?;
         let g = silu_vjp(a.view(), g.into_dyn().view())?;
-        let mut g = dim4(self.out_norm.vjp(h.view().into_dyn(), g.view())?)?;
+        let mut g = dim4(net.out_norm.vjp(h.view().into_dyn(), g.view())?)?;
+        drop(h);
         let back = |layers: &Block,
                     mut g: Array4<f32>,
                     pop: &mut dyn FnMut() -> Result<Array4<f32>>|
@@ -618,22 +660,22 @@ impl UNet {
             }
             Ok(g)
         };
-        let n_in = self.input_blocks.len();
+        let n_in = net.input_blocks.len();
         let mut skip_grads: Vec<Option<Array4<f32>>> = vec![None; n_in];
-        for (j, block) in self.output_blocks.iter().enumerate().rev() {
+        for (j, block) in net.output_blocks.iter().enumerate().rev() {
             g = back(block, g, &mut pop)?;
             let i = n_in - 1 - j;
-            let split = g.dim().1 - self.skip_channels[i];
+            let split = g.dim().1 - net.skip_channels[i];
             skip_grads[i] = Some(g.slice(s![.., split.., .., ..]).to_owned());
             g = g.slice(s![.., ..split, .., ..]).to_owned();
         }
-        g = back(&self.middle, g, &mut pop)?;
-        for (i, block) in self.input_blocks.iter().enumerate().rev() {
+        g = back(&net.middle, g, &mut pop)?;
+        for (i, block) in net.input_blocks.iter().enumerate().rev() {
             if let Some(sg) = skip_grads[i].take() {
                 g += &sg;
             }
             g = back(block, g, &mut pop)?;
         }
-        Ok((out, g))
+        Ok(g)
     }
 }

@@ -48,6 +48,11 @@ impl PriorInfo {
     }
 }
 
+/// A deferred vector-Jacobian product of a denoiser evaluation: `pullback(v)` is
+/// `v^T d x0 / d x_t` for the batch it was made for (`v` shaped like `x_t`). A network keeps
+/// its forward activations inside; they are freed when the pullback is used or dropped.
+pub type Pullback<'a> = Box<dyn FnOnce(ArrayViewD<f32>) -> Result<ArrayD<f32>> + 'a>;
+
 /// A trained network (or an exact prior) seen as a denoiser.
 pub trait Denoiser: Send + Sync {
     /// The path the denoiser was trained on; `t` arguments are times on this path.
@@ -65,6 +70,19 @@ pub trait Denoiser: Send + Sync {
         t: &[f32],
         v: ArrayViewD<f32>,
     ) -> Result<(ArrayD<f32>, ArrayD<f32>)>;
+
+    /// `x0(x_t)` and a [`Pullback`] for a VJP whose vector is chosen after seeing `x0` (DPS,
+    /// twisted SMC). The default re-evaluates the denoiser inside the pullback; networks
+    /// override it to reuse the forward pass.
+    fn x0_pullback<'a>(
+        &'a self,
+        x_t: ArrayViewD<f32>,
+        t: &[f32],
+    ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
+        let x0 = self.x0(x_t.view(), t)?;
+        let (x, t) = (x_t.to_owned(), t.to_vec());
+        Ok((x0, Box::new(move |v| Ok(self.x0_vjp(x.view(), &t, v)?.1))))
+    }
 
     /// The prediction in another parameterisation (`eps`, score, velocity), through `x0`.
     fn predict(&self, x_t: ArrayViewD<f32>, t: &[f32], param: Param) -> Result<ArrayD<f32>> {
@@ -163,6 +181,13 @@ impl OnPath {
     }
 }
 
+/// Multiplies sample `i` of a batch by `c[i]` (the chain rule through `x -> c x`).
+fn scale_rows(g: &mut ArrayD<f32>, c: &[f32]) {
+    for (i, c) in c.iter().enumerate() {
+        g.index_axis_mut(Axis(0), i).mapv_inplace(|u| u * c);
+    }
+}
+
 impl Denoiser for OnPath {
     fn schedule(&self) -> &Schedule {
         &self.schedule
@@ -184,10 +209,25 @@ impl Denoiser for OnPath {
         check_batch(&self.info, &x_t, t, "x_t")?;
         let (x, ts, cs) = self.convert_in(&x_t, t);
         let (x0, mut g) = self.inner.x0_vjp(x.view(), &ts, v)?;
-        for (i, c) in cs.iter().enumerate() {
-            g.index_axis_mut(Axis(0), i).mapv_inplace(|u| u * c);
-        }
+        scale_rows(&mut g, &cs);
         Ok((x0, g))
+    }
+    fn x0_pullback<'a>(
+        &'a self,
+        x_t: ArrayViewD<f32>,
+        t: &[f32],
+    ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
+        check_batch(&self.info, &x_t, t, "x_t")?;
+        let (x, ts, cs) = self.convert_in(&x_t, t);
+        let (x0, inner) = self.inner.x0_pullback(x.view(), &ts)?;
+        Ok((
+            x0,
+            Box::new(move |v| {
+                let mut g = inner(v)?;
+                scale_rows(&mut g, &cs);
+                Ok(g)
+            }),
+        ))
     }
 }
 
@@ -221,6 +261,9 @@ mod tests {
         };
         assert!(close(&a0, &a1), "{a0} vs {a1}");
         assert!(close(&g0, &g1), "{g0} vs {g1}");
+        // The deferred VJP gives the same as the direct one.
+        let (a2, pullback) = wrapped.x0_pullback(x.view(), &ts).unwrap();
+        assert!(close(&a1, &a2) && close(&g1, &pullback(v.view()).unwrap()));
         let v0 = flow_native.predict(x.view(), &ts, Param::Velocity).unwrap();
         let v1 = wrapped.predict(x.view(), &ts, Param::Velocity).unwrap();
         assert!(close(&v0, &v1));

@@ -8,8 +8,8 @@ pub mod gmm;
 pub mod network;
 pub mod schedule;
 
-pub use denoiser::{check_batch, Denoiser, OnPath, PriorInfo};
+pub use denoiser::{check_batch, Denoiser, OnPath, PriorInfo, Pullback};
 pub use dense::{dense_matrix, DenseOperator};
 pub use gmm::{Covariance, Gmm};
-pub use network::{resolve_prior, ModelCard, NetworkPrior};
+pub use network::{default_prior_for, resolve_prior, ModelCard, NetworkPrior};
 pub use schedule::{Knot, Param, PathKind, Schedule};

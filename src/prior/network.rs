@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{s, ArrayD, ArrayView4, ArrayViewD, Axis, Ix4};
 use serde::{Deserialize, Serialize};
 
-use super::denoiser::{check_batch, Denoiser, PriorInfo};
+use super::denoiser::{check_batch, Denoiser, PriorInfo, Pullback};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::nn::safetensors::{Dtype, SafeTensors};
@@ -230,6 +230,16 @@ pub fn load_unet(card: &ModelCard, path: &Path) -> Result<UNet> {
     Ok(unet)
 }
 
+/// The shipped prior used for an operator family when none is given: `brain-mri` for MRI,
+/// `ct-ellipses` for CT, `fmnist-32` otherwise.
+pub fn default_prior_for(family: &str) -> &'static str {
+    match family {
+        "mri" => "brain-mri",
+        "ct" => "ct-ellipses",
+        _ => "fmnist-32",
+    }
+}
+
 /// Finds a prior by directory path or by name: a directory holding `model.json`, else a
 /// shipped prior `NAME` under the directories of `$POSTERIOR_PRIORS` (`:`-separated) or
 /// the project's `priors/`.
@@ -367,6 +377,25 @@ impl NetworkPrior {
     }
 }
 
+impl NetworkPrior {
+    /// `x0 = (x - s eps) / a` per sample, `eps` the first `C` output channels.
+    fn tweedie(
+        &self,
+        x4: ArrayView4<f32>,
+        out: &ndarray::Array4<f32>,
+        coeffs: &[(f32, f32)],
+    ) -> ArrayD<f32> {
+        let c = self.card.channels;
+        let mut x0 = x4.to_owned();
+        for (i, &(a, s)) in coeffs.iter().enumerate() {
+            let eps = out.slice(s![i, ..c, .., ..]);
+            x0.index_axis_mut(Axis(0), i)
+                .zip_mut_with(&eps, |x, &e| *x = (*x - s * e) / a);
+        }
+        x0.into_dyn()
+    }
+}
+
 impl Denoiser for NetworkPrior {
     fn schedule(&self) -> &Schedule {
         &self.schedule
@@ -376,15 +405,8 @@ impl Denoiser for NetworkPrior {
     }
     fn x0(&self, x_t: ArrayViewD<f32>, t: &[f32]) -> Result<ArrayD<f32>> {
         let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
-        let c = self.card.channels;
-        let out = self.unet.forward(x4, &steps)?;
-        let mut x0 = x4.to_owned();
-        for (i, (a, s)) in coeffs.into_iter().enumerate() {
-            let eps = out.slice(s![i, ..c, .., ..]);
-            let mut xi = x0.index_axis_mut(Axis(0), i);
-            xi.zip_mut_with(&eps, |x, &e| *x = (*x - s * e) / a);
-        }
-        Ok(x0.into_dyn())
+        let out = self.unet.forward(x4.view(), &steps)?;
+        Ok(self.tweedie(x4, &out, &coeffs))
     }
     fn x0_vjp(
         &self,
@@ -392,34 +414,42 @@ impl Denoiser for NetworkPrior {
         t: &[f32],
         v: ArrayViewD<f32>,
     ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        let (x0, pullback) = self.x0_pullback(x_t, t)?;
+        Ok((x0, pullback(v)?))
+    }
+    fn x0_pullback<'a>(
+        &'a self,
+        x_t: ArrayViewD<f32>,
+        t: &[f32],
+    ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
         let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
-        if v.shape() != x_t.shape() {
-            return Err(Error::Invalid(format!(
-                "{}: the VJP vector has shape {:?}, expected {:?}",
-                self.info.name,
-                v.shape(),
-                x_t.shape()
-            )));
-        }
         let c = self.card.channels;
-        let (n, _, h, w) = x4.dim();
-        // x0 = (x - s eps(x)) / a, so v^T dx0/dx = v / a + J_eps^T (-(s / a) v).
-        let mut cot = ndarray::Array4::<f32>::zeros((n, self.card.architecture.out_channels, h, w));
-        for (i, &(a, s)) in coeffs.iter().enumerate() {
-            let vi = v.index_axis(Axis(0), i);
-            cot.slice_mut(s![i, ..c, .., ..])
-                .zip_mut_with(&vi, |o, &u| *o = -(s / a) * u);
-        }
-        let (out, mut g) = self.unet.forward_vjp(x4, &steps, cot.view())?;
-        let mut x0 = x4.to_owned();
-        for (i, &(a, s)) in coeffs.iter().enumerate() {
-            let eps = out.slice(s![i, ..c, .., ..]);
-            x0.index_axis_mut(Axis(0), i)
-                .zip_mut_with(&eps, |x, &e| *x = (*x - s * e) / a);
-            let vi = v.index_axis(Axis(0), i);
-            g.index_axis_mut(Axis(0), i)
-                .zip_mut_with(&vi, |gi, &u| *gi += u / a);
-        }
-        Ok((x0.into_dyn(), g.into_dyn()))
+        let (out, tape) = self.unet.forward_tape(x4.view(), &steps)?;
+        let x0 = self.tweedie(x4, &out, &coeffs);
+        let out_channels = self.card.architecture.out_channels;
+        let name = self.info.name.clone();
+        let want = x_t.shape().to_vec();
+        let pullback = move |v: ArrayViewD<f32>| -> Result<ArrayD<f32>> {
+            if v.shape() != want.as_slice() {
+                return Err(Error::Invalid(format!(
+                    "{name}: the VJP vector has shape {:?}, expected {want:?}",
+                    v.shape()
+                )));
+            }
+            // x0 = (x - s eps(x)) / a, so v^T dx0/dx = v / a + J_eps^T (-(s / a) v).
+            let (n, _, h, w) = (want[0], want[1], want[2], want[3]);
+            let mut cot = ndarray::Array4::<f32>::zeros((n, out_channels, h, w));
+            for (i, &(a, s)) in coeffs.iter().enumerate() {
+                cot.slice_mut(s![i, ..c, .., ..])
+                    .zip_mut_with(&v.index_axis(Axis(0), i), |o, &u| *o = -(s / a) * u);
+            }
+            let mut g = tape.backward(cot.view())?;
+            for (i, &(a, _)) in coeffs.iter().enumerate() {
+                g.index_axis_mut(Axis(0), i)
+                    .zip_mut_with(&v.index_axis(Axis(0), i), |gi, &u| *gi += u / a);
+            }
+            Ok(g.into_dyn())
+        };
+        Ok((x0, Box::new(pullback)))
     }
 }

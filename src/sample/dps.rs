@@ -21,11 +21,9 @@
 //! - `sigma_y` is not used: as in the official code, the noise level is absorbed into `zeta`
 //!   (the official defaults, [`default_zeta`], were tuned for images in `[-1, 1]` with
 //!   `sigma_y = 0.05`).
-//! - Cost: the [`crate::prior::Denoiser`] interface takes the cotangent of a VJP together with
-//!   its input, and the cotangent here depends on `x0_hat`, so a step makes one plain
-//!   evaluation and one evaluation with a VJP: **NFE = 2 steps, VJPs = steps** as counted by
-//!   the [`Context`]. (With a network that keeps its forward pass for the backward pass, the
-//!   first evaluation is the one the VJP call repeats.)
+//! - Cost: the cotangent depends on `x0_hat`, so each step takes the denoiser's
+//!   [`crate::prior::Pullback`] (the network keeps its forward pass and runs the backward
+//!   pass on it): **NFE = steps, VJPs = steps** as counted by the [`Context`].
 //! - The time grid is [`crate::prior::Schedule::knots`]: any step count, on the denoiser's own
 //!   path (the paper: VP, 1000 ancestral steps).
 //!
@@ -108,9 +106,9 @@ pub struct Guidance {
 }
 
 /// The DPS guidance at `x` (a batch on the denoiser's path at time `t`): one denoiser
-/// evaluation, then one evaluation with a VJP (see the module docs).
+/// evaluation that keeps its forward pass, and the VJP through it (see the module docs).
 pub fn guidance(cx: &mut Context, problem: &Problem, x: &ArrayD<f32>, t: f64) -> Result<Guidance> {
-    let x0 = cx.x0(x.view(), t)?;
+    let (x0, pullback) = cx.x0_pullback(x.view(), t)?;
     // J_A^T (A(x0) - y) and ||y - A(x0)||^2 per sample.
     let (mut v, sq) = problem.data_grad_batch(x0.view())?;
     let mut norms = Vec::with_capacity(sq.len());
@@ -120,7 +118,7 @@ pub fn guidance(cx: &mut Context, problem: &Problem, x: &ArrayD<f32>, t: f64) ->
         let inv = if n > 0.0 { (1.0 / n) as f32 } else { 0.0 };
         vi.mapv_inplace(|u| u * inv);
     }
-    let (_, grad) = cx.x0_vjp(x.view(), t, v.view())?;
+    let grad = pullback(v.view())?;
     Ok(Guidance {
         x0,
         grad,
@@ -270,7 +268,7 @@ mod tests {
         let x = random_array(&[3, 4], 11, "x");
         let mut cx = Context::new(&gmm, 0);
         let g = guidance(&mut cx, &p, &x, t).unwrap();
-        assert_eq!((cx.nfe(), cx.vjps()), (2, 1));
+        assert_eq!((cx.nfe(), cx.vjps()), (1, 1));
         let (no_jac, _) = p.data_grad_batch(g.x0.view()).unwrap();
         for i in 0..3 {
             let xi: Vec<f64> = (0..4).map(|j| x[[i, j]] as f64).collect();
@@ -313,7 +311,7 @@ mod tests {
 
     #[test]
     fn counts_reproducibility_and_step_variants() {
-        // NFE = 2 steps, VJPs = steps (module docs); the same seed gives identical samples,
+        // NFE = steps, VJPs = steps (module docs); the same seed gives identical samples,
         // another seed different ones; DDIM with eta = 1 equals the ancestral step in law but
         // draws the same noise in a different order only where sigma > 0, so it is only
         // checked to run and count the same.
@@ -326,7 +324,7 @@ mod tests {
             };
             let mut s = Dps::new(p.clone(), settings).unwrap();
             let a = Executor::new(3).run(&mut s, &gmm, 5).unwrap();
-            assert_eq!((a.nfe, a.vjps, a.steps), (14, 7, 7));
+            assert_eq!((a.nfe, a.vjps, a.steps), (7, 7, 7));
             let b = Executor::new(3).run(&mut s, &gmm, 5).unwrap();
             assert_eq!(a.samples, b.samples);
             let c = Executor::new(4).run(&mut s, &gmm, 5).unwrap();

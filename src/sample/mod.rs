@@ -31,7 +31,7 @@ use posterior_operators::rng::{seeded, Rng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
-use crate::prior::{Denoiser, Knot};
+use crate::prior::{Denoiser, Knot, Pullback};
 
 pub mod ddim;
 pub mod dds;
@@ -111,6 +111,14 @@ impl<'a> Context<'a> {
         self.nfe += 1;
         self.vjps += 1;
         self.denoiser.x0_vjp(x, &vec![t as f32; n], v)
+    }
+    /// `x0_hat(x, t)` and a [`Pullback`] for a VJP whose vector depends on `x0_hat` (DPS,
+    /// twisted SMC); counts one NFE and one VJP (a network reuses the forward pass).
+    pub fn x0_pullback(&mut self, x: ArrayViewD<f32>, t: f64) -> Result<(ArrayD<f32>, Pullback<'a>)> {
+        let n = x.shape().first().copied().unwrap_or(0);
+        self.nfe += 1;
+        self.vjps += 1;
+        self.denoiser.x0_pullback(x, &vec![t as f32; n])
     }
     /// Standard normal noise of `shape`.
     pub fn normal(&mut self, shape: &[usize]) -> ArrayD<f32> {
