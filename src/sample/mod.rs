@@ -33,6 +33,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::error::{Error, Result};
 use crate::prior::{Denoiser, Knot, Pullback};
 
+pub mod calibrate;
 pub mod ddim;
 pub mod dds;
 pub mod ddpm;
@@ -47,6 +48,7 @@ pub mod smc;
 pub mod stats;
 
 pub use dds::{Dds, DdsSettings, DdsVolume, SliceTv};
+pub use calibrate::{calibrate, CalibrationTable, CALIBRATION_FORMAT};
 pub use ddim::{Ddim, DdimStep};
 pub use ddpm::{AncestralKernel, Ddpm};
 pub use dps::{default_zeta, Dps, DpsSettings, DpsUpdate};

@@ -152,6 +152,52 @@ impl Problem {
         Ok(x)
     }
 
+    /// `(A^T A + gamma I)^-1 rhs` for one sample (`rhs` of the domain shape, `gamma > 0`):
+    /// in closed form where the operator has one ([`LinearOperator::solve_regularized`]),
+    /// otherwise by conjugate gradients from zero (at most `cg_iters` iterations, relative
+    /// residual `cg_tol`). Shared by the samplers that take Gaussian-conditional or
+    /// proximal data steps (FPS, FLAIR). An error for a nonlinear model.
+    pub fn solve_regularized(
+        &self,
+        gamma: f64,
+        rhs: ArrayViewD<f32>,
+        cg_iters: usize,
+        cg_tol: f64,
+    ) -> Result<ArrayD<f32>> {
+        let op = self.linear().ok_or_else(|| {
+            Error::Invalid(format!(
+                "a regularised solve needs a linear operator, but {} is nonlinear",
+                self.operator.name()
+            ))
+        })?;
+        if rhs.shape() != op.domain_shape() {
+            return Err(Error::Invalid(format!(
+                "{}: the right-hand side has shape {:?}, expected {:?}",
+                op.name(),
+                rhs.shape(),
+                op.domain_shape()
+            )));
+        }
+        if let Some(u) = op.solve_regularized(gamma as f32, rhs.view()) {
+            return Ok(u);
+        }
+        let g = gamma as f32;
+        let apply_m = |v: ArrayViewD<f32>, mut out: ndarray::ArrayViewMutD<f32>| {
+            op.normal(v.view(), out.view_mut());
+            out.zip_mut_with(&v, |o, &vi| *o += g * vi);
+        };
+        let mut u = ArrayD::zeros(rhs.raw_dim());
+        crate::solve::krylov::conjugate_gradient(
+            &apply_m,
+            rhs,
+            &mut u,
+            cg_iters,
+            cg_tol,
+            &mut |_, _| {},
+        );
+        Ok(u)
+    }
+
     fn batch_len(&self, x: &ArrayViewD<f32>) -> Result<usize> {
         let sh = x.shape();
         if sh.is_empty() || &sh[1..] != self.operator.domain_shape() {
