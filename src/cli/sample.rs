@@ -164,7 +164,7 @@ pub fn read_gmm_json(path: &Path) -> Result<Gmm> {
 /// A prior given by `--prior`: an exact mixture or a network.
 pub enum LoadedPrior {
     Mixture(Gmm),
-    Network(NetworkPrior),
+    Network(Box<NetworkPrior>),
 }
 
 impl LoadedPrior {
@@ -172,7 +172,7 @@ impl LoadedPrior {
     pub fn denoiser(self) -> Arc<dyn Denoiser> {
         match self {
             LoadedPrior::Mixture(g) => Arc::new(g),
-            LoadedPrior::Network(n) => Arc::new(n),
+            LoadedPrior::Network(n) => Arc::new(*n),
         }
     }
 }
@@ -187,7 +187,7 @@ pub fn load_prior(text: &str) -> Result<LoadedPrior> {
     if crate::io::extension(p) == "json" {
         return read_gmm_json(p).map(LoadedPrior::Mixture);
     }
-    NetworkPrior::open(text).map(LoadedPrior::Network)
+    NetworkPrior::open(text).map(|n| LoadedPrior::Network(Box::new(n)))
 }
 
 struct Bar(Progress);

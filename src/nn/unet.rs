@@ -225,8 +225,8 @@ impl ParamSource for ShapeRecorder {
 enum Layer {
     /// A plain convolution (the input conv, or `Downsample.op`, stride 2).
     Conv(Conv2d),
-    Res(ResBlock),
-    Attn(AttentionBlock),
+    Res(Box<ResBlock>),
+    Attn(Box<AttentionBlock>),
     /// `Downsample` without a convolution: 2x2 average pooling.
     Pool,
     /// `Upsample`: nearest 2x, then the convolution when present.
@@ -408,15 +408,19 @@ impl UNet {
             let out = cfg.level_channels(mult)?;
             for _ in 0..cfg.num_res_blocks {
                 let k = format!("input_blocks.{}", input_blocks.len());
-                let mut block = vec![Layer::Res(b.res(
+                let mut block = vec![Layer::Res(Box::new(b.res(
                     &format!("{k}.0"),
                     ch,
                     out,
                     UpDown::None,
-                )?)];
+                )?))];
                 ch = out;
                 if cfg.attention_resolutions.contains(&ds) {
-                    block.push(Layer::Attn(b.attn(&format!("{k}.1"), ch, false)?));
+                    block.push(Layer::Attn(Box::new(b.attn(
+                        &format!("{k}.1"),
+                        ch,
+                        false,
+                    )?)));
                 }
                 input_blocks.push(block);
                 skip_channels.push(ch);
@@ -424,7 +428,7 @@ impl UNet {
             if level + 1 != levels {
                 let k = format!("input_blocks.{}.0", input_blocks.len());
                 let layer = if cfg.resblock_updown {
-                    Layer::Res(b.res(&k, ch, ch, UpDown::Down)?)
+                    Layer::Res(Box::new(b.res(&k, ch, ch, UpDown::Down)?))
                 } else if cfg.conv_resample {
                     Layer::Conv(b.conv(&format!("{k}.op"), ch, ch, 3, 2)?)
                 } else {
@@ -436,9 +440,9 @@ impl UNet {
             }
         }
         let middle = vec![
-            Layer::Res(b.res("middle_block.0", ch, ch, UpDown::None)?),
-            Layer::Attn(b.attn("middle_block.1", ch, false)?),
-            Layer::Res(b.res("middle_block.2", ch, ch, UpDown::None)?),
+            Layer::Res(Box::new(b.res("middle_block.0", ch, ch, UpDown::None)?)),
+            Layer::Attn(Box::new(b.attn("middle_block.1", ch, false)?)),
+            Layer::Res(Box::new(b.res("middle_block.2", ch, ch, UpDown::None)?)),
         ];
         let mut output_blocks = Vec::new();
         let mut pending = skip_channels.clone();
@@ -449,20 +453,24 @@ impl UNet {
                 let ich = pending
                     .pop()
                     .ok_or_else(|| invalid("unet: skip bookkeeping".into()))?;
-                let mut block = vec![Layer::Res(b.res(
+                let mut block = vec![Layer::Res(Box::new(b.res(
                     &format!("{k}.0"),
                     ch + ich,
                     out,
                     UpDown::None,
-                )?)];
+                )?))];
                 ch = out;
                 if cfg.attention_resolutions.contains(&ds) {
-                    block.push(Layer::Attn(b.attn(&format!("{k}.1"), ch, true)?));
+                    block.push(Layer::Attn(Box::new(b.attn(
+                        &format!("{k}.1"),
+                        ch,
+                        true,
+                    )?)));
                 }
                 if level > 0 && i == cfg.num_res_blocks {
                     let kk = format!("{k}.{}", block.len());
                     let layer = if cfg.resblock_updown {
-                        Layer::Res(b.res(&kk, ch, ch, UpDown::Up)?)
+                        Layer::Res(Box::new(b.res(&kk, ch, ch, UpDown::Up)?))
                     } else if cfg.conv_resample {
                         Layer::Up(Some(b.conv(&format!("{kk}.conv"), ch, ch, 3, 1)?))
                     } else {
@@ -570,7 +578,7 @@ impl UNet {
             h = apply(block, h, &mut tape)?;
         }
         let a = self.out_norm.forward(h.view().into_dyn())?;
-        if let Some(t) = tape.as_deref_mut() {
+        if let Some(t) = tape {
             t.push(h);
         }
         let a = dim4(silu(a.view()))?;

@@ -295,6 +295,9 @@ pub struct NetworkPrior {
     info: PriorInfo,
 }
 
+/// A checked batch, the network's step inputs and the path coefficients `(a, s)`.
+type Prepared<'a> = (ArrayView4<'a, f32>, Vec<f32>, Vec<(f32, f32)>);
+
 impl NetworkPrior {
     /// Opens a prior directory (or a shipped prior by name, see [`resolve_prior`]).
     pub fn open(name_or_path: &str) -> Result<NetworkPrior> {
@@ -355,11 +358,7 @@ impl NetworkPrior {
         self.unet.forward(x, steps)
     }
 
-    fn prepare<'a>(
-        &self,
-        x_t: &ArrayViewD<'a, f32>,
-        t: &[f32],
-    ) -> Result<(ArrayView4<'a, f32>, Vec<f32>, Vec<(f32, f32)>)> {
+    fn prepare<'a>(&self, x_t: &ArrayViewD<'a, f32>, t: &[f32]) -> Result<Prepared<'a>> {
         check_batch(&self.info, x_t, t, "x_t")?;
         let x4 = x_t
             .clone()
