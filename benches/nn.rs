@@ -184,5 +184,34 @@ fn layers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layers, unets);
+/// The GEMM shapes of the convolutions (`m` out channels, `n` pixels, `k` in channels x 9),
+/// only with `POSTERIOR_BENCH_GEMM=1`: throughput of the `sgemm` wrapper.
+fn gemms(c: &mut Criterion) {
+    if std::env::var("POSTERIOR_BENCH_GEMM").as_deref() != Ok("1") {
+        return;
+    }
+    let mut g = c.benchmark_group("gemm");
+    g.sample_size(20).measurement_time(Duration::from_secs(2));
+    for &(m, n, k) in &[
+        (64, 1024, 576),
+        (128, 256, 1152),
+        (128, 64, 1152),
+        (128, 65536, 1152),
+        (256, 1024, 2304),
+    ] {
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        let mut out = vec![0.0f32; m * n];
+        let gflop = 2.0 * (m * n * k) as f64 / 1e9;
+        g.bench_function(format!("sgemm {m}x{n}x{k} ({gflop:.3} GFLOP)"), |bch| {
+            bch.iter(|| {
+                posterior::nn::gemm::sgemm(m, n, k, &a, false, &b, false, &mut out, false);
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, layers, unets, gemms);
 criterion_main!(benches);

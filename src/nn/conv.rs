@@ -1,11 +1,21 @@
-//! 2-D convolution (cross-correlation, as PyTorch) by im2col + GEMM.
+//! 2-D convolution (cross-correlation, as PyTorch) by tiled im2col + GEMM.
+//!
+//! The output pixels of every batch item are cut into tiles of whole output rows; each tile
+//! is one rayon task that unfolds its receptive field into a per-thread workspace (sized to
+//! stay in the core's L2 cache) and multiplies it by the weight matrix on the calling
+//! thread, writing straight into the output. When there are too few tiles to feed the
+//! threads (small images), the product is split over output channels instead. The input VJP
+//! of a stride-1 convolution is the forward convolution of the output gradient with the
+//! flipped, transposed kernel, so it runs on the same fast path.
 
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use ndarray::{Array1, Array4, ArrayView4};
 use rayon::prelude::*;
 
-use crate::nn::{gemm::sgemm, same_shape, shape_err};
+use crate::nn::gemm::{sgemm, sgemm_raw, Strided};
+use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
 /// `nn.Conv2d(in, out, (kh, kw), stride, padding)` with zero padding.
@@ -15,17 +25,22 @@ use crate::{Error, Result};
 /// (floor), likewise `Wo`. guided-diffusion uses 3x3 (pad 1, stride 1 or 2 for strided
 /// downsampling) and 1x1 (pad 0).
 ///
-/// Computed per batch item as `Y = W_mat (out, in*kh*kw) x col (in*kh*kw, Ho*Wo)`, where
-/// `col` is the im2col unfolding; the `col` buffer is a workspace kept in the layer and
-/// reused across calls (a 1x1, stride-1 convolution skips it). Calls on one layer from
-/// several threads serialize on that workspace.
-#[derive(Debug)]
+/// Computed as `Y = W_mat (out, in*kh*kw) x col (in*kh*kw, Ho*Wo)` per batch item, where
+/// `col` is the im2col unfolding, built tile by tile in per-thread workspaces that are
+/// reused across calls (a 1x1, stride-1 convolution reads its input directly). Calls may
+/// come from several threads at once.
+///
+/// The parameters are public for reading; build a new layer with [`Conv2d::new`] to change
+/// them (the input VJP caches a rearranged copy of `weight` on first use).
+#[derive(Debug, Clone)]
 pub struct Conv2d {
     pub weight: Array4<f32>,
     pub bias: Array1<f32>,
     pub stride: usize,
     pub padding: usize,
-    scratch: Mutex<Vec<f32>>,
+    /// `weight` flipped in space with in/out swapped, `(in, out, kh, kw)`: the kernel of the
+    /// stride-1 input VJP. Built on first use.
+    flipped: OnceLock<Vec<f32>>,
 }
 
 /// Parameter gradients of [`Conv2d`], summed over the batch.
@@ -35,16 +50,258 @@ pub struct Conv2dGrads {
     pub bias: Array1<f32>,
 }
 
-impl Clone for Conv2d {
-    fn clone(&self) -> Self {
-        Conv2d {
-            weight: self.weight.clone(),
-            bias: self.bias.clone(),
-            stride: self.stride,
-            padding: self.padding,
-            scratch: Mutex::new(Vec::new()),
+/// Workspace floats per im2col tile (512 KiB: the tile and its share of the weights stay in
+/// a core's L2 cache).
+const TILE_FLOATS: usize = 1 << 17;
+/// The fewest output pixels a tile is cut down to when splitting for more parallelism.
+const MIN_TILE_PX: usize = 64;
+/// Workspaces larger than this many floats are not kept between calls.
+const KEEP_FLOATS: usize = 1 << 24;
+
+thread_local! {
+    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's workspace of `len` floats (contents unspecified). A nested
+/// call on the same thread (rayon work stealing) gets a fresh buffer.
+fn with_workspace<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut ws) if len <= KEEP_FLOATS => {
+            if ws.len() < len {
+                ws.resize(len, 0.0);
+            }
+            f(&mut ws[..len])
+        }
+        _ => f(&mut vec![0.0; len]),
+    })
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand tasks pointers into one output array whose element sets are
+// disjoint (see `conv_into`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Shapes of one convolution: `ci -> co` channels, kernel `kh x kw`, stride `s`, padding
+/// `p`, input `h x w`, output `ho x wo`.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    ci: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    p: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn kdim(&self) -> usize {
+        self.ci * self.kh * self.kw
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.s == 1 && self.p == 0
+    }
+
+    /// Output columns `[lo, hi)` whose input column `ox s + off` lies inside `[0, w)`.
+    fn valid_cols(&self, off: isize) -> (usize, usize) {
+        let s = self.s as isize;
+        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+        let last = self.w as isize - 1 - off;
+        let hi = if last < 0 { 0 } else { last / s + 1 };
+        let lo = (lo as usize).min(self.wo);
+        (lo, (hi as usize).clamp(lo, self.wo))
+    }
+
+    /// im2col of output rows `[r0, r1)` of one image `x` (ci, h, w) into `col`
+    /// (ci*kh*kw, (r1 - r0) wo).
+    fn im2col_rows(&self, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
+        let (h, w, wo) = (self.h, self.w, self.wo);
+        let tpx = (r1 - r0) * wo;
+        debug_assert_eq!(col.len(), self.kdim() * tpx);
+        let mut rows = col.chunks_exact_mut(tpx);
+        for c in 0..self.ci {
+            let img = &x[c * h * w..(c + 1) * h * w];
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let row = rows.next().expect("col has kdim rows");
+                    let off = b as isize - self.p as isize;
+                    let (lo, hi) = self.valid_cols(off);
+                    for (i, oy) in (r0..r1).enumerate() {
+                        let dst = &mut row[i * wo..(i + 1) * wo];
+                        let iy = (oy * self.s + a) as isize - self.p as isize;
+                        if iy < 0 || iy >= h as isize || lo == hi {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &img[iy as usize * w..(iy as usize + 1) * w];
+                        dst[..lo].fill(0.0);
+                        dst[hi..].fill(0.0);
+                        let start = (lo * self.s) as isize + off;
+                        if self.s == 1 {
+                            let start = start as usize;
+                            dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                        } else {
+                            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                                *d = src[start as usize + j * self.s];
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
+
+    /// Adjoint of a whole-image im2col: scatter-add `col` into `dx` (ci, h, w), overwriting.
+    fn col2im(&self, col: &[f32], dx: &mut [f32]) {
+        let (h, w, ho, wo) = (self.h, self.w, self.ho, self.wo);
+        let (kh, kw) = (self.kh, self.kw);
+        let (s, p) = (self.s as isize, self.p as isize);
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(c, img)| {
+            img.fill(0.0);
+            let block = &col[c * kh * kw * ho * wo..(c + 1) * kh * kw * ho * wo];
+            for a in 0..kh {
+                for b in 0..kw {
+                    let row = &block[(a * kw + b) * ho * wo..(a * kw + b + 1) * ho * wo];
+                    for oy in 0..ho {
+                        let iy = oy as isize * s - p + a as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let dst = &mut img[iy as usize * w..(iy as usize + 1) * w];
+                        for (ox, &v) in row[oy * wo..(oy + 1) * wo].iter().enumerate() {
+                            let ix = ox as isize * s - p + b as isize;
+                            if ix >= 0 && ix < w as isize {
+                                dst[ix as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `y = conv(x)` (+ `bias`) for `n` images: `wmat` (co, ci*kh*kw), `xs` (n, ci, h, w),
+/// `ys` (n, co, ho, wo), all contiguous; `ys` is overwritten.
+fn conv_into(g: &Geom, wmat: &[f32], bias: Option<&[f32]>, xs: &[f32], n: usize, ys: &mut [f32]) {
+    let (npix, kdim) = (g.ho * g.wo, g.kdim());
+    let (in_len, out_len) = (g.ci * g.h * g.w, g.co * npix);
+    assert!(
+        wmat.len() == g.co * kdim && xs.len() == n * in_len && ys.len() == n * out_len,
+        "conv_into: inconsistent buffer sizes"
+    );
+    if n == 0 || npix == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    // Rows per tile: within the workspace budget, then smaller until every thread has
+    // about two tiles, but not below MIN_TILE_PX pixels.
+    let mut rows = (TILE_FLOATS / kdim / g.wo).clamp(1, g.ho);
+    while rows > 1 && n * g.ho.div_ceil(rows) < 2 * threads && (rows / 2) * g.wo >= MIN_TILE_PX {
+        rows /= 2;
+    }
+    let tiles_per_img = g.ho.div_ceil(rows);
+    let fill_bias = |yb: &mut [f32], r0: usize, tpx: usize| {
+        for o in 0..g.co {
+            let dst = &mut yb[o * npix + r0 * g.wo..o * npix + r0 * g.wo + tpx];
+            match bias {
+                Some(bv) => dst.fill(bv[o]),
+                None => dst.fill(0.0),
+            }
+        }
+    };
+    if threads > 1 && n * tiles_per_img < threads && g.co >= 32 {
+        // Few pixels: one im2col per image, the product split over output channels.
+        let chunk = g.co.div_ceil(threads).next_multiple_of(16).min(g.co);
+        for (xb, yb) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
+            fill_bias(yb, 0, npix);
+            let mut run = |col: &[f32]| {
+                yb.par_chunks_mut(chunk * npix)
+                    .enumerate()
+                    .for_each(|(i, yc)| {
+                        let o0 = i * chunk;
+                        let mc = yc.len() / npix;
+                        // SAFETY: `wmat` rows o0..o0+mc, `col` (kdim, npix) and `yc`
+                        // (mc, npix) are in bounds; `yc` is this task's own slice.
+                        unsafe {
+                            sgemm_raw(
+                                mc,
+                                npix,
+                                kdim,
+                                Strided::new(wmat[o0 * kdim..].as_ptr(), kdim as isize, 1),
+                                Strided::new(col.as_ptr(), npix as isize, 1),
+                                yc.as_mut_ptr(),
+                                npix as isize,
+                                true,
+                                false,
+                            );
+                        }
+                    });
+            };
+            if g.pointwise() {
+                run(xb);
+            } else {
+                with_workspace(kdim * npix, |col| {
+                    g.im2col_rows(xb, 0, g.ho, col);
+                    run(col);
+                });
+            }
+        }
+        return;
+    }
+    let yp = SendPtr(ys.as_mut_ptr());
+    (0..n * tiles_per_img).into_par_iter().for_each(|task| {
+        let (b, t) = (task / tiles_per_img, task % tiles_per_img);
+        let (r0, r1) = (t * rows, ((t + 1) * rows).min(g.ho));
+        let tpx = (r1 - r0) * g.wo;
+        let xb = &xs[b * in_len..(b + 1) * in_len];
+        // SAFETY: task (b, t) writes exactly the elements [b, o, r0..r1, :] of `ys` for
+        // every o: disjoint across tasks, and `ys` is borrowed mutably for the whole call.
+        let yb = unsafe { std::slice::from_raw_parts_mut(yp.get().add(b * out_len), out_len) };
+        // `yb` aliases other tasks' rows, so only this tile's rows are touched below.
+        fill_bias(yb, r0, tpx);
+        let c = yb[r0 * g.wo..].as_mut_ptr();
+        let mul = |bm: Strided| {
+            // SAFETY: W (co, kdim), B (kdim, tpx) with the given strides and C (co, tpx)
+            // with row stride npix are in bounds; C's elements are this task's own.
+            unsafe {
+                sgemm_raw(
+                    g.co,
+                    tpx,
+                    kdim,
+                    Strided::new(wmat.as_ptr(), kdim as isize, 1),
+                    bm,
+                    c,
+                    npix as isize,
+                    true,
+                    false,
+                );
+            }
+        };
+        if g.pointwise() {
+            mul(Strided::new(
+                xb[r0 * g.w..].as_ptr(),
+                (g.h * g.w) as isize,
+                1,
+            ));
+        } else {
+            with_workspace(kdim * tpx, |col| {
+                g.im2col_rows(xb, r0, r1, col);
+                mul(Strided::new(col.as_ptr(), tpx as isize, 1));
+            });
+        }
+    });
 }
 
 impl Conv2d {
@@ -74,7 +331,7 @@ impl Conv2d {
             bias,
             stride,
             padding,
-            scratch: Mutex::new(Vec::new()),
+            flipped: OnceLock::new(),
         })
     }
 
@@ -110,133 +367,102 @@ impl Conv2d {
         self.out_size(x.dim().2, x.dim().3)
     }
 
-    fn is_pointwise(&self) -> bool {
-        let (_, _, kh, kw) = self.weight.dim();
-        kh == 1 && kw == 1 && self.stride == 1 && self.padding == 0
+    fn geom(&self, h: usize, w: usize, ho: usize, wo: usize) -> Geom {
+        let (co, ci, kh, kw) = self.weight.dim();
+        Geom {
+            ci,
+            co,
+            kh,
+            kw,
+            s: self.stride,
+            p: self.padding,
+            h,
+            w,
+            ho,
+            wo,
+        }
     }
 
-    /// im2col of one image `x` (in, H, W) into `col` (in*kh*kw, Ho*Wo).
-    fn im2col(&self, x: &[f32], h: usize, w: usize, ho: usize, wo: usize, col: &mut [f32]) {
-        let (_, ci, kh, kw) = self.weight.dim();
-        let (s, p) = (self.stride as isize, self.padding as isize);
-        debug_assert_eq!(col.len(), ci * kh * kw * ho * wo);
-        col.par_chunks_mut(kh * kw * ho * wo)
-            .enumerate()
-            .for_each(|(c, block)| {
-                let img = &x[c * h * w..(c + 1) * h * w];
-                for a in 0..kh {
-                    for b in 0..kw {
-                        let row = &mut block[(a * kw + b) * ho * wo..(a * kw + b + 1) * ho * wo];
-                        for oy in 0..ho {
-                            let iy = oy as isize * s - p + a as isize;
-                            let dst = &mut row[oy * wo..(oy + 1) * wo];
-                            if iy < 0 || iy >= h as isize {
-                                dst.fill(0.0);
-                                continue;
-                            }
-                            let src = &img[iy as usize * w..(iy as usize + 1) * w];
-                            for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = ox as isize * s - p + b as isize;
-                                *d = if ix < 0 || ix >= w as isize {
-                                    0.0
-                                } else {
-                                    src[ix as usize]
-                                };
-                            }
-                        }
-                    }
-                }
-            });
+    fn wmat(&self) -> &[f32] {
+        self.weight
+            .as_slice()
+            .expect("Conv2d::new stores the weight contiguous")
     }
 
-    /// Adjoint of [`Self::im2col`]: scatter-add `col` into `dx` (in, H, W), overwriting it.
-    fn col2im(&self, col: &[f32], h: usize, w: usize, ho: usize, wo: usize, dx: &mut [f32]) {
-        let (_, _, kh, kw) = self.weight.dim();
-        let (s, p) = (self.stride as isize, self.padding as isize);
-        dx.par_chunks_mut(h * w).enumerate().for_each(|(c, img)| {
-            img.fill(0.0);
-            let block = &col[c * kh * kw * ho * wo..(c + 1) * kh * kw * ho * wo];
-            for a in 0..kh {
-                for b in 0..kw {
-                    let row = &block[(a * kw + b) * ho * wo..(a * kw + b + 1) * ho * wo];
-                    for oy in 0..ho {
-                        let iy = oy as isize * s - p + a as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let dst = &mut img[iy as usize * w..(iy as usize + 1) * w];
-                        for (ox, &v) in row[oy * wo..(oy + 1) * wo].iter().enumerate() {
-                            let ix = ox as isize * s - p + b as isize;
-                            if ix >= 0 && ix < w as isize {
-                                dst[ix as usize] += v;
-                            }
+    /// The stride-1 VJP kernel: `(in, out, kh, kw)`, `[i, o, a, b] = W[o, i, kh-1-a, kw-1-b]`.
+    fn flipped(&self) -> &[f32] {
+        self.flipped.get_or_init(|| {
+            let (co, ci, kh, kw) = self.weight.dim();
+            let w = self.wmat();
+            let mut f = vec![0.0f32; w.len()];
+            for i in 0..ci {
+                for o in 0..co {
+                    for a in 0..kh {
+                        for b in 0..kw {
+                            f[((i * co + o) * kh + a) * kw + b] =
+                                w[((o * ci + i) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
                         }
                     }
                 }
             }
-        });
-    }
-
-    fn with_scratch<R>(&self, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.len() < len {
-            guard.resize(len, 0.0);
-        }
-        f(&mut guard[..len])
+            f
+        })
     }
 
     /// Forward: `(N, in, H, W) -> (N, out, Ho, Wo)`.
     pub fn forward(&self, x: ArrayView4<f32>) -> Result<Array4<f32>> {
         let (ho, wo) = self.check_input(&x)?;
-        let (n, ci, h, w) = x.dim();
-        let (co, _, kh, kw) = self.weight.dim();
+        let (n, _, h, w) = x.dim();
+        let g = self.geom(h, w, ho, wo);
         let x = x.as_standard_layout();
-        let xs = x.as_slice().unwrap_or_default();
-        let wmat = self.weight.as_slice().unwrap_or_default();
-        let mut y = Array4::zeros((n, co, ho, wo));
-        let ys = y.as_slice_mut().unwrap_or_default();
-        let kdim = ci * kh * kw;
-        let pointwise = self.is_pointwise();
-        for b in 0..n {
-            let yb = &mut ys[b * co * ho * wo..(b + 1) * co * ho * wo];
-            for (o, row) in yb.chunks_mut(ho * wo).enumerate() {
-                row.fill(self.bias[o]);
-            }
-            let xb = &xs[b * ci * h * w..(b + 1) * ci * h * w];
-            if pointwise {
-                sgemm(co, ho * wo, kdim, wmat, false, xb, false, yb, true);
-            } else {
-                self.with_scratch(kdim * ho * wo, |col| {
-                    self.im2col(xb, h, w, ho, wo, col);
-                    sgemm(co, ho * wo, kdim, wmat, false, col, false, yb, true);
-                });
-            }
-        }
+        let xs = x.as_slice().expect("standard layout");
+        let mut y = Array4::zeros((n, g.co, ho, wo));
+        let ys = y.as_slice_mut().expect("fresh array");
+        conv_into(&g, self.wmat(), self.bias.as_slice(), xs, n, ys);
         Ok(y)
     }
 
     /// VJP with respect to the input: `dy` `(N, out, Ho, Wo)` for an input of spatial size
-    /// `(h, w)`; returns `(N, in, h, w)`. (`dcol = W_mat^T dy`, then col2im.)
+    /// `(h, w)`; returns `(N, in, h, w)`. Stride 1 (square kernel, `pad < k`): the forward
+    /// convolution of `dy` with the flipped kernel and padding `k - 1 - pad`; otherwise
+    /// `dcol = W_mat^T dy`, then col2im.
     pub fn vjp(&self, h: usize, w: usize, dy: ArrayView4<f32>) -> Result<Array4<f32>> {
         let (ho, wo) = self.out_size(h, w)?;
         let n = dy.dim().0;
         let (co, ci, kh, kw) = self.weight.dim();
         same_shape("conv2d", "output gradient", &[n, co, ho, wo], dy.shape())?;
         let dy = dy.as_standard_layout();
-        let dys = dy.as_slice().unwrap_or_default();
-        let wmat = self.weight.as_slice().unwrap_or_default();
+        let dys = dy.as_slice().expect("standard layout");
         let mut dx = Array4::zeros((n, ci, h, w));
-        let dxs = dx.as_slice_mut().unwrap_or_default();
-        let kdim = ci * kh * kw;
+        let dxs = dx.as_slice_mut().expect("fresh array");
+        if self.stride == 1 && kh == kw && self.padding < kh {
+            let g = Geom {
+                ci: co,
+                co: ci,
+                kh,
+                kw,
+                s: 1,
+                p: kh - 1 - self.padding,
+                h: ho,
+                w: wo,
+                ho: h,
+                wo: w,
+            };
+            conv_into(&g, self.flipped(), None, dys, n, dxs);
+            return Ok(dx);
+        }
+        let g = self.geom(h, w, ho, wo);
+        let kdim = g.kdim();
+        let wmat = self.wmat();
         for b in 0..n {
             let dyb = &dys[b * co * ho * wo..(b + 1) * co * ho * wo];
             let dxb = &mut dxs[b * ci * h * w..(b + 1) * ci * h * w];
-            if self.is_pointwise() {
+            if g.pointwise() {
                 sgemm(kdim, ho * wo, co, wmat, true, dyb, false, dxb, false);
             } else {
-                self.with_scratch(kdim * ho * wo, |col| {
+                with_workspace(kdim * ho * wo, |col| {
                     sgemm(kdim, ho * wo, co, wmat, true, dyb, false, col, false);
-                    self.col2im(col, h, w, ho, wo, dxb);
+                    g.col2im(col, dxb);
                 });
             }
         }
@@ -250,23 +476,24 @@ impl Conv2d {
         let (n, ci, h, w) = x.dim();
         let (co, _, kh, kw) = self.weight.dim();
         same_shape("conv2d", "output gradient", &[n, co, ho, wo], dy.shape())?;
+        let g = self.geom(h, w, ho, wo);
         let x = x.as_standard_layout();
         let dy = dy.as_standard_layout();
         let (xs, dys) = (
-            x.as_slice().unwrap_or_default(),
-            dy.as_slice().unwrap_or_default(),
+            x.as_slice().expect("standard layout"),
+            dy.as_slice().expect("standard layout"),
         );
         let kdim = ci * kh * kw;
         let mut gw = Array4::zeros(self.weight.raw_dim());
-        let gws = gw.as_slice_mut().unwrap_or_default();
+        let gws = gw.as_slice_mut().expect("fresh array");
         for b in 0..n {
             let dyb = &dys[b * co * ho * wo..(b + 1) * co * ho * wo];
             let xb = &xs[b * ci * h * w..(b + 1) * ci * h * w];
-            if self.is_pointwise() {
+            if g.pointwise() {
                 sgemm(co, kdim, ho * wo, dyb, false, xb, true, gws, b > 0);
             } else {
-                self.with_scratch(kdim * ho * wo, |col| {
-                    self.im2col(xb, h, w, ho, wo, col);
+                with_workspace(kdim * ho * wo, |col| {
+                    g.im2col_rows(xb, 0, ho, col);
                     sgemm(co, kdim, ho * wo, dyb, false, col, true, gws, b > 0);
                 });
             }
@@ -343,6 +570,13 @@ mod tests {
             (2, 3, 2, 7, 5, 3, 2, 1),
             (2, 4, 3, 5, 6, 1, 1, 0),
             (1, 3, 2, 5, 5, 1, 2, 0),
+            // A valid (pad 0) 3x3: the VJP's flipped kernel pads by 2.
+            (1, 2, 3, 6, 5, 3, 1, 0),
+            // Several row tiles of uneven height per image (the split for parallelism).
+            (1, 2, 3, 19, 17, 3, 1, 1),
+            // Few pixels, many output channels: the product split over channel chunks.
+            (1, 3, 40, 5, 5, 3, 1, 1),
+            (1, 40, 36, 4, 4, 1, 1, 0),
         ];
         for (case, &(n, ci, co, h, w, k, s, p)) in cases.iter().enumerate() {
             let seed = 10 * case as u64;

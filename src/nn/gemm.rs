@@ -1,7 +1,10 @@
-//! A small row-major f32 GEMM on the `gemm` crate (rayon-parallel for large products).
+//! A small row-major f32 GEMM on the `gemm` crate (AVX-512 / AVX2 kernels chosen at run
+//! time; rayon-parallel for large products).
 
-/// Products with at least this many multiply-adds run multi-threaded.
-const PAR_THRESHOLD: usize = 1 << 18;
+/// Products with at least this many multiply-adds are split across the rayon threads by
+/// the `gemm` crate; below it one thread is faster (the split costs more than it saves,
+/// and the network layers parallelise at a coarser grain themselves).
+const PAR_THRESHOLD: usize = 1 << 25;
 
 /// `C = op(A) op(B)` (or `C += op(A) op(B)` when `accumulate`), all row-major and dense.
 ///
@@ -34,35 +37,73 @@ pub fn sgemm(
     // Strides (in elements) of op(A): row stride, column stride.
     let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    let par = if m * n * k >= PAR_THRESHOLD && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = m * n * k >= PAR_THRESHOLD;
     // SAFETY: the asserts above guarantee every index the strides reach lies inside the
     // slices: op(A)[i, p] is at i*a_rs + p*a_cs < m*k, op(B)[p, j] < k*n, C[i, j] < m*n;
     // `c` is borrowed mutably so it cannot alias `a` or `b`.
     unsafe {
-        gemm::gemm(
+        sgemm_raw(
             m,
             n,
             k,
+            Strided::new(a.as_ptr(), a_rs, a_cs),
+            Strided::new(b.as_ptr(), b_rs, b_cs),
             c.as_mut_ptr(),
-            1,
             n as isize,
             accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
             par,
+        );
+    }
+}
+
+/// A read-only strided matrix operand: element `[i, j]` at `ptr + i rs + j cs`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl Strided {
+    pub fn new(ptr: *const f32, rs: isize, cs: isize) -> Self {
+        Strided { ptr, rs, cs }
+    }
+}
+
+/// `C (+)= A B` on raw strided operands: `A` `m x k`, `B` `k x n`, `C` `m x n` with row
+/// stride `c_rs` and unit column stride. `parallel`: let the `gemm` crate split the product
+/// over the rayon threads (otherwise it runs on the calling thread).
+///
+/// # Safety
+/// Every element the strides reach must be valid for reads (`A`, `B`) or writes (`C`), and
+/// `C`'s elements must not overlap `A`'s or `B`'s nor be accessed by another thread during
+/// the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    c: *mut f32,
+    c_rs: isize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if parallel && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded to the caller (see above). With k == 0 and !accumulate the gemm
+    // crate writes zeros into C.
+    unsafe {
+        gemm::gemm(
+            m, n, k, c, 1, c_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false,
+            false, false, par,
         );
     }
 }
@@ -118,7 +159,7 @@ mod tests {
             }
         }
         // A large product (multi-threaded path).
-        let (m, n, k) = (64, 300, 40);
+        let (m, n, k) = (64, 4096, 160);
         let a = rand_vec(m * k, 3);
         let b = rand_vec(k * n, 4);
         let mut c = vec![0.0; m * n];
