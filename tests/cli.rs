@@ -555,3 +555,36 @@ fn reconstruct_with_every_sampler_writes_estimates_and_uncertainty_maps() {
     );
     assert!(!d("o.npy").exists());
 }
+
+#[test]
+fn priors_lists_every_prior_directory_as_text_and_json() {
+    let roots = data("adm");
+    let out = ok(posterior().arg("priors").env("POSTERIOR_PRIORS", &roots));
+    for name in ["plain_conv_f16", "sigma_ss_updown", "ffhq256_hash"] {
+        assert!(out.contains(name), "{out}");
+    }
+    let json = ok(posterior()
+        .args(["priors", "--json"])
+        .env("POSTERIOR_PRIORS", &roots));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "plain_conv_f16")
+        .unwrap();
+    assert_eq!(row["resolution"], serde_json::json!([16, 16]));
+    assert_eq!(row["channels"], 1);
+    assert_eq!(row["range"], serde_json::json!([-1.0, 1.0]));
+    assert!(row["domain"].is_string());
+    // A prior reachable by name through the same search path.
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.npy");
+    ndarray_npy::write_npy(&x, &ndarray::Array3::<f32>::zeros((1, 16, 16))).unwrap();
+    ok(posterior()
+        .arg("denoise")
+        .arg(&x)
+        .args(["--prior", "plain_conv_f16", "--t", "0.5", "--out"])
+        .arg(dir.path().join("o.npy"))
+        .env("POSTERIOR_PRIORS", &roots));
+}

@@ -15,6 +15,7 @@ mod degrade;
 mod demo;
 mod denoise;
 mod ops;
+mod priors;
 mod progress;
 mod reconstruct;
 mod sample;
@@ -47,6 +48,12 @@ pub enum Command {
     /// Run a network prior once on a noisy input and write its Tweedie estimate (or, with
     /// --raw, the network's own output).
     Denoise(DenoiseArgs),
+    /// List the priors reachable by name (shipped under priors/ or in $POSTERIOR_PRIORS).
+    Priors {
+        /// Print a JSON list of objects (name, domain, resolution, channels, range, ...).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -213,5 +220,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(&a),
         Command::Sample(a) => sample::run(&a),
         Command::Denoise(a) => denoise::run(&a),
+        Command::Priors { json } => priors::run(json),
     }
 }

@@ -11,5 +11,7 @@ pub mod schedule;
 pub use denoiser::{check_batch, Denoiser, OnPath, PriorInfo, Pullback};
 pub use dense::{dense_matrix, DenseOperator};
 pub use gmm::{Covariance, Gmm};
-pub use network::{default_prior_for, resolve_prior, ModelCard, NetworkPrior};
+pub use network::{
+    default_prior_for, prior_roots, resolve_prior, shipped_priors, ModelCard, NetworkPrior,
+};
 pub use schedule::{Knot, Param, PathKind, Schedule};

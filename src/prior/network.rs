@@ -240,14 +240,9 @@ pub fn default_prior_for(family: &str) -> &'static str {
     }
 }
 
-/// Finds a prior by directory path or by name: a directory holding `model.json`, else a
-/// shipped prior `NAME` under the directories of `$POSTERIOR_PRIORS` (`:`-separated) or
+/// The directories searched for priors by name: `$POSTERIOR_PRIORS` (`:`-separated), then
 /// the project's `priors/`.
-pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
-    let direct = PathBuf::from(name_or_path);
-    if direct.join(CARD_FILE).is_file() {
-        return Ok(direct);
-    }
+pub fn prior_roots() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = std::env::var("POSTERIOR_PRIORS")
         .map(|v| {
             v.split(':')
@@ -257,30 +252,54 @@ pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
         })
         .unwrap_or_default();
     roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("priors"));
-    for r in &roots {
-        let d = r.join(name_or_path);
-        if d.join(CARD_FILE).is_file() {
-            return Ok(d);
+    roots
+}
+
+/// Every prior reachable by name, `(name, directory)`, sorted by name; where two roots hold
+/// the same name, the first root wins.
+pub fn shipped_priors() -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for root in prior_roots() {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        let mut here: Vec<(String, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.join(CARD_FILE).is_file())
+            .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
+            .collect();
+        here.sort();
+        for (name, dir) in here {
+            if !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, dir));
+            }
         }
     }
-    let mut known: Vec<String> = roots
-        .iter()
-        .filter_map(|r| std::fs::read_dir(r).ok())
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(CARD_FILE).is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    known.sort();
-    known.dedup();
+    found.sort();
+    found
+}
+
+/// Finds a prior by directory path or by name: a directory holding `model.json`, else a
+/// shipped prior `NAME` under [`prior_roots`].
+pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(name_or_path);
+    if direct.join(CARD_FILE).is_file() {
+        return Ok(direct);
+    }
+    let known = shipped_priors();
+    if let Some((_, dir)) = known.iter().find(|(n, _)| n == name_or_path) {
+        return Ok(dir.clone());
+    }
+    let names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
     Err(file_err(
         &direct,
         format!(
             "no prior here: not a directory with a {CARD_FILE}, and no shipped prior has this name (known: {})",
-            if known.is_empty() {
+            if names.is_empty() {
                 "none".to_string()
             } else {
-                known.join(", ")
+                names.join(", ")
             }
         ),
     ))
