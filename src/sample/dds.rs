@@ -46,6 +46,15 @@
 //! official `_Dz` wraps the last slice onto the first, which couples two unrelated ends of a
 //! volume); the shrinkage is anisotropic (per voxel), as the official one; `lambda` is in the
 //! units of the data term, not normalised by `||A||^2`.
+//!
+//! Scale: the official values were set for a CT projector whose `A^T A` has a large norm;
+//! with operators of norm ~1 (masks, normalised MRI) `rho = 10` outweighs the data term and
+//! couples the slices strongly (each step's slice differences are pulled towards the
+//! previous step's). On a 3x3 mask problem with noise 0.1 (`tests/posterior_samplers_a.rs`)
+//! the official values still cut the step between identically measured slices by ~80% and
+//! keep 72-92% of the measured part of a real jump between two blocks of slices, while
+//! differences in unmeasured pixels, which only the prior informs, are largely flattened.
+//! Lower `rho` and `lambda` together for such operators.
 
 use std::sync::Arc;
 
