@@ -414,3 +414,31 @@ fn the_slice_tv_step_makes_identical_slices_agree_and_keeps_measured_jumps() {
     }
     assert!(strong_kept.iter().any(|k| *k < 0.6), "{strong_kept:?}");
 }
+
+#[test]
+fn dps_and_reddiff_run_on_image_shaped_priors_with_a_mask() {
+    // (1, 3, 3) images, 5 of 9 pixels measured with noise 0.1: both methods return
+    // (N, 1, 3, 3) batches whose residual on the measured pixels falls to a third of the
+    // prior's (seen 3% for DPS, 1.4% for RED-diff).
+    let prior = Gmm::random(1, 9, 3, false)
+        .unwrap()
+        .with_sample_shape(&[1, 3, 3])
+        .unwrap();
+    let (problems, _) = stack(&prior, &[0], 7);
+    let p = &problems[0];
+    let op = p.linear().unwrap();
+    let prior_res = rms_residual(op, p.y(), &prior.sample(100, &mut seeded(7, "p")).0);
+    let mut d = dps(p, 0.1);
+    let settings = RedDiffSettings {
+        steps: 300,
+        ..Default::default()
+    };
+    let mut r = RedDiff::new(p.clone(), settings).unwrap();
+    for s in [&mut d as &mut dyn Sampler, &mut r] {
+        let x = run(s, &prior, 100, 7);
+        assert_eq!(x.shape(), &[100, 1, 3, 3]);
+        let res = rms_residual(op, p.y(), &x);
+        eprintln!("{}: residual {res:.3} (prior {prior_res:.3})", s.name());
+        assert!(res <= prior_res / 3.0, "{}", s.name());
+    }
+}

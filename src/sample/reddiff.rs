@@ -10,7 +10,11 @@
 //! `L(mu) = 1/2 mean_m((y - A(mu))^2) + lambda w(t) mean_d(stopgrad(eps_hat - eps) mu)`,
 //!
 //! that is `g = J_A^T (A(mu) - y) / m + lambda w(t) (eps_hat - eps) / d`, with `m` the number
-//! of measured values, `d` the number of values in one sample, and the SNR weighting
+//! of measured values (entries of `y` the operator actually measures: the zeros a mask or an
+//! undersampled k-space operator keeps in place of missing data do not count, as in the
+//! official code, whose inpainting operator returns only the kept pixels; counted once with
+//! [`posterior_operators::Operator::restrict_to_measured`]), `d` the number of values in
+//! one sample, and the SNR weighting
 //! `w(t) = s / a`. These normalisations (means over the measurement and over the pixels, the
 //! "linear" `1/SNR` weighting) follow the official code (NVlabs/RED-diff, `algos/reddiff.py`),
 //! which takes its means over the whole batch: a uniform factor `1/N` on both terms, which
@@ -132,6 +136,8 @@ pub struct RedDiff {
     settings: RedDiffSettings,
     knots: Vec<Knot>,
     adam: Option<Adam>,
+    /// The number of measured entries of `y` (see the module docs).
+    measured: usize,
 }
 
 impl RedDiff {
@@ -165,6 +171,7 @@ impl RedDiff {
             settings,
             knots: Vec::new(),
             adam: None,
+            measured: 1,
         })
     }
     /// The settings.
@@ -189,7 +196,7 @@ impl RedDiff {
         let d: usize = mu.shape()[1..].iter().product();
         let mut g = regulariser_gradient(knot, &eps_hat, &eps, self.settings.lambda, d);
         let (data, _) = self.problem.data_grad_batch(mu.view())?;
-        let m = self.problem.y().len().max(1) as f32;
+        let m = self.measured.max(1) as f32;
         g.zip_mut_with(&data, |g, &gd| *g += gd / m);
         Ok((g, x0))
     }
@@ -210,6 +217,11 @@ impl Sampler for RedDiff {
         let info = cx.denoiser().info();
         self.problem.check_prior(info)?;
         self.knots = cx.denoiser().schedule().knots(self.settings.steps);
+        let mut ones = ArrayD::from_elem(self.problem.y().raw_dim(), 1.0f32);
+        self.problem
+            .operator()
+            .restrict_to_measured(ones.view_mut());
+        self.measured = ones.iter().filter(|v| **v != 0.0).count();
         let mu0 = self.problem.pseudo_inverse()?;
         let shape = info.batch_shape(n);
         let mut x = ArrayD::zeros(shape.clone());
@@ -278,7 +290,7 @@ mod tests {
             lambda: 3.0,
             ..Default::default()
         };
-        let rd = RedDiff::new(p, settings).unwrap();
+        let mut rd = RedDiff::new(p, settings).unwrap();
         let mu0 = [0.9f32, 0.1, -0.7];
         let n = 20000;
         let mu = ArrayD::from_shape_fn(IxDyn(&[n, 3]), |ix| mu0[ix[1]]);
@@ -289,6 +301,7 @@ mod tests {
             "the broken variant must differ here"
         );
         let mut cx = Context::new(&gmm, 5);
+        rd.init(&mut cx, 1).unwrap();
         let (g, _) = rd.gradient(&mut cx, &mu, &knot).unwrap();
         assert_eq!(cx.nfe(), 1);
         let r: Vec<f64> = (0..2)
@@ -320,6 +333,22 @@ mod tests {
                 "coordinate {j}: cannot tell"
             );
         }
+    }
+
+    #[test]
+    fn only_measured_entries_count_in_the_data_mean() {
+        // A mask observing 5 of 9 pixels keeps zeros for the other 4: m = 5.
+        let mask = ndarray::Array2::from_shape_fn((3, 3), |(i, j)| (i + j) % 2 == 0);
+        let op = posterior_operators::inpaint::Mask::new(&[1, 3, 3], mask, "checker").unwrap();
+        let y = ArrayD::zeros(IxDyn(&[1, 3, 3]));
+        let p = Arc::new(Problem::new(Operator::Linear(Box::new(op)), y, 0.1).unwrap());
+        let gmm = Gmm::random(1, 9, 0, false)
+            .unwrap()
+            .with_sample_shape(&[1, 3, 3])
+            .unwrap();
+        let mut rd = RedDiff::new(p, RedDiffSettings::default()).unwrap();
+        rd.init(&mut Context::new(&gmm, 0), 2).unwrap();
+        assert_eq!(rd.measured, 5);
     }
 
     #[test]
