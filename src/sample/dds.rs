@@ -61,6 +61,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, Slice, Zip};
 use posterior_operators::{LinearOperator, LinearOperatorExt};
 
+use super::dps::knot_pair;
 use super::{eps_from_x0, start, Context, DdimStep, Problem, Sampler, State};
 use crate::error::{Error, Result};
 use crate::prior::Knot;
@@ -195,7 +196,7 @@ fn dds_step(
     mut state: State,
     consistency: impl FnOnce(&ArrayD<f32>) -> Result<ArrayD<f32>>,
 ) -> Result<State> {
-    let (cur, nxt) = (knots[state.step], knots[state.step + 1]);
+    let (cur, nxt) = knot_pair(knots, state.step, "dds")?;
     let x = std::mem::take(&mut state.x);
     let x0 = cx.x0(x.view(), cur.t)?;
     let x0c = consistency(&x0)?;

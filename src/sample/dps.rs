@@ -126,6 +126,19 @@ pub fn guidance(cx: &mut Context, problem: &Problem, x: &ArrayD<f32>, t: f64) ->
     })
 }
 
+/// The knots a step goes between, `(knots[step], knots[step + 1])`, or an error when the
+/// sampler was not initialised for that many steps (a caller driving [`Sampler::step`] by
+/// hand past the end or before [`Sampler::init`]). Shared by DPS, RED-diff and DDS.
+pub(crate) fn knot_pair(knots: &[Knot], step: usize, who: &str) -> Result<(Knot, Knot)> {
+    match (knots.get(step), knots.get(step + 1)) {
+        (Some(a), Some(b)) => Ok((*a, *b)),
+        _ => Err(Error::Invalid(format!(
+            "{who}: step {step} requested, but the sampler was initialised for {} steps; call init first and step at most that many times",
+            knots.len().saturating_sub(1)
+        ))),
+    }
+}
+
 /// The DPS sampler (see the module docs).
 pub struct Dps {
     problem: Arc<Problem>,
@@ -187,7 +200,7 @@ impl Sampler for Dps {
         Ok(start(cx, &self.knots, n))
     }
     fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
+        let (cur, nxt) = knot_pair(&self.knots, state.step, "dps")?;
         let x = std::mem::take(&mut state.x);
         let g = guidance(cx, &self.problem, &x, cur.t)?;
         let mut next = if nxt.is_clean() {
@@ -365,6 +378,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("[4]") && msg.contains("[3]"), "{msg}");
+    }
+
+    #[test]
+    fn stepping_without_init_is_an_error_not_a_panic() {
+        let (gmm, _, p) = setup();
+        let mut cx = Context::new(&gmm, 0);
+        let state = State {
+            x: ArrayD::zeros(IxDyn(&[1, 4])),
+            x0_hat: None,
+            step: 0,
+            total: 3,
+            t: 1.0,
+        };
+        let mut s = Dps::new(p.clone(), DpsSettings::default()).unwrap();
+        let msg = s.step(&mut cx, state.clone()).unwrap_err().to_string();
+        assert!(msg.contains("init"), "{msg}");
+        let mut r = crate::sample::RedDiff::new(p.clone(), Default::default()).unwrap();
+        assert!(r.step(&mut cx, state.clone()).is_err());
+        let mut d = crate::sample::Dds::new(p, Default::default()).unwrap();
+        assert!(d.step(&mut cx, state).is_err());
     }
 
     #[test]

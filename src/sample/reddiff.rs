@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Zip};
 
+use super::dps::knot_pair;
 use super::{eps_from_x0, Context, Problem, Sampler, State};
 use crate::error::{Error, Result};
 use crate::prior::Knot;
@@ -238,7 +239,7 @@ impl Sampler for RedDiff {
         })
     }
     fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let knot = self.knots[state.step];
+        let (knot, next) = knot_pair(&self.knots, state.step, "reddiff")?;
         let (g, x0) = self.gradient(cx, &state.x, &knot)?;
         let adam = self
             .adam
@@ -247,7 +248,7 @@ impl Sampler for RedDiff {
         adam.step(&mut state.x, &g);
         state.x0_hat = Some(x0);
         state.step += 1;
-        state.t = self.knots[state.step].t;
+        state.t = next.t;
         Ok(state)
     }
 }
