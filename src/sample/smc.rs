@@ -48,16 +48,23 @@
 //! update [`DdimStep`] with "clean point" `y` and noise `A z` (`eta = 1` by default, for which
 //! `(y_i)` has exactly the joint law of `A x_i + a_i n` under the forward process; one
 //! sequence per posterior sample, shared by its `K` particles). Twist
-//! `h_i(x) = N(y_i; A x, tau_i^2 I)` with `tau_i = a_i sigma_y` (and `h_0 = 1` where
-//! `a_0 = 0`, the rectified-flow start). Proposal: the exact Gaussian conditional
+//! `h_i(x) = N(y_i; A x, tau_i^2 I)`. Decision: `tau_i^2 = a_i^2 sigma_y^2 + s_i^2`, not the
+//! `a_i^2 sigma_y^2` of a measurement of the forward trajectory itself: `y_i`'s path noise is
+//! drawn independently of the particles', so `y_i - A x_i` also carries `s_i` noise, and a
+//! twist as narrow as `a_i sigma_y` makes `1 / h_i` at the pinned particles a heavy-tailed
+//! weight (measured: resampling at nearly every step and single-draw biases of 20 s.e.).
+//! The first particles are drawn from the twisted initial law `p(x_0) h_0(x_0)` (the same
+//! Gaussian conditional with `mu = 0`, `sd = s(1)`), whose weight is a constant.
+//! Proposal: the exact Gaussian conditional
 //! `q(x' | x) ∝ N(x'; mu, sd^2 I) N(y_{i+1}; A x', tau_{i+1}^2 I)` (locally optimal), with
 //! `mu` the ancestral mean: mean `mu + S A^T (y_{i+1} - A mu)`, covariance `tau^2 S`,
 //! `S = (A^T A + gamma I)^-1`, `gamma = tau^2 / sd^2`. It is drawn exactly by perturbation:
 //! `x' = mu' + S A^T (y_{i+1} + tau z_2 - A mu')`, `mu' = mu + sd z_1`. Then
 //! `p h_{i+1} / q = N(y_{i+1}; A mu, tau^2 I + sd^2 A A^T)`, whose quadratic form is
-//! `(|r|^2 - (A^T r) . S A^T r) / tau^2` with `r = y_{i+1} - A mu` (Woodbury). `S` is applied
-//! in closed form by [`LinearOperator::solve_regularized`] where the operator has one,
-//! otherwise by conjugate gradients ([`conjugate_gradient`], `cg_iters`, `cg_tol`): two solves
+//! `(|e|^2 + gamma |u|^2) / tau^2` with `r = y_{i+1} - A mu`, `u = S A^T r`, `e = r - A u`
+//! (Woodbury, written as a sum of nonnegative terms to avoid cancellation in f32). `S` is
+//! applied by [`Problem::solve_regularized`] (closed form where the operator has one,
+//! otherwise conjugate gradients with `cg_iters`, `cg_tol`): two solves
 //! per particle and step. One denoiser call per step, no VJP.
 //!
 //! # Output
