@@ -462,6 +462,7 @@ fn reconstruct_with_every_sampler_writes_estimates_and_uncertainty_maps() {
         ("dps", vec![], "4 NFE, 4 VJP"),
         ("reddiff", vec![], "4 NFE"),
         ("dds", vec![], "4 NFE"),
+        ("flair", vec![], "4 NFE"),
         ("fps", vec!["--particles", "3"], "4 NFE"),
     ] {
         let out = d(&format!("{sampler}.npy"));
@@ -587,4 +588,86 @@ fn priors_lists_every_prior_directory_as_text_and_json() {
         .args(["--prior", "plain_conv_f16", "--t", "0.5", "--out"])
         .arg(dir.path().join("o.npy"))
         .env("POSTERIOR_PRIORS", &roots));
+}
+
+#[test]
+fn calibrate_writes_a_table_that_flair_reads_from_the_prior_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    // A copy of the fixture prior, to hold the calibration table.
+    let prior = d("prior");
+    std::fs::create_dir(&prior).unwrap();
+    for f in ["model.json", "model.safetensors"] {
+        std::fs::copy(data("adm/plain_conv_f16").join(f), prior.join(f)).unwrap();
+    }
+    let held = ndarray::Array4::<f32>::from_shape_fn((3, 1, 16, 16), |(n, _, i, j)| {
+        ((i * 16 + j + 7 * n) as f32 * 0.37).sin() * 0.8
+    });
+    ndarray_npy::write_npy(d("held.npy"), &held).unwrap();
+    let table = prior.join("calibration.json");
+    let out = ok(posterior()
+        .args(["calibrate", "--prior"])
+        .arg(&prior)
+        .arg("--data")
+        .arg(d("held.npy"))
+        .args(["--times", "5", "--out"])
+        .arg(&table));
+    assert!(out.contains("3 held-out image(s) at 5 times"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&table).unwrap()).unwrap();
+    assert_eq!(v["format"], "posterior-calibration/1");
+    assert_eq!(v["ts"].as_array().unwrap().len(), 5);
+    // Weights are normalised to mean 1 (module docs of sample::calibrate).
+    let w: Vec<f64> = v["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!((w.iter().sum::<f64>() / 5.0 - 1.0).abs() < 1e-9, "{w:?}");
+    // FLAIR picks the table up from the prior directory; a corrupt table is an error.
+    let img = ndarray::Array3::<f32>::from_elem((1, 16, 16), 0.5);
+    ndarray_npy::write_npy(d("img.npy"), &img).unwrap();
+    ok(posterior()
+        .arg("degrade")
+        .arg(d("img.npy"))
+        .args([
+            "--op",
+            "inpaint:mask=box",
+            "--noise",
+            "gaussian:sigma=0.01",
+            "--out",
+        ])
+        .arg(d("y.npy")));
+    let run = |out: &str| {
+        let mut c = posterior();
+        c.arg("reconstruct")
+            .arg(d("y.npy"))
+            .args(["--sampler", "flair", "--steps", "3", "--prior"])
+            .arg(&prior)
+            .arg("--out")
+            .arg(d(out));
+        c
+    };
+    ok(&mut run("x.npy"));
+    std::fs::write(
+        &table,
+        "{\"format\": \"posterior-calibration/1\", \"ts\": [0.5, 0.2], \"weights\": [1, 1]}",
+    )
+    .unwrap();
+    let e = fails(&mut run("x2.npy"));
+    assert!(e.contains("calibration.json"), "{e}");
+    // Bad held-out data.
+    let bad = ndarray::Array3::<f32>::zeros((3, 8, 8));
+    ndarray_npy::write_npy(d("bad.npy"), &bad).unwrap();
+    let e = fails(
+        posterior()
+            .args(["calibrate", "--prior"])
+            .arg(&prior)
+            .arg("--data")
+            .arg(d("bad.npy"))
+            .arg("--out")
+            .arg(d("t.json")),
+    );
+    assert!(e.contains("does not fit the prior"), "{e}");
 }

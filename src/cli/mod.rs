@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Result;
 
+mod calibrate;
 mod degrade;
 mod demo;
 mod denoise;
@@ -48,12 +49,38 @@ pub enum Command {
     /// Run a network prior once on a noisy input and write its Tweedie estimate (or, with
     /// --raw, the network's own output).
     Denoise(DenoiseArgs),
+    /// Measure a prior's denoising error per time on held-out images and write FLAIR's
+    /// regulariser table (put it in the prior's directory as calibration.json).
+    Calibrate(CalibrateArgs),
     /// List the priors reachable by name (shipped under priors/ or in $POSTERIOR_PRIORS).
     Priors {
         /// Print a JSON list of objects (name, domain, resolution, channels, range, ...).
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// The prior: a prior directory or a shipped prior's name.
+    #[arg(long)]
+    pub prior: String,
+    /// Held-out images: an .npy (N, C, H, W) in the prior's units, or a directory of .npy /
+    /// .png files (PNG [0, 1] mapped onto the prior's range).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Use at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Number of times, uniform in (0, 1] on the rectified-flow path.
+    #[arg(long, default_value_t = 20)]
+    pub times: usize,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the table (.json).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -221,5 +248,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample::run(&a),
         Command::Denoise(a) => denoise::run(&a),
         Command::Priors { json } => priors::run(json),
+        Command::Calibrate(a) => calibrate::run(&a),
     }
 }

@@ -15,10 +15,10 @@ use ndarray::{Array3, ArrayD, Axis, Ix3};
 use crate::error::{Error, Result};
 use crate::io;
 use crate::measurement::{self, Sidecar};
-use crate::prior::{default_prior_for, Denoiser, NetworkPrior};
+use crate::prior::{default_prior_for, Denoiser, NetworkPrior, OnPath, Schedule};
 use crate::recon::{self, Method, ReconOptions};
 use crate::sample::posterior::{
-    build as build_sampler, gaussian_level, Overrides, PosteriorSampler,
+    build as build_sampler, gaussian_level, runs_on_flow_path, Overrides, PosteriorSampler,
 };
 use crate::sample::units::{problem_in_prior_units, PriorUnits};
 use crate::sample::{Executor, Observer, Sampler, State};
@@ -198,8 +198,14 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
     let overrides = Overrides {
         steps: a.steps,
         particles: a.particles,
+        calibration: prior.calibration()?,
     };
     let mut sampler = build_sampler(name, Arc::new(problem), family, &overrides)?;
+    let prior: Arc<dyn Denoiser> = if runs_on_flow_path(name) {
+        Arc::new(OnPath::new(Arc::new(prior), Schedule::rectified_flow()))
+    } else {
+        Arc::new(prior)
+    };
     let label = sampler.name();
     let steps = match &sampler {
         PosteriorSampler::Plain(s) => s.steps(),
@@ -210,8 +216,8 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
     let outcome = {
         let mut exec = Executor::new(a.seed).observe(&mut bar);
         match &mut sampler {
-            PosteriorSampler::Plain(s) => exec.run(s.as_mut(), &prior, a.samples),
-            PosteriorSampler::Smc(s) => exec.run(s.as_mut(), &prior, a.samples),
+            PosteriorSampler::Plain(s) => exec.run(s.as_mut(), prior.as_ref(), a.samples),
+            PosteriorSampler::Smc(s) => exec.run(s.as_mut(), prior.as_ref(), a.samples),
         }
     };
     bar.0.finish();

@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 use crate::nn::safetensors::{Dtype, SafeTensors};
 use crate::nn::unet::{ParamSource, UNet, UNetConfig};
 
+/// The calibration table's file name inside a prior directory (`posterior calibrate`).
+pub const CALIBRATION_FILE: &str = "calibration.json";
+
 /// The format tag of a prior directory's model card.
 pub const CARD_FORMAT: &str = "posterior-adm-v1";
 /// The card's file name inside a prior directory.
@@ -308,6 +311,7 @@ pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
 /// A guided-diffusion network seen as a [`Denoiser`] on its VP path.
 #[derive(Debug)]
 pub struct NetworkPrior {
+    dir: Option<PathBuf>,
     unet: UNet,
     card: ModelCard,
     schedule: Schedule,
@@ -333,7 +337,30 @@ impl NetworkPrior {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| name_or_path.to_string());
-        NetworkPrior::new(unet, card, &name)
+        let mut prior = NetworkPrior::new(unet, card, &name)?;
+        prior.dir = Some(dir);
+        Ok(prior)
+    }
+
+    /// The directory the prior was opened from.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The FLAIR calibration table stored beside the weights, if there is one.
+    pub fn calibration(&self) -> Result<Option<crate::sample::calibrate::CalibrationTable>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = dir.join(CALIBRATION_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| file_err(&path, format!("cannot read: {e}")))?;
+        crate::sample::calibrate::CalibrationTable::from_json(&text)
+            .map(Some)
+            .map_err(|e| file_err(&path, e.to_string()))
     }
 
     /// A prior from a built network and its card.
@@ -351,6 +378,7 @@ impl NetworkPrior {
             sample_shape: vec![card.channels, card.resolution[0], card.resolution[1]],
         };
         Ok(NetworkPrior {
+            dir: None,
             unet,
             card,
             schedule,

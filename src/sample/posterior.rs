@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use posterior_operators::noise::NoiseModel;
 
+use super::calibrate::CalibrationTable;
+use super::flair::{Flair, FlairSettings};
 use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
     SmcSettings,
@@ -12,7 +14,13 @@ use super::{
 use crate::error::{Error, Result};
 
 /// The names [`build`] accepts.
-pub const POSTERIOR_SAMPLERS: &[&str] = &["dps", "reddiff", "dds", "smc", "tds", "fps"];
+pub const POSTERIOR_SAMPLERS: &[&str] = &["dps", "reddiff", "flair", "dds", "smc", "tds", "fps"];
+
+/// Whether the sampler runs on the rectified-flow path (the caller presents the prior there
+/// with [`crate::prior::OnPath`]); the others run on the prior's own path.
+pub fn runs_on_flow_path(name: &str) -> bool {
+    name == "flair"
+}
 
 /// A built posterior sampler: most run under the [`super::Executor`] as they are; SMC also
 /// hands back its weighted ensemble (uncertainty map).
@@ -38,6 +46,9 @@ pub struct Overrides {
     pub steps: Option<usize>,
     /// SMC particles per posterior sample.
     pub particles: Option<usize>,
+    /// FLAIR's regulariser weights `lambda(t)` (the prior's calibration table); `None`
+    /// keeps the uniform table.
+    pub calibration: Option<CalibrationTable>,
 }
 
 /// The sampler called `name` for `problem`; `family` is the operator family (`blur`,
@@ -70,6 +81,15 @@ pub fn build(
                 ..d
             };
             PosteriorSampler::Plain(Box::new(RedDiff::new(problem, s)?))
+        }
+        "flair" => {
+            let d = FlairSettings::default();
+            let s = FlairSettings {
+                steps: steps(d.steps),
+                table: o.calibration.clone().unwrap_or(d.table.clone()),
+                ..d
+            };
+            PosteriorSampler::Plain(Box::new(Flair::new(problem, s)?))
         }
         "dds" => {
             let d = DdsSettings::default();
@@ -133,9 +153,9 @@ mod tests {
     fn names_build_their_samplers_with_overrides_and_bad_requests_fail() {
         let o = Overrides {
             steps: Some(7),
-            particles: None,
+            ..Overrides::default()
         };
-        for name in ["dps", "reddiff", "dds"] {
+        for name in ["dps", "reddiff", "dds", "flair"] {
             let s = build(name, problem(0.1), "blur", &o).unwrap();
             assert!(
                 matches!(s, PosteriorSampler::Plain(ref p) if p.steps() == 7),
@@ -145,6 +165,7 @@ mod tests {
         let o = Overrides {
             steps: Some(5),
             particles: Some(3),
+            ..Overrides::default()
         };
         let s = build("fps", problem(0.1), "blur", &o).unwrap();
         assert!(s.name().contains("3 particles"), "{}", s.name());
