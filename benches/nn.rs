@@ -124,6 +124,30 @@ fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
         mean_abs(&y),
         mean_abs(&g)
     );
+    // POSTERIOR_BENCH_QUICK=N: also a plain median of N timed runs (quick checks by hand).
+    if let Some(runs) = std::env::var("POSTERIOR_BENCH_QUICK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let median = |f: &dyn Fn()| {
+            let mut ts: Vec<f64> = (0..runs.max(1))
+                .map(|_| {
+                    let t0 = std::time::Instant::now();
+                    f();
+                    t0.elapsed().as_secs_f64()
+                })
+                .collect();
+            ts.sort_by(f64::total_cmp);
+            1e3 * ts[ts.len() / 2]
+        };
+        let f = median(&|| {
+            black_box(net.forward(x.view(), &t).expect("forward"));
+        });
+        let fv = median(&|| {
+            black_box(net.forward_vjp(x.view(), &t, v.view()).expect("vjp"));
+        });
+        eprintln!("quick {name}: fwd {f:.2} ms, fwd_vjp {fv:.2} ms (median of {runs})");
+    }
     let mut g = c.benchmark_group("unet");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
@@ -210,6 +234,12 @@ fn gemms(c: &mut Criterion) {
             })
         });
     }
+    let conv =
+        Conv2d::new(filled4((128, 128, 3, 3), 0.05), Array1::zeros(128), 1, 1).expect("valid conv");
+    let x = filled4((1, 128, 256, 256), 2.0);
+    g.bench_function("conv3x3 128->128 256x256 forward (19.3 GFLOP)", |b| {
+        b.iter(|| black_box(conv.forward(black_box(x.view())).expect("forward")))
+    });
     g.finish();
 }
 

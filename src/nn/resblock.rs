@@ -64,15 +64,23 @@ fn resample_vjp(u: UpDown, in_shape: [usize; 4], dy: ArrayView4<f32>) -> Result<
     }
 }
 
-/// Activations of one forward pass that the VJP needs.
+/// `f(resample(x))` without a copy when there is no resampling.
+fn with_resampled<R>(u: UpDown, x: ArrayView4<f32>, f: impl FnOnce(ArrayView4<f32>) -> R) -> R {
+    match u {
+        UpDown::None => f(x),
+        _ => f(resample(u, x).view()),
+    }
+}
+
+/// Activations of one forward pass that the VJP needs (the block's output itself is not
+/// computed for the VJP).
 struct Tape {
     a0: Array4<f32>,
     a1: Array4<f32>,
     h1: Array4<f32>,
-    m: Array4<f32>,
+    m: Option<Array4<f32>>,
     pre: Array4<f32>,
     e: Array2<f32>,
-    out: Array4<f32>,
 }
 
 impl ResBlock {
@@ -127,52 +135,59 @@ impl ResBlock {
         })
     }
 
-    fn run(&self, x: ArrayView4<f32>, emb: ArrayView2<f32>) -> Result<Tape> {
-        let b = x.dim().0;
+    /// The embedding projection `e = emb_linear(silu(emb))`, `(B, out)` or `(B, 2 out)`.
+    fn embed(&self, b: usize, emb: ArrayView2<f32>) -> Result<Array2<f32>> {
         if emb.nrows() != b {
             return Err(Error::Invalid(format!(
                 "resblock: embedding has {} rows, expected the batch size {b}",
                 emb.nrows()
             )));
         }
+        let se = emb.mapv(crate::nn::act::silu1);
+        self.emb_linear.forward(se.view())
+    }
+
+    /// `(1 + scale, shift)` of the scale-shift norm, each `B x out` row-major.
+    fn modulation(&self, e: &Array2<f32>) -> (Vec<f32>, Vec<f32>) {
         let o = self.in_conv.out_channels();
+        let mul = e
+            .outer_iter()
+            .flat_map(|r| r.slice_move(ndarray::s![..o]).mapv(|v| 1.0 + v))
+            .collect();
+        let add = e
+            .outer_iter()
+            .flat_map(|r| r.slice_move(ndarray::s![o..]).to_vec())
+            .collect();
+        (mul, add)
+    }
+
+    /// `h + e[:, c]` broadcast over space (the additive time embedding), in place.
+    fn add_emb(h: &mut Array4<f32>, e: &Array2<f32>) {
+        for (bi, mut hb) in h.axis_iter_mut(Axis(0)).enumerate() {
+            for (ci, mut hc) in hb.axis_iter_mut(Axis(0)).enumerate() {
+                let sh = e[[bi, ci]];
+                hc.mapv_inplace(|v| v + sh);
+            }
+        }
+    }
+
+    /// The activations the VJP needs, up to (not including) the output convolution.
+    fn run(&self, x: ArrayView4<f32>, emb: ArrayView2<f32>) -> Result<Tape> {
+        let e = self.embed(x.dim().0, emb)?;
         let a0 = dim4(self.in_norm.forward(x.into_dyn())?)?;
         let a1 = dim4(silu(a0.view().into_dyn()))?;
-        let h1 = self
-            .in_conv
-            .forward(resample(self.updown, a1.view()).view())?;
-        let se = silu(emb.to_owned().into_dyn().view());
-        let se = se
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| Error::Invalid(format!("resblock: {e}")))?;
-        let e = self.emb_linear.forward(se.view())?;
+        let h1 = with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?;
         let (m, pre) = if self.scale_shift {
-            let n = dim4(self.out_norm.forward(h1.view().into_dyn())?)?;
-            let mut m = n.clone();
-            for (bi, mut mb) in m.axis_iter_mut(Axis(0)).enumerate() {
-                for (ci, mut mc) in mb.axis_iter_mut(Axis(0)).enumerate() {
-                    let (sc, sh) = (e[[bi, ci]], e[[bi, o + ci]]);
-                    mc.mapv_inplace(|v| v * (1.0 + sc) + sh);
-                }
-            }
-            (n, m)
+            let (mul, add) = self.modulation(&e);
+            let pre =
+                self.out_norm
+                    .forward_fused(h1.view().into_dyn(), Some((&mul, &add)), false)?;
+            (None, dim4(pre)?)
         } else {
             let mut m = h1.clone();
-            for (bi, mut mb) in m.axis_iter_mut(Axis(0)).enumerate() {
-                for (ci, mut mc) in mb.axis_iter_mut(Axis(0)).enumerate() {
-                    let sh = e[[bi, ci]];
-                    mc.mapv_inplace(|v| v + sh);
-                }
-            }
+            Self::add_emb(&mut m, &e);
             let pre = dim4(self.out_norm.forward(m.view().into_dyn())?)?;
-            (m, pre)
-        };
-        let s = silu(pre.view().into_dyn());
-        let h2 = self.out_conv.forward(dim4(s)?.view())?;
-        let xs = resample(self.updown, x);
-        let skip = match &self.skip {
-            None => xs,
-            Some(cv) => cv.forward(xs.view())?,
+            (Some(m), pre)
         };
         Ok(Tape {
             a0,
@@ -181,14 +196,31 @@ impl ResBlock {
             m,
             pre,
             e,
-            out: skip + h2,
         })
     }
 
     /// Forward: `x` `(B, C, H, W)`, `emb` `(B, E)` -> `(B, out, H', W')` (`H' = 2H` up,
-    /// `H / 2` down).
+    /// `H / 2` down). Norm, modulation and SiLU run fused, one pass each.
     pub fn forward(&self, x: ArrayView4<f32>, emb: ArrayView2<f32>) -> Result<Array4<f32>> {
-        Ok(self.run(x, emb)?.out)
+        let e = self.embed(x.dim().0, emb)?;
+        let a1 = dim4(self.in_norm.forward_silu(x.into_dyn())?)?;
+        let mut h1 = with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?;
+        drop(a1);
+        let s = if self.scale_shift {
+            let (mul, add) = self.modulation(&e);
+            self.out_norm
+                .forward_fused(h1.view().into_dyn(), Some((&mul, &add)), true)?
+        } else {
+            Self::add_emb(&mut h1, &e);
+            self.out_norm.forward_silu(h1.view().into_dyn())?
+        };
+        drop(h1);
+        let mut out = self.out_conv.forward(dim4(s)?.view())?;
+        match &self.skip {
+            None => with_resampled(self.updown, x, |v| out += &v),
+            Some(cv) => out += &with_resampled(self.updown, x, |v| cv.forward(v))?,
+        }
+        Ok(out)
     }
 
     /// VJP with respect to `x` (the embedding held fixed), recomputing the forward.
@@ -199,9 +231,9 @@ impl ResBlock {
         dy: ArrayView4<f32>,
     ) -> Result<Array4<f32>> {
         let tp = self.run(x, emb)?;
-        same_shape("resblock", "output gradient", tp.out.shape(), dy.shape())?;
+        same_shape("resblock", "output gradient", tp.h1.shape(), dy.shape())?;
         let o = self.in_conv.out_channels();
-        let (_, _, ho, wo) = tp.out.dim();
+        let (_, _, ho, wo) = tp.h1.dim();
         let ds = self.out_conv.vjp(ho, wo, dy)?;
         let dpre = dim4(silu_vjp(tp.pre.view().into_dyn(), ds.view().into_dyn())?)?;
         let dh1 = if self.scale_shift {
@@ -218,9 +250,10 @@ impl ResBlock {
                     .vjp(tp.h1.view().into_dyn(), dn.view().into_dyn())?,
             )?
         } else {
+            let m = tp.m.as_ref().expect("tape keeps m without scale-shift");
             dim4(
                 self.out_norm
-                    .vjp(tp.m.view().into_dyn(), dpre.view().into_dyn())?,
+                    .vjp(m.view().into_dyn(), dpre.view().into_dyn())?,
             )?
         };
         debug_assert_eq!(dh1.dim().1, o);
@@ -234,13 +267,13 @@ impl ResBlock {
         let in_shape = [a1s[0], a1s[1], a1s[2], a1s[3]];
         let da1 = resample_vjp(self.updown, in_shape, da1u.view())?;
         let da0 = silu_vjp(tp.a0.view().into_dyn(), da1.view().into_dyn())?;
-        let dx_main = dim4(self.in_norm.vjp(x.into_dyn(), da0.view())?)?;
-        let dxs = match &self.skip {
-            None => dy.to_owned(),
-            Some(cv) => cv.vjp(ho, wo, dy)?,
-        };
-        let dx_skip = resample_vjp(self.updown, in_shape, dxs.view())?;
-        Ok(dx_main + dx_skip)
+        let mut dx = dim4(self.in_norm.vjp(x.into_dyn(), da0.view())?)?;
+        match (&self.skip, self.updown) {
+            (None, UpDown::None) => dx += &dy,
+            (None, u) => dx += &resample_vjp(u, in_shape, dy)?,
+            (Some(cv), u) => dx += &resample_vjp(u, in_shape, cv.vjp(ho, wo, dy)?.view())?,
+        }
+        Ok(dx)
     }
 }
 
