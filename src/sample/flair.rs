@@ -502,4 +502,39 @@ mod tests {
         eprintln!("nonlinear: residual {r_out:.5} vs prior mean {r_base:.5}");
         assert!(r_out < 0.1 * r_base, "{r_out} vs {r_base}");
     }
+
+    #[test]
+    fn the_linear_data_step_is_the_proximal_solve_in_closed_form_or_by_cg() {
+        // With A = I the step is mu' = (y + gamma mu) / (1 + gamma), gamma = sigma^2 / (p r^2);
+        // the identity's closed-form solve and CG on the same matrix as a dense operator
+        // must both give it (f32: to 1e-5).
+        let y = ArrayD::from_shape_vec(ndarray::IxDyn(&[3]), vec![0.5f32, -1.0, 2.0]).unwrap();
+        let ops: Vec<Operator> = vec![
+            Operator::Linear(Box::new(posterior_operators::linear::Identity::new(&[3]))),
+            Operator::Linear(Box::new(
+                DenseOperator::new(3, 3, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+                    .unwrap(),
+            )),
+        ];
+        for op in ops {
+            let p = Arc::new(Problem::new(op, y.clone(), 0.2).unwrap());
+            let f = Flair::new(p, FlairSettings::default()).unwrap();
+            let (pull, t) = (0.5, 0.4);
+            let gamma = 0.04 / (pull * f.r2(t));
+            let mut mu = ArrayD::from_shape_vec(
+                ndarray::IxDyn(&[2, 3]),
+                vec![0.0f32, 1.0, -1.0, 3.0, 0.2, 0.1],
+            )
+            .unwrap();
+            let want: Vec<f32> = mu
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| ((y[i % 3] as f64 + gamma * m as f64) / (1.0 + gamma)) as f32)
+                .collect();
+            f.data_step(&mut mu, pull, t).unwrap();
+            for (a, b) in mu.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{mu} vs {want:?}");
+            }
+        }
+    }
 }
