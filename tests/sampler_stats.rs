@@ -452,7 +452,7 @@ mod cli {
     fn sample_errors_are_clear_and_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let cases: &[(&[&str], &str)] = &[
-            (&["--prior", "unet.safetensors"], "unknown prior"),
+            (&["--prior", "unet.safetensors"], "no prior here"),
             (&["--prior", "gmm:dim=3"], "needs a 2-D prior"),
             (
                 &["--prior", "gmm:demo2d", "--sampler", "magic"],

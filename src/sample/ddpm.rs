@@ -35,6 +35,13 @@ impl AncestralKernel {
             sd: var.sqrt() as f32,
         }
     }
+    /// A draw from the kernel: `c_x0 x0 + c_x x + sd z` with `z` standard normal from `cx`.
+    pub fn sample(&self, cx: &mut Context, x: &ArrayD<f32>, x0: &ArrayD<f32>) -> ArrayD<f32> {
+        let z = cx.normal(x.shape());
+        let mut m = self.mean(x, x0);
+        m.zip_mut_with(&z, |o, &zi| *o += self.sd * zi);
+        m
+    }
     /// The kernel's mean `c_x0 x0 + c_x x`.
     pub fn mean(&self, x: &ArrayD<f32>, x0: &ArrayD<f32>) -> ArrayD<f32> {
         let mut m = x0.mapv(|u| self.c_x0 * u);
@@ -72,11 +79,7 @@ impl Sampler for Ddpm {
     }
     fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
         knot_step(cx, &self.knots, state, |cx, cur, nxt, xt, x0| {
-            let kernel = AncestralKernel::between(cur, nxt);
-            let z = cx.normal(xt.shape());
-            let mut x = kernel.mean(&xt, x0);
-            x.zip_mut_with(&z, |o, &zi| *o += kernel.sd * zi);
-            Ok(x)
+            Ok(AncestralKernel::between(cur, nxt).sample(cx, &xt, x0))
         })
     }
 }

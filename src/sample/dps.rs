@@ -207,13 +207,7 @@ impl Sampler for Dps {
             g.x0.clone()
         } else {
             match self.settings.update {
-                DpsUpdate::Ancestral => {
-                    let kernel = AncestralKernel::between(cur, nxt);
-                    let z = cx.normal(x.shape());
-                    let mut m = kernel.mean(&x, &g.x0);
-                    m.zip_mut_with(&z, |o, &zi| *o += kernel.sd * zi);
-                    m
-                }
+                DpsUpdate::Ancestral => AncestralKernel::between(cur, nxt).sample(cx, &x, &g.x0),
                 DpsUpdate::Ddim { eta } => {
                     let eps = eps_from_x0(&x, &g.x0, &cur);
                     let step = DdimStep::between(cur, nxt, eta);
