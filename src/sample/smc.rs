@@ -67,6 +67,12 @@
 //! otherwise conjugate gradients with `cg_iters`, `cg_tol`): two solves
 //! per particle and step. One denoiser call per step, no VJP.
 //!
+//! Difference from the published FPS-SMC: it weights each move by the predictive
+//! `p(y_{i+1} | x_i)` alone, i.e. treats the noised measurements as independent
+//! observations, which is exact only in its continuous-time limit; here the twists
+//! telescope and the final weight is the exact likelihood, so the ensemble targets the
+//! posterior itself at any step count (up to the chain's own discretisation).
+//!
 //! # Output
 //!
 //! The sampler fits the [`super::Executor`]: during the run `state.x` holds all particles as a
@@ -93,6 +99,7 @@ use crate::error::{Error, Result};
 use crate::prior::{Denoiser, Knot};
 
 /// The samplers of the toolkit that serve nonlinear forward models.
+/// FPS: the factor on `s_i` in the twist width `tau_i` (see the module docs).
 const FPS_WIDTH: f64 = 1.0;
 
 pub const NONLINEAR_SAMPLERS: &str = "dps, reddiff, smc (tds) or flair";
