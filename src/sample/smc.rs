@@ -37,10 +37,10 @@
 //! variance of `x0` given `x_i` per coordinate for a unit-variance Gaussian prior (`1 - abar`
 //! on VP), so the twist is flat at `t = 1` and sharpens to the exact likelihood as `t -> 0`.
 //! Proposal: the ancestral step with its mean shifted by `sd^2 grad_x log h_i(x_i)` (the
-//! gradient through the denoiser: one VJP), same `sd`. Per step this costs two batched
-//! denoiser calls (the estimate `x0_hat`, then the VJP, whose cotangent
-//! `J^T (y - A(x0_hat)) / v_i` needs that estimate; [`super::Context`] counts 2 NFE + 1
-//! VJP), except the last step (1 NFE).
+//! gradient through the denoiser: one VJP), same `sd`. Per step this costs one batched
+//! denoiser call whose forward pass is kept for the VJP ([`crate::prior::Pullback`]: the
+//! cotangent `J^T (y - A(x0_hat)) / v_i` needs the estimate first); [`super::Context`]
+//! counts 1 NFE + 1 VJP per step, except the last step (1 NFE, no VJP).
 //!
 //! # FPS
 //!
@@ -530,22 +530,26 @@ impl Smc {
 
     fn step_tds(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
         let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let mut x0 = cx.x0(state.x.view(), cur.t)?;
         if nxt.is_clean() {
+            let x0 = cx.x0(state.x.view(), cur.t)?;
             return self.finish(cx, state, x0, nxt);
         }
-        let (mut grad, sq) = self.problem.data_grad_batch(x0.view())?;
+        // One denoiser evaluation that keeps its forward pass for the twist's VJP.
+        let (mut x0, pullback) = cx.x0_pullback(state.x.view(), cur.t)?;
+        let (grad, sq) = self.problem.data_grad_batch(x0.view())?;
         let var = self.tds_var(cur);
         let mut logh: Vec<f64> = sq.iter().map(|q| -q / (2.0 * var)).collect();
         self.add_logw(&logh);
+        // grad log h wrt x0 is -grad / var; through the denoiser by the VJP. Computed before
+        // resampling (a resampled particle is a copy of its parent, so its twist gradient is
+        // the parent's) and resampled with the particles.
+        let v = grad.mapv(|g| -g / var as f32);
+        let mut g = pullback(v.view())?;
         self.maybe_resample(
             cx.rng(),
-            &mut [&mut state.x, &mut x0, &mut grad],
+            &mut [&mut state.x, &mut x0, &mut g],
             &mut [&mut logh],
         )?;
-        // grad log h wrt x0 is -grad / var; through the denoiser by one VJP.
-        let v = grad.mapv(|g| -g / var as f32);
-        let (_, g) = cx.x0_vjp(state.x.view(), cur.t, v.view())?;
         let kern = AncestralKernel::between(cur, nxt);
         let sd = kern.sd;
         let mut x = kern.mean(&state.x, &x0);
@@ -877,7 +881,7 @@ mod tests {
             let r = compare(out.samples.view(), &post, 7);
             eprintln!("tds (weights ignored: {broken}): {r}");
             assert_eq!(r.check(&bounds_1000()).is_ok(), !broken, "{r}");
-            assert_eq!((out.nfe, out.vjps), (2 * 60 - 1, 59));
+            assert_eq!((out.nfe, out.vjps), (60, 59));
             assert_eq!(ens.particles.shape(), &[1000, 16, 2]);
         }
     }
