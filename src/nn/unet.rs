@@ -365,6 +365,31 @@ impl Builder<'_> {
         };
         ResBlock::new(in_norm, in_conv, emb, out_norm, out_conv, skip, ss, updown)
     }
+    /// A level's block `key`: `ResBlock(c -> o)` at `key.0`, plus attention at `key.1` when
+    /// the downsample rate `ds` is in `attention_resolutions` (`upsample`: an output block).
+    fn res_attn(
+        &mut self,
+        key: &str,
+        c: usize,
+        o: usize,
+        ds: usize,
+        upsample: bool,
+    ) -> Result<Block> {
+        let mut block = vec![Layer::Res(Box::new(self.res(
+            &format!("{key}.0"),
+            c,
+            o,
+            UpDown::None,
+        )?))];
+        if self.cfg.attention_resolutions.contains(&ds) {
+            block.push(Layer::Attn(Box::new(self.attn(
+                &format!("{key}.1"),
+                o,
+                upsample,
+            )?)));
+        }
+        Ok(block)
+    }
     fn attn(&mut self, key: &str, c: usize, upsample: bool) -> Result<AttentionBlock> {
         let heads = self.cfg.heads(c, upsample)?;
         let norm = self.norm(&format!("{key}.norm"), c)?;
@@ -408,21 +433,8 @@ impl UNet {
             let out = cfg.level_channels(mult)?;
             for _ in 0..cfg.num_res_blocks {
                 let k = format!("input_blocks.{}", input_blocks.len());
-                let mut block = vec![Layer::Res(Box::new(b.res(
-                    &format!("{k}.0"),
-                    ch,
-                    out,
-                    UpDown::None,
-                )?))];
+                input_blocks.push(b.res_attn(&k, ch, out, ds, false)?);
                 ch = out;
-                if cfg.attention_resolutions.contains(&ds) {
-                    block.push(Layer::Attn(Box::new(b.attn(
-                        &format!("{k}.1"),
-                        ch,
-                        false,
-                    )?)));
-                }
-                input_blocks.push(block);
                 skip_channels.push(ch);
             }
             if level + 1 != levels {
@@ -453,20 +465,8 @@ impl UNet {
                 let ich = pending
                     .pop()
                     .ok_or_else(|| invalid("unet: skip bookkeeping".into()))?;
-                let mut block = vec![Layer::Res(Box::new(b.res(
-                    &format!("{k}.0"),
-                    ch + ich,
-                    out,
-                    UpDown::None,
-                )?))];
+                let mut block = b.res_attn(&k, ch + ich, out, ds, true)?;
                 ch = out;
-                if cfg.attention_resolutions.contains(&ds) {
-                    block.push(Layer::Attn(Box::new(b.attn(
-                        &format!("{k}.1"),
-                        ch,
-                        true,
-                    )?)));
-                }
                 if level > 0 && i == cfg.num_res_blocks {
                     let kk = format!("{k}.{}", block.len());
                     let layer = if cfg.resblock_updown {
