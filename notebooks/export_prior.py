@@ -108,6 +108,14 @@ def denoise_sanity(model, flags, x0, ts=SANITY_T, seed=1234, batch=32):
     return rows
 
 
+# What each dataset's prior models, for the card's `domain` (shown by `posterior priors`).
+DOMAINS = {
+    "fmnist-32": "Fashion-MNIST garments (grayscale objects)",
+    "brain-64": "brain MRI, T1 magnitude slices",
+    "ct-ellipses-64": "CT attenuation, random-ellipse phantoms",
+}
+
+
 def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=64, threads=1,
            hardware_info=None, sanity=True):
     import torch
@@ -128,6 +136,7 @@ def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=6
     recent = st.get("recent_losses", [])[-500:]
     extra = {
         "name": name,
+        "domain": None if man is None else DOMAINS.get(man.get("name")),
         "training_data": None
         if man is None
         else {k: man.get(k) for k in ("name", "description", "intensity", "to_model_range", "preprocessing",
