@@ -8,20 +8,17 @@
 
 use std::time::Instant;
 
-use std::sync::Arc;
-
-use ndarray::{Array3, ArrayD, Axis, Ix3};
+use ndarray::{Array3, ArrayD, Ix3};
 
 use crate::error::{Error, Result};
 use crate::io;
 use crate::measurement::{self, Sidecar};
-use crate::prior::{default_prior_for, Denoiser, NetworkPrior, OnPath, Schedule};
+use crate::prior::{default_prior_for, Denoiser, NetworkPrior};
 use crate::recon::{self, Method, ReconOptions};
 use crate::sample::posterior::{
-    build as build_sampler, gaussian_level, runs_on_flow_path, Overrides, PosteriorSampler,
+    planned_steps, reconstruct_with_prior, Overrides, PriorReconstruction,
 };
-use crate::sample::units::{problem_in_prior_units, PriorUnits};
-use crate::sample::{Executor, Observer, Sampler, State};
+use crate::sample::{Observer, State};
 use crate::spec::noise::parse_noise;
 
 use super::{Progress, ReconstructArgs};
@@ -189,58 +186,35 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_prior_for(family).to_string());
     let prior = NetworkPrior::open(&prior_name)?;
-    let info = prior.info().clone();
+    let prior_label = prior.info().name.clone();
     let noise = parse_noise(&side.noise)?;
-    let sigma_y = gaussian_level(&noise, y.view());
-    let units = PriorUnits::new((side.display_range[0], side.display_range[1]), info.range)?;
-    let problem = problem_in_prior_units(physics.operator, physics.embedding, y, sigma_y, units)?;
-    problem.check_prior(&info)?;
     let overrides = Overrides {
         steps: a.steps,
         particles: a.particles,
-        calibration: prior.calibration()?,
+        calibration: None,
     };
-    let mut sampler = build_sampler(name, Arc::new(problem), family, &overrides)?;
-    let prior: Arc<dyn Denoiser> = if runs_on_flow_path(name) {
-        Arc::new(OnPath::new(Arc::new(prior), Schedule::rectified_flow()))
-    } else {
-        Arc::new(prior)
-    };
-    let label = sampler.name();
-    let steps = match &sampler {
-        PosteriorSampler::Plain(s) => s.steps(),
-        PosteriorSampler::Smc(s) => s.steps(),
-    };
-    let mut bar = Bar(Progress::new(&label, steps));
+    let mut bar = Bar(Progress::new(name, planned_steps(name, &overrides)));
     let start = Instant::now();
-    let outcome = {
-        let mut exec = Executor::new(a.seed).observe(&mut bar);
-        match &mut sampler {
-            PosteriorSampler::Plain(s) => exec.run(s.as_mut(), prior.as_ref(), a.samples),
-            PosteriorSampler::Smc(s) => exec.run(s.as_mut(), prior.as_ref(), a.samples),
-        }
-    };
+    let result = reconstruct_with_prior(
+        physics,
+        y,
+        &noise,
+        (side.display_range[0], side.display_range[1]),
+        prior,
+        name,
+        &overrides,
+        a.seed,
+        a.samples,
+        Some(&mut bar),
+    );
     bar.0.finish();
-    let outcome = outcome?;
+    let PriorReconstruction {
+        image,
+        spread,
+        label,
+        outcome,
+    } = result?;
     let seconds = start.elapsed().as_secs_f64();
-    // The estimate (prior units) and its spread.
-    let (mean, spread) = match &sampler {
-        PosteriorSampler::Smc(s) => {
-            let ens = s.ensemble().ok_or_else(|| {
-                Error::Invalid(format!("{label}: the run ended without an ensemble"))
-            })?;
-            let mean = ens.mean.mean_axis(Axis(0));
-            let var = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
-            (mean, var.map(|v| v.mapv(f32::sqrt)))
-        }
-        PosteriorSampler::Plain(_) => {
-            let mean = outcome.samples.mean_axis(Axis(0));
-            let spread = (a.samples >= 2).then(|| outcome.samples.std_axis(Axis(0), 1.0));
-            (mean, spread)
-        }
-    };
-    let mean = mean.ok_or_else(|| Error::Invalid("no samples were drawn".into()))?;
-    let image = units.to_image(mean.view());
     write_output(&a.out, &image, &side)?;
     if let Some(p) = &a.std {
         let spread = spread.ok_or_else(|| {
@@ -248,7 +222,6 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
                 "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more".into(),
             )
         })?;
-        let spread = spread.mapv(|v| v * units.scale.abs());
         if io::extension(p) == "png" {
             let chw = to_chw(spread)?;
             let hi = chw.iter().fold(0f32, |m, v| m.max(*v)).max(1e-12);
@@ -260,7 +233,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
     println!(
         "{}: {label} with prior {} ({} sample(s)) in {:.2} s, {} NFE, {} VJP",
         a.out.display(),
-        info.name,
+        prior_label,
         a.samples,
         seconds,
         outcome.nfe,

@@ -5,13 +5,19 @@ use std::sync::Arc;
 
 use posterior_operators::noise::NoiseModel;
 
+use ndarray::{ArrayD, Axis};
+
 use super::calibrate::CalibrationTable;
 use super::flair::{Flair, FlairSettings};
+use super::units::{problem_in_prior_units, PriorUnits};
 use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
     SmcSettings,
 };
+use super::{Executor, Observer, Outcome};
 use crate::error::{Error, Result};
+use crate::prior::{Denoiser, NetworkPrior, OnPath, Schedule};
+use crate::spec::Physics;
 
 /// The names [`build`] accepts.
 pub const POSTERIOR_SAMPLERS: &[&str] = &["dps", "reddiff", "flair", "dds", "smc", "tds", "fps"];
@@ -135,6 +141,97 @@ pub fn gaussian_level(noise: &NoiseModel, y: ndarray::ArrayViewD<f32>) -> f64 {
             (mean / scale as f64).sqrt()
         }
     }
+}
+
+/// What [`reconstruct_with_prior`] produced.
+pub struct PriorReconstruction {
+    /// The estimate in image units: the mean of the samples (SMC: of the weighted means).
+    pub image: ArrayD<f32>,
+    /// The pixelwise posterior standard deviation in image units: the SMC ensemble's, or
+    /// the spread of two or more samples; `None` otherwise.
+    pub spread: Option<ArrayD<f32>>,
+    /// The sampler's description.
+    pub label: String,
+    pub outcome: Outcome,
+}
+
+/// Reconstructs the measurement `y` of `physics` (noise model `noise`, image range
+/// `image_range` mapped onto the prior's) with the sampler `name` and `prior`: the
+/// measurement is restated in the prior's units ([`super::units`]), the sampler runs
+/// `samples` independent posterior samples under an [`Executor`] seeded with `seed` (with
+/// `observer` watching, e.g. a progress bar), and the result comes back in image units.
+#[allow(clippy::too_many_arguments)]
+pub fn reconstruct_with_prior(
+    physics: Physics,
+    y: ArrayD<f32>,
+    noise: &NoiseModel,
+    image_range: (f32, f32),
+    prior: NetworkPrior,
+    name: &str,
+    o: &Overrides,
+    seed: u64,
+    samples: usize,
+    observer: Option<&mut dyn Observer>,
+) -> Result<PriorReconstruction> {
+    let info = prior.info().clone();
+    let family = physics.family.name;
+    let sigma_y = gaussian_level(noise, y.view());
+    let units = PriorUnits::new(image_range, info.range)?;
+    let problem = problem_in_prior_units(physics.operator, physics.embedding, y, sigma_y, units)?;
+    problem.check_prior(&info)?;
+    let mut o = o.clone();
+    if o.calibration.is_none() {
+        o.calibration = prior.calibration()?;
+    }
+    let mut sampler = build(name, Arc::new(problem), family, &o)?;
+    let prior: Arc<dyn Denoiser> = if runs_on_flow_path(name) {
+        Arc::new(OnPath::new(Arc::new(prior), Schedule::rectified_flow()))
+    } else {
+        Arc::new(prior)
+    };
+    let label = sampler.name();
+    let outcome = {
+        let mut exec = Executor::new(seed);
+        if let Some(obs) = observer {
+            exec = exec.observe(obs);
+        }
+        match &mut sampler {
+            PosteriorSampler::Plain(s) => exec.run(s.as_mut(), prior.as_ref(), samples)?,
+            PosteriorSampler::Smc(s) => exec.run(s.as_mut(), prior.as_ref(), samples)?,
+        }
+    };
+    let (mean, spread) = match &sampler {
+        PosteriorSampler::Smc(s) => {
+            let ens = s.ensemble().ok_or_else(|| {
+                Error::Invalid(format!("{label}: the run ended without an ensemble"))
+            })?;
+            let var = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
+            (ens.mean.mean_axis(Axis(0)), var.map(|v| v.mapv(f32::sqrt)))
+        }
+        PosteriorSampler::Plain(_) => (
+            outcome.samples.mean_axis(Axis(0)),
+            (samples >= 2).then(|| outcome.samples.std_axis(Axis(0), 1.0)),
+        ),
+    };
+    let mean = mean.ok_or_else(|| Error::Invalid("no samples were drawn".into()))?;
+    Ok(PriorReconstruction {
+        image: units.to_image(mean.view()),
+        spread: spread.map(|s| s.mapv(|v| v * units.scale.abs())),
+        label,
+        outcome,
+    })
+}
+
+/// Steps a sampler will take with overrides `o` (for a progress bar), without building it.
+pub fn planned_steps(name: &str, o: &Overrides) -> usize {
+    o.steps.unwrap_or(match name {
+        "dps" => DpsSettings::default().steps,
+        "reddiff" | "red-diff" => RedDiffSettings::default().steps,
+        "flair" => FlairSettings::default().steps,
+        "dds" => DdsSettings::default().steps,
+        "fps" => SmcSettings::fps().steps,
+        _ => SmcSettings::tds().steps,
+    })
 }
 
 #[cfg(test)]
