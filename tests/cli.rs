@@ -500,6 +500,27 @@ fn reconstruct_with_every_sampler_writes_estimates_and_uncertainty_maps() {
         assert!(x.iter().all(|v| v.is_finite()), "{sampler}");
         assert!(std.exists(), "{sampler}: no uncertainty map");
     }
+    // Snapshots of the denoised estimate every 2 of 4 steps: a strip of 2 frames (steps 2
+    // and 4) of 16 px tiles at scale 2 with a 2-px gap.
+    ok(posterior()
+        .arg("reconstruct")
+        .arg(d("y.npy"))
+        .args([
+            "--sampler",
+            "dds",
+            "--prior",
+            p,
+            "--steps",
+            "4",
+            "--snapshot-every",
+            "2",
+        ])
+        .args(["--time-limit", "600", "--snapshots"])
+        .arg(d("snaps.png"))
+        .arg("--out")
+        .arg(d("s.npy")));
+    let strip = image::open(d("snaps.png")).unwrap();
+    assert_eq!((strip.width(), strip.height()), (2 * 32 + 2, 32));
     // Errors name what is wrong.
     let y = d("y.npy");
     for (args, needle) in [

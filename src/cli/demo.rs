@@ -238,9 +238,8 @@ fn prior_case(
             prior,
             sampler,
             &o,
-            seed,
+            crate::sample::Executor::new(seed),
             1,
-            None,
         )?;
         report(sampler, to_image(r.image)?, start.elapsed().as_secs_f64())?;
     }

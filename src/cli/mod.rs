@@ -161,6 +161,15 @@ pub struct ReconstructArgs {
     /// auto | cpu | cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Stop the sampler after this many seconds and keep its latest denoised estimate.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Write the denoised estimate every --snapshot-every steps as a PNG strip here.
+    #[arg(long)]
+    pub snapshots: Option<PathBuf>,
+    /// Steps between snapshots (default: every step).
+    #[arg(long)]
+    pub snapshot_every: Option<usize>,
     /// Write the pixelwise posterior standard deviation (uncertainty map) here (.png or
     /// .npy): the SMC ensemble's, or the spread of --samples >= 2.
     #[arg(long)]

@@ -6,7 +6,7 @@
 //! maps onto the prior's intensity range. The image must have the prior's resolution and
 //! channels; otherwise the error says both and how to resample.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ndarray::{Array3, ArrayD, Ix3};
 
@@ -18,7 +18,7 @@ use crate::recon::{self, Method, ReconOptions};
 use crate::sample::posterior::{
     planned_steps, reconstruct_with_prior, Overrides, PriorReconstruction,
 };
-use crate::sample::{Observer, State};
+use crate::sample::{Executor, Observer, Snapshots, State};
 use crate::spec::noise::parse_noise;
 
 use super::{Progress, ReconstructArgs};
@@ -33,6 +33,8 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         (a.particles.is_some(), "--particles"),
         (a.std.is_some(), "--std"),
         (a.samples != 1, "--samples"),
+        (a.time_limit.is_some(), "--time-limit"),
+        (a.snapshots.is_some(), "--snapshots"),
     ] {
         if given {
             return Err(Error::Invalid(format!(
@@ -168,6 +170,21 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
             a.samples
         )));
     }
+    if let Some(limit) = a.time_limit {
+        if !(limit.is_finite() && limit > 0.0) {
+            return Err(Error::Invalid(format!(
+                "--time-limit must be a positive number of seconds, got {limit}"
+            )));
+        }
+    }
+    if let Some(p) = &a.snapshots {
+        if io::extension(p) != "png" {
+            return Err(Error::file(
+                p,
+                "--snapshots writes a PNG strip: give a .png path",
+            ));
+        }
+    }
     let ensemble = matches!(name, "smc" | "tds" | "fps");
     if a.std.is_some() && !ensemble && a.samples < 2 {
         return Err(Error::Invalid(
@@ -187,6 +204,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         .unwrap_or_else(|| default_prior_for(family).to_string());
     let prior = NetworkPrior::open(&prior_name)?;
     let prior_label = prior.info().name.clone();
+    let prior_range = prior.info().range;
     let noise = parse_noise(&side.noise)?;
     let overrides = Overrides {
         steps: a.steps,
@@ -194,19 +212,28 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         calibration: None,
     };
     let mut bar = Bar(Progress::new(name, planned_steps(name, &overrides)));
+    let mut snaps = Snapshots::new(a.snapshot_every.unwrap_or(0));
     let start = Instant::now();
-    let result = reconstruct_with_prior(
-        physics,
-        y,
-        &noise,
-        (side.display_range[0], side.display_range[1]),
-        prior,
-        name,
-        &overrides,
-        a.seed,
-        a.samples,
-        Some(&mut bar),
-    );
+    let result = {
+        let mut exec = Executor::new(a.seed).observe(&mut bar);
+        if a.snapshots.is_some() {
+            exec = exec.observe(&mut snaps);
+        }
+        if let Some(limit) = a.time_limit {
+            exec = exec.time_limit(Duration::from_secs_f64(limit));
+        }
+        reconstruct_with_prior(
+            physics,
+            y,
+            &noise,
+            (side.display_range[0], side.display_range[1]),
+            prior,
+            name,
+            &overrides,
+            exec,
+            a.samples,
+        )
+    };
     bar.0.finish();
     let PriorReconstruction {
         image,
@@ -216,6 +243,9 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
     } = result?;
     let seconds = start.elapsed().as_secs_f64();
     write_output(&a.out, &image, &side)?;
+    if let Some(path) = &a.snapshots {
+        write_snapshots(path, &snaps, prior_range)?;
+    }
     if let Some(p) = &a.std {
         let spread = spread.ok_or_else(|| {
             Error::Invalid(
@@ -248,4 +278,26 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The denoised estimate of the first sample at every snapshot, left to right, in the
+/// prior's range (a PNG strip).
+fn write_snapshots(path: &std::path::Path, snaps: &Snapshots, range: (f32, f32)) -> Result<()> {
+    let frames: Vec<ArrayD<f32>> = snaps
+        .frames
+        .iter()
+        .map(|(_, batch)| batch.index_axis(ndarray::Axis(0), 0).to_owned())
+        .collect();
+    if frames.is_empty() {
+        return Err(Error::Invalid("no snapshots were taken".into()));
+    }
+    let views: Vec<_> = frames.iter().map(|f| f.view()).collect();
+    let stack = ndarray::stack(ndarray::Axis(0), &views)
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .into_dimensionality::<ndarray::Ix4>()
+        .map_err(|e| Error::Invalid(format!("snapshots are not images: {e}")))?;
+    let (lo, hi) = range;
+    let unit = stack.mapv(|v| ((v - lo) / (hi - lo)).clamp(0.0, 1.0));
+    let strip = crate::figure::image_grid(unit.view(), frames.len(), 2);
+    io::write_image(path, strip.view(), (0.0, 1.0))
 }

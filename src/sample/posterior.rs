@@ -14,7 +14,7 @@ use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
     SmcSettings,
 };
-use super::{Executor, Observer, Outcome};
+use super::{Executor, Outcome};
 use crate::error::{Error, Result};
 use crate::prior::{Denoiser, NetworkPrior, OnPath, Schedule};
 use crate::spec::Physics;
@@ -158,8 +158,10 @@ pub struct PriorReconstruction {
 /// Reconstructs the measurement `y` of `physics` (noise model `noise`, image range
 /// `image_range` mapped onto the prior's) with the sampler `name` and `prior`: the
 /// measurement is restated in the prior's units ([`super::units`]), the sampler runs
-/// `samples` independent posterior samples under an [`Executor`] seeded with `seed` (with
-/// `observer` watching, e.g. a progress bar), and the result comes back in image units.
+/// `samples` independent posterior samples under `executor` (its seed, observers such as a
+/// progress bar or [`super::Snapshots`], and time limit), and the result comes back in image
+/// units. A run stopped by the time limit returns the latest denoised estimate (SMC: the
+/// weighted mean at that step, without a spread).
 #[allow(clippy::too_many_arguments)]
 pub fn reconstruct_with_prior(
     physics: Physics,
@@ -169,9 +171,8 @@ pub fn reconstruct_with_prior(
     prior: NetworkPrior,
     name: &str,
     o: &Overrides,
-    seed: u64,
+    mut executor: Executor,
     samples: usize,
-    observer: Option<&mut dyn Observer>,
 ) -> Result<PriorReconstruction> {
     let info = prior.info().clone();
     let family = physics.family.name;
@@ -190,25 +191,20 @@ pub fn reconstruct_with_prior(
         Arc::new(prior)
     };
     let label = sampler.name();
-    let outcome = {
-        let mut exec = Executor::new(seed);
-        if let Some(obs) = observer {
-            exec = exec.observe(obs);
-        }
-        match &mut sampler {
-            PosteriorSampler::Plain(s) => exec.run(s.as_mut(), prior.as_ref(), samples)?,
-            PosteriorSampler::Smc(s) => exec.run(s.as_mut(), prior.as_ref(), samples)?,
-        }
+    let outcome = match &mut sampler {
+        PosteriorSampler::Plain(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
+        PosteriorSampler::Smc(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
     };
-    let (mean, spread) = match &sampler {
-        PosteriorSampler::Smc(s) => {
-            let ens = s.ensemble().ok_or_else(|| {
-                Error::Invalid(format!("{label}: the run ended without an ensemble"))
-            })?;
+    let ensemble = match &sampler {
+        PosteriorSampler::Smc(s) => s.ensemble(),
+        PosteriorSampler::Plain(_) => None,
+    };
+    let (mean, spread) = match ensemble {
+        Some(ens) => {
             let var = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
             (ens.mean.mean_axis(Axis(0)), var.map(|v| v.mapv(f32::sqrt)))
         }
-        PosteriorSampler::Plain(_) => (
+        None => (
             outcome.samples.mean_axis(Axis(0)),
             (samples >= 2).then(|| outcome.samples.std_axis(Axis(0), 1.0)),
         ),
