@@ -238,6 +238,10 @@ pub struct SampleArgs {
     /// Stop after this many seconds and return the latest denoised estimate.
     #[arg(long)]
     pub time_limit: Option<f64>,
+    /// Clip the denoised estimate to the prior's intensity range at every step
+    /// (guided-diffusion's clip_denoised).
+    #[arg(long)]
+    pub clip: bool,
     /// Output: .png (a grid of images for a network prior; a scatter plot over the density
     /// for a 2-D mixture) or .npy (samples, (N, C, H, W) or (N, D)).
     #[arg(long)]

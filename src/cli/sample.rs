@@ -21,7 +21,7 @@ use std::time::Duration;
 use ndarray::Array3;
 
 use crate::error::{Error, Result};
-use crate::prior::{Covariance, Denoiser, Gmm, NetworkPrior, OnPath, Schedule};
+use crate::prior::{Clipped, Covariance, Denoiser, Gmm, NetworkPrior, OnPath, Schedule};
 use crate::sample::{self, stats, Executor, Observer, State};
 use crate::spec::{ParamInfo, Spec};
 
@@ -232,6 +232,11 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         )));
     }
     let native = prior.denoiser();
+    let native: Arc<dyn Denoiser> = if a.clip {
+        Arc::new(Clipped::new(native))
+    } else {
+        native
+    };
     let denoiser: Arc<dyn Denoiser> = match &a.path {
         Some(p) => {
             let s = Schedule::from_name(p)?;

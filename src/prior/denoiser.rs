@@ -231,6 +231,61 @@ impl Denoiser for OnPath {
     }
 }
 
+/// A denoiser whose estimate is clipped to the prior's intensity range (guided-diffusion's
+/// `clip_denoised=True`, the default of its samplers): `x0 = clamp(inner.x0, lo, hi)`. The
+/// VJP is the inner one masked where the clamp is active (the clamp's exact derivative
+/// almost everywhere).
+pub struct Clipped {
+    inner: Arc<dyn Denoiser>,
+    info: PriorInfo,
+}
+
+impl Clipped {
+    pub fn new(inner: Arc<dyn Denoiser>) -> Clipped {
+        let mut info = inner.info().clone();
+        info.name = format!("{} (clipped)", info.name);
+        Clipped { inner, info }
+    }
+    fn clamp(&self, x0: &mut ArrayD<f32>) -> ArrayD<f32> {
+        let (lo, hi) = self.info.range;
+        let mask = x0.mapv(|v| if (lo..=hi).contains(&v) { 1.0 } else { 0.0 });
+        x0.mapv_inplace(|v| v.clamp(lo, hi));
+        mask
+    }
+}
+
+impl Denoiser for Clipped {
+    fn schedule(&self) -> &Schedule {
+        self.inner.schedule()
+    }
+    fn info(&self) -> &PriorInfo {
+        &self.info
+    }
+    fn x0(&self, x_t: ArrayViewD<f32>, t: &[f32]) -> Result<ArrayD<f32>> {
+        let mut x0 = self.inner.x0(x_t, t)?;
+        self.clamp(&mut x0);
+        Ok(x0)
+    }
+    fn x0_vjp(
+        &self,
+        x_t: ArrayViewD<f32>,
+        t: &[f32],
+        v: ArrayViewD<f32>,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        let (x0, pullback) = self.x0_pullback(x_t, t)?;
+        Ok((x0, pullback(v)?))
+    }
+    fn x0_pullback<'a>(
+        &'a self,
+        x_t: ArrayViewD<f32>,
+        t: &[f32],
+    ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
+        let (mut x0, inner) = self.inner.x0_pullback(x_t, t)?;
+        let mask = self.clamp(&mut x0);
+        Ok((x0, Box::new(move |v| inner((&v * &mask).view()))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +327,37 @@ mod tests {
         assert!(!close(&a0, &unscaled));
         assert_eq!(wrapped.schedule().name(), "flow");
         assert!(wrapped.x0(x.view(), &ts[..3]).is_err());
+    }
+
+    #[test]
+    fn clipped_estimates_stay_in_range_and_their_vjp_is_masked() {
+        // A mixture whose range is narrow enough that far-out x_t give estimates outside it.
+        let gmm: Arc<dyn Denoiser> = Arc::new(Gmm::random(2, 3, 5, false).unwrap());
+        let (lo, hi) = gmm.info().range;
+        let clipped = Clipped::new(gmm.clone());
+        let x = ArrayD::from_shape_fn(IxDyn(&[4, 3]), |i| (i[0] as f32 - 1.5) * 40.0 + i[1] as f32);
+        let v = ArrayD::from_elem(IxDyn(&[4, 3]), 1.0f32);
+        let t = [0.05f32; 4];
+        let raw = gmm.x0(x.view(), &t).unwrap();
+        let (c, g) = clipped.x0_vjp(x.view(), &t, v.view()).unwrap();
+        let (_, g_raw) = gmm.x0_vjp(x.view(), &t, v.view()).unwrap();
+        assert!(
+            raw.iter().any(|r| *r < lo || *r > hi),
+            "test needs out-of-range estimates"
+        );
+        for (r, c) in raw.iter().zip(&c) {
+            assert_eq!(*c, r.clamp(lo, hi));
+        }
+        // Rows whose every estimate was clamped get a zero VJP; unclamped ones keep theirs.
+        for i in 0..4 {
+            let row = raw.index_axis(Axis(0), i);
+            if row.iter().all(|r| *r < lo || *r > hi) {
+                assert!(g.index_axis(Axis(0), i).iter().all(|u| *u == 0.0));
+            }
+            if row.iter().all(|r| (lo..=hi).contains(r)) {
+                assert_eq!(g.index_axis(Axis(0), i), g_raw.index_axis(Axis(0), i));
+            }
+        }
     }
 
     #[test]

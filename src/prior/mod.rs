@@ -8,7 +8,7 @@ pub mod gmm;
 pub mod network;
 pub mod schedule;
 
-pub use denoiser::{check_batch, Denoiser, OnPath, PriorInfo, Pullback};
+pub use denoiser::{check_batch, Clipped, Denoiser, OnPath, PriorInfo, Pullback};
 pub use dense::{dense_matrix, DenseOperator};
 pub use gmm::{Covariance, Gmm};
 pub use network::{
