@@ -35,25 +35,25 @@ use crate::prior::{Denoiser, Knot, Pullback};
 
 pub mod calibrate;
 pub mod ddim;
-pub mod dds;
 pub mod ddpm;
-pub mod dps;
+pub mod dds;
 pub mod dpm_solver;
+pub mod dps;
 pub mod flair;
 pub mod ode;
 pub mod posterior;
 pub mod problem;
-pub mod units;
 pub mod reddiff;
 pub mod smc;
 pub mod stats;
+pub mod units;
 
-pub use dds::{Dds, DdsSettings, DdsVolume, SliceTv};
 pub use calibrate::{calibrate, CalibrationTable, CALIBRATION_FORMAT};
 pub use ddim::{Ddim, DdimStep};
 pub use ddpm::{AncestralKernel, Ddpm};
-pub use dps::{default_zeta, Dps, DpsSettings, DpsUpdate};
+pub use dds::{Dds, DdsSettings, DdsVolume, SliceTv};
 pub use dpm_solver::DpmSolver2M;
+pub use dps::{default_zeta, Dps, DpsSettings, DpsUpdate};
 pub use flair::{Flair, FlairSettings};
 pub use ode::{Euler, Heun};
 pub use problem::Problem;
@@ -118,7 +118,11 @@ impl<'a> Context<'a> {
     }
     /// `x0_hat(x, t)` and a [`Pullback`] for a VJP whose vector depends on `x0_hat` (DPS,
     /// twisted SMC); counts one NFE and one VJP (a network reuses the forward pass).
-    pub fn x0_pullback(&mut self, x: ArrayViewD<f32>, t: f64) -> Result<(ArrayD<f32>, Pullback<'a>)> {
+    pub fn x0_pullback(
+        &mut self,
+        x: ArrayViewD<f32>,
+        t: f64,
+    ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
         let n = x.shape().first().copied().unwrap_or(0);
         self.nfe += 1;
         self.vjps += 1;
