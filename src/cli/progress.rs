@@ -30,8 +30,21 @@ impl Progress {
         self.bar.set_message(format!("{figure:.3e}"));
     }
 
+    /// Sets the number of steps (when it is known only once the work starts).
+    pub fn set_len(&self, len: usize) {
+        self.bar.set_length(len as u64);
+    }
+
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// A sampler's progress: the step, of `state.total`, and the current time.
+impl crate::sample::Observer for Progress {
+    fn observe(&mut self, step: usize, state: &crate::sample::State) {
+        self.set_len(state.total);
+        self.update(step, state.t);
     }
 }

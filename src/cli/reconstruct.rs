@@ -15,10 +15,8 @@ use crate::io;
 use crate::measurement::{self, Sidecar};
 use crate::prior::{default_prior_for, Denoiser, NetworkPrior};
 use crate::recon::{self, Method, ReconOptions};
-use crate::sample::posterior::{
-    planned_steps, reconstruct_with_prior, Overrides, PriorReconstruction,
-};
-use crate::sample::{Executor, Observer, Snapshots, State};
+use crate::sample::posterior::{reconstruct_with_prior, Overrides, PriorReconstruction};
+use crate::sample::{Executor, Snapshots};
 use crate::spec::noise::parse_noise;
 
 use super::{Progress, ReconstructArgs};
@@ -43,10 +41,8 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         }
     }
     let method: Method = a.method.as_deref().unwrap_or("cg").parse()?;
+    check_image_ext(&a.out, "--out")?;
     let out_ext = io::extension(&a.out);
-    if out_ext != "png" && out_ext != "npy" {
-        return Err(Error::file(&a.out, "--out must name a .png or .npy file"));
-    }
     if a.complex && out_ext != "npy" {
         return Err(Error::Invalid(
             "--complex keeps (re, im) channels and needs a .npy output".into(),
@@ -116,14 +112,6 @@ fn write_output(path: &std::path::Path, image: &ArrayD<f32>, side: &Sidecar) -> 
         };
         let file_units = image.mapv(|v| v * s.scale + offset);
         io::write_npy(path, file_units.view())
-    }
-}
-
-struct Bar(Progress);
-
-impl Observer for Bar {
-    fn observe(&mut self, step: usize, state: &State) {
-        self.0.update(step, state.t);
     }
 }
 
@@ -211,7 +199,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         particles: a.particles,
         calibration: None,
     };
-    let mut bar = Bar(Progress::new(name, planned_steps(name, &overrides)));
+    let mut bar = Progress::new(name, 1);
     let mut snaps = Snapshots::new(a.snapshot_every.unwrap_or(0));
     let start = Instant::now();
     let result = {
@@ -234,7 +222,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
             a.samples,
         )
     };
-    bar.0.finish();
+    bar.finish();
     let PriorReconstruction {
         image,
         spread,

@@ -22,7 +22,7 @@ use ndarray::Array3;
 
 use crate::error::{Error, Result};
 use crate::prior::{Clipped, Covariance, Denoiser, Gmm, NetworkPrior, OnPath, Schedule};
-use crate::sample::{self, stats, Executor, Observer, State};
+use crate::sample::{self, stats, Executor};
 use crate::spec::{ParamInfo, Spec};
 
 use super::{Progress, SampleArgs};
@@ -190,14 +190,6 @@ pub fn load_prior(text: &str) -> Result<LoadedPrior> {
     NetworkPrior::open(text).map(|n| LoadedPrior::Network(Box::new(n)))
 }
 
-struct Bar(Progress);
-
-impl Observer for Bar {
-    fn observe(&mut self, step: usize, state: &State) {
-        self.0.update(step, state.t);
-    }
-}
-
 /// Runs `posterior sample`.
 pub fn run(a: &SampleArgs) -> Result<()> {
     let ext = crate::io::extension(&a.out);
@@ -249,7 +241,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         None => native,
     };
     let mut sampler = sample::by_name(&a.sampler, a.steps, a.eta)?;
-    let mut bar = Bar(Progress::new(&sampler.name(), a.steps));
+    let mut bar = Progress::new(&sampler.name(), a.steps);
     let mut exec = Executor::new(a.seed).observe(&mut bar);
     if let Some(limit) = a.time_limit {
         if !(limit.is_finite() && limit > 0.0) {
@@ -260,7 +252,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         exec = exec.time_limit(Duration::from_secs_f64(limit));
     }
     let out = exec.run(sampler.as_mut(), denoiser.as_ref(), a.n);
-    bar.0.finish();
+    bar.finish();
     let out = out?;
     let samples = out.samples.view();
     let info = denoiser.info().clone();

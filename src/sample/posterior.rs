@@ -218,18 +218,6 @@ pub fn reconstruct_with_prior(
     })
 }
 
-/// Steps a sampler will take with overrides `o` (for a progress bar), without building it.
-pub fn planned_steps(name: &str, o: &Overrides) -> usize {
-    o.steps.unwrap_or(match name {
-        "dps" => DpsSettings::default().steps,
-        "reddiff" | "red-diff" => RedDiffSettings::default().steps,
-        "flair" => FlairSettings::default().steps,
-        "dds" => DdsSettings::default().steps,
-        "fps" => SmcSettings::fps().steps,
-        _ => SmcSettings::tds().steps,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
