@@ -39,8 +39,9 @@ ct-ellipses  Random ellipse phantoms in linear attenuation relative to water
              smaller ellipses that add -0.4..+0.5 (soft tissue, fat, lesions, air
              pockets) and 0..3 bone-like ellipses (1.5..2.0).  Rendered at 4x4
              supersampling and averaged (anti-aliased edges).  Seeded: training
-             images come from seed --seed, held-out ones from seed --seed + 1_000_003,
-             i.e. two independent streams.
+             training phantom i comes from default_rng([--seed, i]), held-out phantom i
+             from default_rng([--seed + 1_000_003, i]): independent streams, and the
+             set does not depend on how many processes render it.
 """
 
 from __future__ import annotations
@@ -442,11 +443,27 @@ def ellipse_phantom(rng: np.random.Generator, size: int, supersample: int = 4) -
     return mu.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
 
 
-def ellipse_set(seed: int, count: int, size: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def _ellipse_chunk(job):
+    seed, start, stop, size = job
+    return np.stack([ellipse_phantom(np.random.default_rng([seed, i]), size) - 1.0 for i in range(start, stop)])
+
+
+def ellipse_set(seed: int, count: int, size: int, workers: int | None = None) -> np.ndarray:
+    """`count` phantoms; phantom i is drawn from its own generator default_rng([seed, i]), so the
+    set does not depend on how the work is split over `workers` processes (default: all CPUs)."""
     out = np.empty((count, 1, size, size), np.float16)
-    for i in range(count):
-        out[i, 0] = ellipse_phantom(rng, size) - 1.0
+    chunk = 256
+    jobs = [(seed, s, min(s + chunk, count), size) for s in range(0, count, chunk)]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            parts = pool.map(_ellipse_chunk, jobs)
+    else:
+        parts = [_ellipse_chunk(j) for j in jobs]
+    for (_, s0, s1, _), part in zip(jobs, parts):
+        out[s0:s1, 0] = part
     return out
 
 
@@ -463,8 +480,9 @@ def recipe_ct_ellipses(args):
         "generator": {"function": "notebooks/data.py:ellipse_phantom", "supersample": 4,
                       "train_seed": args.seed, "test_seed": test_seed},
         "sources": [],
-        "split": f"train = {args.n_train} phantoms from numpy default_rng({args.seed}); test = {args.n_test} "
-        f"phantoms from default_rng({test_seed}) (independent stream)",
+        "split": f"train phantom i (i < {args.n_train}) from numpy default_rng([{args.seed}, i]); test phantom i "
+        f"(i < {args.n_test}) from default_rng([{test_seed}, i]): different seed sequences, independent "
+        "streams, so no held-out phantom can repeat a training one",
     }
     return train, test, man
 

@@ -68,6 +68,11 @@ PRESETS = {
         attention_resolutions="8", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
         dropout=0.0, learn_sigma=False, flip=False,
     ),
+    "ct-128": dict(
+        image_size=128, in_channels=1, num_channels=32, channel_mult="1,1,2,2,4", num_res_blocks=2,
+        attention_resolutions="16", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
+        dropout=0.0, learn_sigma=False, flip=True,
+    ),
     "ct-64": dict(
         image_size=64, in_channels=1, num_channels=32, channel_mult="1,2,2,4", num_res_blocks=2,
         attention_resolutions="8", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
@@ -94,6 +99,10 @@ def build_parser():
         p.add_argument(f"--{k}", type=type(v), default=v)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the data, the model and every generator live there)")
+    p.add_argument("--init-from", default=None,
+                   help="a fresh run starts from these weights (an exported model.safetensors, e.g. a prior "
+                        "trained on another machine) instead of a random initialisation")
     p.add_argument("--steps", type=int, default=None, help="stop (and export) when this many steps are done in total")
     p.add_argument("--max-minutes", type=float, default=None, help="stop this invocation after this long (resumable)")
     p.add_argument("--ckpt-minutes", type=float, default=10.0, help="checkpoint interval (default 10)")
@@ -140,10 +149,12 @@ def train_config(a) -> dict:
     """What must not change between a run and its resumption."""
     cfg = {k: getattr(a, k) for k in TRAIN_DEFAULTS}
     cfg.update(flags=model_flags(a), flip=a.flip, seed=a.seed)
+    if a.device != "cpu":
+        cfg["device"] = a.device  # generators differ by device: a CPU run cannot resume a GPU one
     return cfg
 
 
-def hardware(threads: int) -> dict:
+def hardware(threads: int, device: str = "cpu") -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -155,8 +166,11 @@ def hardware(threads: int) -> dict:
         pass
     import torch
 
-    return {"device": "cpu", "cpu": cpu, "threads": threads, "cpu_count": os.cpu_count(),
+    info = {"device": "cpu", "cpu": cpu, "threads": threads, "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version()}
+    if device != "cpu":
+        info.update(device=device, gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    return info
 
 
 def save_atomic(obj, path: str):
@@ -178,6 +192,14 @@ class Trainer:
         self.a = a
         self.torch = torch
         torch.set_num_threads(a.threads)
+        if a.device != "cpu":
+            if not torch.cuda.is_available():
+                raise TrainError(f"--device {a.device}: PyTorch sees no CUDA device here")
+            # TF32 matrix units for convolutions and matmuls: training tolerates their ~1e-3
+            # relative rounding, and they are several times faster than f32 on Hopper.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.dev = torch.device(a.device)
         arr, self.manifest = datamod.load_dataset(a.data, "train")
         if arr.ndim != 4 or arr.shape[1] != a.in_channels or arr.shape[2] != a.image_size or arr.shape[3] != a.image_size:
             raise TrainError(
@@ -186,7 +208,7 @@ class Trainer:
             )
         s = self.manifest["to_model_range"]
         self.scale, self.offset = float(s["scale"]), float(s["offset"])
-        self.data = torch.from_numpy(np.array(arr, copy=True))
+        self.data = torch.from_numpy(np.array(arr, copy=True)).to(self.dev)
         self.n = self.data.shape[0]
         self.flags = model_flags(a)
         try:
@@ -197,18 +219,42 @@ class Trainer:
             raise TrainError(str(e)) from None
         self.T = len(betas)
         abar = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
-        self.sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32)
-        self.sqrt_1m_abar = torch.tensor(np.sqrt(1.0 - abar), dtype=torch.float32)
+        self.model.to(self.dev)
+        if a.init_from:
+            self.init_weights(a.init_from)
+        self.sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32, device=self.dev)
+        self.sqrt_1m_abar = torch.tensor(np.sqrt(1.0 - abar), dtype=torch.float32, device=self.dev)
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-        self.gen = torch.Generator().manual_seed(a.seed + 1)
+        self.gen = torch.Generator(device=self.dev).manual_seed(a.seed + 1)
         self.step = 0
         self.seconds = 0.0  # training wall time over all sessions
         self.recent = collections.deque(maxlen=1000)  # recent per-step losses
+        self.pending = []  # per-step losses not read back from the device yet
         self.config = train_config(a)
         self.ckpt_dir = os.path.join(a.out, "ckpt")
         self.ckpt_path = os.path.join(self.ckpt_dir, "latest.pt")
         self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def init_weights(self, path):
+        """Loads every parameter from a safetensors file (any float dtype) with shapes checked."""
+        from safetensors.torch import load_file
+
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.safetensors")
+        try:
+            st = load_file(path)
+        except Exception as e:  # noqa: BLE001
+            raise TrainError(f"--init-from {path!r}: cannot read: {e}") from None
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(st))
+        extra = sorted(set(st) - set(own))
+        bad = [f"{k}: file {tuple(st[k].shape)}, model {tuple(own[k].shape)}"
+               for k in own if k in st and st[k].shape != own[k].shape]
+        if missing or extra or bad:
+            raise TrainError(f"--init-from {path!r} does not fit this configuration: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}, shape mismatches {bad[:5]}")
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in st.items()})
 
     # ---- checkpoints
     def state(self):
@@ -224,17 +270,18 @@ class Trainer:
             "recent_losses": list(self.recent),
             "config": self.config,
             "data": {"dir": os.path.abspath(self.a.data), "name": self.manifest.get("name")},
-            "hardware": hardware(self.a.threads),
+            "hardware": hardware(self.a.threads, self.a.device),
         }
 
     def save(self):
+        self.flush_losses()
         os.makedirs(self.ckpt_dir, exist_ok=True)
         save_atomic(self.state(), self.ckpt_path)
 
     def load(self, path):
         torch = self.torch
         try:
-            st = torch.load(path, map_location="cpu", weights_only=False)
+            st = torch.load(path, map_location=self.dev, weights_only=False)
         except Exception as e:  # noqa: BLE001
             raise TrainError(f"cannot read checkpoint {path!r}: {e}") from None
         if not isinstance(st, dict) or st.get("format") != "posterior-train-ckpt-v1":
@@ -252,8 +299,8 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.ema = st["ema"]
         self.opt.load_state_dict(st["opt"])
-        self.gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
+        self.gen.set_state(st["gen"].cpu())
+        torch.set_rng_state(st["torch_rng"].cpu())
         self.step = int(st["step"])
         self.seconds = float(st["seconds"])
         self.recent = collections.deque(st["recent_losses"], maxlen=1000)
@@ -266,13 +313,14 @@ class Trainer:
     def train_step(self):
         torch, a = self.torch, self.a
         g = self.gen
-        idx = torch.randint(self.n, (a.batch_size,), generator=g)
+        dev = self.dev
+        idx = torch.randint(self.n, (a.batch_size,), generator=g, device=dev)
         x0 = self.data[idx].to(torch.float32) * self.scale + self.offset
         if a.flip:
-            f = torch.rand(a.batch_size, generator=g) < 0.5
+            f = torch.rand(a.batch_size, generator=g, device=dev) < 0.5
             x0 = torch.where(f[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(self.T, (a.batch_size,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(self.T, (a.batch_size,), generator=g, device=dev)
+        eps = torch.randn(x0.shape, generator=g, device=dev)
         xt = self.sqrt_abar[t][:, None, None, None] * x0 + self.sqrt_1m_abar[t][:, None, None, None] * eps
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -286,13 +334,26 @@ class Trainer:
         self.step += 1
         decay = min(a.ema_rate, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-        val = float(loss.detach())
-        if not math.isfinite(val):
-            raise TrainError(f"loss became {val} at step {self.step}; lower --lr or check the data")
-        self.recent.append(val)
-        return val
+            keys = list(self.ema)
+            cur = self.model.state_dict()
+            ema = [self.ema[k] for k in keys]
+            torch._foreach_mul_(ema, decay)
+            torch._foreach_add_(ema, [cur[k].detach() for k in keys], alpha=1 - decay)
+        # The loss stays on the device (no synchronisation per step); `flush_losses` reads it.
+        self.pending.append(loss.detach())
+
+    def flush_losses(self):
+        """Moves the pending per-step losses to `recent`; returns their sum and count."""
+        if not self.pending:
+            return 0.0, 0
+        vals = self.torch.stack(self.pending).tolist()
+        first = self.step - len(vals) + 1
+        self.pending = []
+        for i, v in enumerate(vals):
+            if not math.isfinite(v):
+                raise TrainError(f"loss became {v} at step {first + i}; lower --lr or check the data")
+        self.recent.extend(vals)
+        return sum(vals), len(vals)
 
     def final_loss(self):
         r = list(self.recent)[-500:]
@@ -325,7 +386,8 @@ def run(a) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(os.path.join(a.out, "train.jsonl"), "a")
     log_line(log, {"event": "resume" if resumed else "start", "step": tr.step, "time": time.time(),
-                   "threads": a.threads, "config": tr.config, "parameters": tr.n_params})
+                   "threads": a.threads, "config": tr.config, "parameters": tr.n_params,
+                   **({"init_from": a.init_from} if a.init_from and not resumed else {})})
     t_start = time.time()
     t_ckpt = t_start
     t_log, step_log, acc, nacc = t_start, tr.step, 0.0, 0
@@ -342,8 +404,10 @@ def run(a) -> int:
                 reason = f"signal {stop['sig']}"
                 break
             t0 = time.time()
-            acc += tr.train_step()
-            nacc += 1
+            tr.train_step()
+            if tr.step % a.log_every == 0:
+                sm, cnt = tr.flush_losses()  # synchronises with the device
+                acc, nacc = acc + sm, nacc + cnt
             tr.seconds += time.time() - t0
             now = time.time()
             if tr.step % a.log_every == 0:
