@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod error;
 pub mod figure;
+pub mod gpu;
 pub mod io;
 pub mod measurement;
 pub mod metrics;
