@@ -9,6 +9,8 @@
 //! Conventions as on the CPU: f32, row-major NCHW, parameters in PyTorch's layout.
 
 pub mod context;
+pub mod ops;
+pub mod sampler;
 pub mod tensor;
 
 pub use context::{
