@@ -9,9 +9,11 @@
 //! Conventions as on the CPU: f32, row-major NCHW, parameters in PyTorch's layout.
 
 pub mod context;
+pub mod nn;
 pub mod ops;
 pub mod sampler;
 pub mod tensor;
+pub mod unet;
 
 pub use context::{
     compile_kernel, cufft_present, gpu_for_test, launch_1d, nvrtc_present, probe_libraries, select,

@@ -10,10 +10,7 @@ use ndarray::Array2;
 /// guided-diffusion uses `max_period = 10000`. Timesteps may be fractional.
 pub fn timestep_embedding(timesteps: &[f32], dim: usize, max_period: f32) -> Array2<f32> {
     let half = dim / 2;
-    let neg_log = -(max_period as f64).ln() as f32;
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| ((neg_log * i as f32) / half as f32).exp())
-        .collect();
+    let freqs = timestep_frequencies(dim, max_period);
     let mut out = Array2::zeros((timesteps.len(), dim));
     for (n, &t) in timesteps.iter().enumerate() {
         for (i, &f) in freqs.iter().enumerate() {
@@ -23,6 +20,16 @@ pub fn timestep_embedding(timesteps: &[f32], dim: usize, max_period: f32) -> Arr
         }
     }
     out
+}
+
+/// The `dim / 2` frequencies of [`timestep_embedding`] (shared with the GPU twin, so both
+/// devices use the same values).
+pub(crate) fn timestep_frequencies(dim: usize, max_period: f32) -> Vec<f32> {
+    let half = dim / 2;
+    let neg_log = -(max_period as f64).ln() as f32;
+    (0..half)
+        .map(|i| ((neg_log * i as f32) / half as f32).exp())
+        .collect()
 }
 
 #[cfg(test)]

@@ -125,6 +125,32 @@ impl UNetConfig {
         Ok(c as usize)
     }
 
+    /// The U-Net's input checks on a shape `(N, C, H, W)` and its timesteps (shared by the
+    /// CPU and GPU networks).
+    pub(crate) fn check_input_shape(&self, shape: &[usize], timesteps: &[f32]) -> Result<()> {
+        let (n, c, h, w) = match *shape {
+            [n, c, h, w] => (n, c, h, w),
+            _ => (0, 0, 0, 0),
+        };
+        let d = self.size_divisor();
+        if c != self.in_channels || h == 0 || w == 0 || h % d != 0 || w % d != 0 {
+            return Err(invalid(format!(
+                "unet: expected input (N, {}, H, W) with H and W multiples of {d}, found {:?}",
+                self.in_channels, shape
+            )));
+        }
+        if timesteps.len() != n {
+            return Err(invalid(format!(
+                "unet: {} timestep(s) for a batch of {n}",
+                timesteps.len()
+            )));
+        }
+        if let Some(bad) = timesteps.iter().find(|t| !t.is_finite()) {
+            return Err(invalid(format!("unet: timestep {bad} is not finite")));
+        }
+        Ok(())
+    }
+
     /// Checks what the layers cannot check on their own.
     pub fn validate(&self) -> Result<()> {
         if self.channel_mult.is_empty() || self.in_channels == 0 || self.out_channels == 0 {
@@ -222,7 +248,7 @@ impl ParamSource for ShapeRecorder {
 
 /// One layer of a `TimestepEmbedSequential` block.
 #[derive(Debug, Clone)]
-enum Layer {
+pub(crate) enum Layer {
     /// A plain convolution (the input conv, or `Downsample.op`, stride 2).
     Conv(Conv2d),
     Res(Box<ResBlock>),
@@ -277,7 +303,7 @@ impl Layer {
 }
 
 /// A sequence of layers sharing the timestep embedding.
-type Block = Vec<Layer>;
+pub(crate) type Block = Vec<Layer>;
 
 /// guided-diffusion's `UNetModel`, inference only.
 #[derive(Debug, Clone)]
@@ -504,6 +530,26 @@ impl UNet {
         Ok(rec.entries)
     }
 
+    /// Read-only access to the layers (the GPU twin uploads them): `(time_in, time_out)`.
+    pub(crate) fn time_layers(&self) -> (&Linear, &Linear) {
+        (&self.time_in, &self.time_out)
+    }
+
+    /// `(input_blocks, middle, output_blocks, skip_channels)`.
+    pub(crate) fn blocks(&self) -> (&[Block], &[Layer], &[Block], &[usize]) {
+        (
+            &self.input_blocks,
+            &self.middle,
+            &self.output_blocks,
+            &self.skip_channels,
+        )
+    }
+
+    /// `(out_norm, out_conv)`.
+    pub(crate) fn out_layers(&self) -> (&GroupNorm, &Conv2d) {
+        (&self.out_norm, &self.out_conv)
+    }
+
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }
@@ -520,25 +566,7 @@ impl UNet {
     }
 
     fn check_input(&self, x: &ArrayView4<f32>, timesteps: &[f32]) -> Result<()> {
-        let (n, c, h, w) = x.dim();
-        let d = self.config.size_divisor();
-        if c != self.config.in_channels || h == 0 || w == 0 || h % d != 0 || w % d != 0 {
-            return Err(invalid(format!(
-                "unet: expected input (N, {}, H, W) with H and W multiples of {d}, found {:?}",
-                self.config.in_channels,
-                x.shape()
-            )));
-        }
-        if timesteps.len() != n {
-            return Err(invalid(format!(
-                "unet: {} timestep(s) for a batch of {n}",
-                timesteps.len()
-            )));
-        }
-        if let Some(bad) = timesteps.iter().find(|t| !t.is_finite()) {
-            return Err(invalid(format!("unet: timestep {bad} is not finite")));
-        }
-        Ok(())
+        self.config.check_input_shape(x.shape(), timesteps)
     }
 
     /// Runs every block; with `tape`, keeps each layer's input (execution order) and the

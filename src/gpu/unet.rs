@@ -1,0 +1,350 @@
+//! guided-diffusion's ADM U-Net on the device: [`GpuUNet`] is uploaded from a CPU
+//! [`UNet`] (same weights, same layer order) and computes the same forward and input VJP.
+//!
+//! The VJP follows the CPU's scheme: the forward records every layer's input on a tape of
+//! device tensors ([`GpuUNetTape`]); the backward pops them in reverse, each layer
+//! recomputing its internal activations from its input, and frees each as it is consumed.
+//! Skip connections are shared (reference-counted) between the tape and the skip stack, so
+//! nothing is copied for them.
+//!
+//! Inputs and outputs are `(N, C, H, W)` device tensors; timesteps are host floats, one per
+//! sample (guided-diffusion's step index), as on the CPU.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+use ndarray::{Array4, ArrayView4, Ix4};
+
+use super::nn::{GpuAttention, GpuConv2d, GpuGroupNorm, GpuLinear, GpuResBlock, Nn};
+use super::{Gpu, GpuTensor};
+use crate::nn::unet::{Layer, ParamSource, UNet, UNetConfig};
+use crate::{Error, Result};
+
+enum GLayer {
+    Conv(GpuConv2d),
+    Res(Box<GpuResBlock>),
+    Attn(Box<GpuAttention>),
+    Pool,
+    Up(Option<GpuConv2d>),
+}
+
+impl GLayer {
+    fn from_cpu(gpu: &Gpu, l: &Layer) -> Result<GLayer> {
+        Ok(match l {
+            Layer::Conv(c) => GLayer::Conv(GpuConv2d::from_cpu(gpu, c)?),
+            Layer::Res(r) => GLayer::Res(Box::new(GpuResBlock::from_cpu(gpu, r)?)),
+            Layer::Attn(a) => GLayer::Attn(Box::new(GpuAttention::from_cpu(gpu, a)?)),
+            Layer::Pool => GLayer::Pool,
+            Layer::Up(c) => GLayer::Up(
+                c.as_ref()
+                    .map(|c| GpuConv2d::from_cpu(gpu, c))
+                    .transpose()?,
+            ),
+        })
+    }
+
+    fn forward(&self, nn: &Nn, x: &GpuTensor, semb: &GpuTensor) -> Result<GpuTensor> {
+        match self {
+            GLayer::Conv(c) => c.forward(nn, x),
+            GLayer::Res(r) => r.forward(nn, x, semb),
+            GLayer::Attn(a) => a.forward(nn, x),
+            GLayer::Pool => nn.avg_pool2x(x),
+            GLayer::Up(c) => {
+                let u = nn.upsample2x(x)?;
+                match c {
+                    Some(c) => c.forward(nn, &u),
+                    None => Ok(u),
+                }
+            }
+        }
+    }
+
+    fn vjp(&self, nn: &Nn, x: &GpuTensor, semb: &GpuTensor, dy: &GpuTensor) -> Result<GpuTensor> {
+        let s = &x.shape;
+        match self {
+            GLayer::Conv(c) => c.vjp(nn, s[2], s[3], dy),
+            GLayer::Res(r) => r.vjp(nn, x, semb, dy),
+            GLayer::Attn(a) => a.vjp(nn, x, dy),
+            GLayer::Pool => nn.avg_pool2x_vjp([s[0], s[1], s[2], s[3]], dy),
+            GLayer::Up(c) => match c {
+                Some(c) => nn.upsample2x_vjp(&c.vjp(nn, 2 * s[2], 2 * s[3], dy)?),
+                None => nn.upsample2x_vjp(dy),
+            },
+        }
+    }
+}
+
+/// The ADM U-Net resident on the GPU.
+pub struct GpuUNet {
+    nn: Nn,
+    config: UNetConfig,
+    freqs: CudaSlice<f32>,
+    time_in: GpuLinear,
+    time_out: GpuLinear,
+    input_blocks: Vec<Vec<GLayer>>,
+    middle: Vec<GLayer>,
+    output_blocks: Vec<Vec<GLayer>>,
+    skip_channels: Vec<usize>,
+    out_norm: GpuGroupNorm,
+    out_conv: GpuConv2d,
+}
+
+type Tape = Vec<Arc<GpuTensor>>;
+
+impl GpuUNet {
+    /// Uploads every parameter of `net` to `gpu` (about 375 MB for FFHQ-256).
+    pub fn from_cpu(gpu: Arc<Gpu>, net: &UNet) -> Result<GpuUNet> {
+        let nn = Nn::new(gpu)?;
+        let g = nn.gpu().clone();
+        let up_block = |b: &[Layer]| -> Result<Vec<GLayer>> {
+            b.iter().map(|l| GLayer::from_cpu(&g, l)).collect()
+        };
+        let (ti, to) = net.time_layers();
+        let (inp, mid, out, skips) = net.blocks();
+        let (on, oc) = net.out_layers();
+        let cfg = net.config();
+        let freqs = g.upload(&crate::nn::embed::timestep_frequencies(
+            cfg.model_channels,
+            10000.0,
+        ))?;
+        Ok(GpuUNet {
+            freqs,
+            time_in: GpuLinear::from_cpu(&g, ti)?,
+            time_out: GpuLinear::from_cpu(&g, to)?,
+            input_blocks: inp.iter().map(|b| up_block(b)).collect::<Result<_>>()?,
+            middle: up_block(mid)?,
+            output_blocks: out.iter().map(|b| up_block(b)).collect::<Result<_>>()?,
+            skip_channels: skips.to_vec(),
+            out_norm: GpuGroupNorm::from_cpu(&g, on)?,
+            out_conv: GpuConv2d::from_cpu(&g, oc)?,
+            config: cfg.clone(),
+            nn,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        self.nn.gpu()
+    }
+
+    /// `silu(time_embed(timestep_embedding(t)))`, `(N, 4 model_channels)`: the SiLU every
+    /// residual block applies to the embedding first, computed once.
+    fn silu_emb(&self, t: &[f32]) -> Result<GpuTensor> {
+        let mc = self.config().model_channels;
+        let temb = self.nn.timestep_embedding_with_freqs(t, &self.freqs, mc)?;
+        let h = self.nn.silu(&self.time_in.forward(&self.nn, &temb)?)?;
+        let emb = self.time_out.forward(&self.nn, &h)?;
+        self.nn.silu(&emb)
+    }
+
+    fn run(
+        &self,
+        x: &GpuTensor,
+        t: &[f32],
+        mut tape: Option<&mut Tape>,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        self.config.check_input_shape(&x.shape, t)?;
+        let nn = &self.nn;
+        let semb = self.silu_emb(t)?;
+        let apply = |layers: &[GLayer],
+                     mut h: Arc<GpuTensor>,
+                     tape: &mut Option<&mut Tape>|
+         -> Result<Arc<GpuTensor>> {
+            for layer in layers {
+                let next = Arc::new(layer.forward(nn, &h, &semb)?);
+                if let Some(tp) = tape.as_deref_mut() {
+                    tp.push(h);
+                }
+                h = next;
+            }
+            Ok(h)
+        };
+        let mut h = Arc::new(x.try_clone(nn.gpu())?);
+        let mut skips: Vec<Arc<GpuTensor>> = Vec::with_capacity(self.input_blocks.len());
+        for block in &self.input_blocks {
+            h = apply(block, h, &mut tape)?;
+            skips.push(h.clone());
+        }
+        h = apply(&self.middle, h, &mut tape)?;
+        for block in &self.output_blocks {
+            let skip = skips
+                .pop()
+                .ok_or_else(|| Error::Invalid("gpu unet: skip bookkeeping".into()))?;
+            let cat = Arc::new(nn.concat_channels(&h, &skip)?);
+            drop((h, skip));
+            h = apply(block, cat, &mut tape)?;
+        }
+        let a = self.out_norm.forward_fused(nn, &h, None, true)?;
+        if let Some(tp) = tape {
+            tp.push(h);
+        }
+        Ok((self.out_conv.forward(nn, &a)?, semb))
+    }
+
+    /// Forward on device data: `x` `(N, in_channels, H, W)`, one timestep per sample.
+    pub fn forward(&self, x: &GpuTensor, t: &[f32]) -> Result<GpuTensor> {
+        self.run(x, t, None).map(|(y, _)| y)
+    }
+
+    /// Forward keeping the tape for one input VJP.
+    pub fn forward_tape(&self, x: &GpuTensor, t: &[f32]) -> Result<(GpuTensor, GpuUNetTape<'_>)> {
+        let mut inputs = Vec::new();
+        let (out, semb) = self.run(x, t, Some(&mut inputs))?;
+        let out_shape = out.shape.clone();
+        Ok((
+            out,
+            GpuUNetTape {
+                net: self,
+                semb,
+                inputs,
+                out_shape,
+            },
+        ))
+    }
+
+    /// Forward and the input VJP `(d out / d x)^T v`.
+    pub fn forward_vjp(
+        &self,
+        x: &GpuTensor,
+        t: &[f32],
+        v: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let (out, tape) = self.forward_tape(x, t)?;
+        let g = tape.backward(v)?;
+        Ok((out, g))
+    }
+
+    /// Host convenience: uploads `x`, runs [`GpuUNet::forward`], downloads the output.
+    pub fn forward_host(&self, x: ArrayView4<f32>, t: &[f32]) -> Result<Array4<f32>> {
+        let xd = GpuTensor::from_host(self.gpu(), x.into_dyn())?;
+        to4(self.forward(&xd, t)?.to_host(self.gpu())?)
+    }
+
+    /// Host convenience: forward and VJP with host arrays.
+    pub fn forward_vjp_host(
+        &self,
+        x: ArrayView4<f32>,
+        t: &[f32],
+        v: ArrayView4<f32>,
+    ) -> Result<(Array4<f32>, Array4<f32>)> {
+        let g = self.gpu();
+        let xd = GpuTensor::from_host(g, x.into_dyn())?;
+        let vd = GpuTensor::from_host(g, v.into_dyn())?;
+        let (o, d) = self.forward_vjp(&xd, t, &vd)?;
+        Ok((to4(o.to_host(g)?)?, to4(d.to_host(g)?)?))
+    }
+}
+
+fn to4(a: ndarray::ArrayD<f32>) -> Result<Array4<f32>> {
+    a.into_dimensionality::<Ix4>()
+        .map_err(|e| Error::Invalid(format!("gpu unet: {e}")))
+}
+
+/// The recorded layer inputs of one forward pass; consumed by [`GpuUNetTape::backward`].
+pub struct GpuUNetTape<'a> {
+    net: &'a GpuUNet,
+    semb: GpuTensor,
+    inputs: Tape,
+    out_shape: Vec<usize>,
+}
+
+impl GpuUNetTape<'_> {
+    /// The input VJP for the cotangent `v` (the output's shape); frees the tape as it goes.
+    pub fn backward(mut self, v: &GpuTensor) -> Result<GpuTensor> {
+        crate::nn::same_shape("unet", "cotangent", &self.out_shape, &v.shape)?;
+        let net = self.net;
+        let nn = &net.nn;
+        let semb = &self.semb;
+        let tape = &mut self.inputs;
+        let mut pop = || {
+            tape.pop()
+                .ok_or_else(|| Error::Invalid("gpu unet: tape underflow".into()))
+        };
+        let h = pop()?;
+        let (hh, ww) = (h.shape[2], h.shape[3]);
+        let a = net.out_norm.forward(nn, &h)?;
+        let g = net.out_conv.vjp(nn, hh, ww, v)?;
+        let g = nn.silu_vjp(&a, &g)?;
+        drop(a);
+        let mut g = net.out_norm.vjp(nn, &h, &g)?;
+        drop(h);
+        let back = |layers: &[GLayer],
+                    mut g: GpuTensor,
+                    pop: &mut dyn FnMut() -> Result<Arc<GpuTensor>>|
+         -> Result<GpuTensor> {
+            for layer in layers.iter().rev() {
+                let input = pop()?;
+                g = layer.vjp(nn, &input, semb, &g)?;
+            }
+            Ok(g)
+        };
+        let n_in = net.input_blocks.len();
+        let mut skip_grads: Vec<Option<GpuTensor>> = (0..n_in).map(|_| None).collect();
+        for (j, block) in net.output_blocks.iter().enumerate().rev() {
+            g = back(block, g, &mut pop)?;
+            let i = n_in - 1 - j;
+            let split = g.shape[1] - net.skip_channels[i];
+            let (gh, gs) = nn.split_channels(&g, split)?;
+            skip_grads[i] = Some(gs);
+            g = gh;
+        }
+        g = back(&net.middle, g, &mut pop)?;
+        for (i, block) in net.input_blocks.iter().enumerate().rev() {
+            if let Some(sg) = skip_grads[i].take() {
+                nn.add_assign(&mut g, &sg)?;
+            }
+            g = back(block, g, &mut pop)?;
+        }
+        Ok(g)
+    }
+}
+
+/// Deterministic synthetic weights, notebooks/make_golden.py's hash weights (FNV-1a of the
+/// key, splitmix64 of hash ^ index, uniform in [-1, 1) scaled by `sqrt(3 / fan_in)` for
+/// weights of rank >= 2, `0.1 sqrt(3)` otherwise, norm weights around 1): the FFHQ-256
+/// fixtures' and the GPU benchmarks' weights, reproducible in PyTorch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HashWeights;
+
+/// FNV-1a 64 of a key.
+fn fnv1a64(key: &str) -> u64 {
+    key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+/// `n` values uniform in [-1, 1) from a key (make_golden.py's `hash_unit`).
+pub fn hash_unit(key: &str, n: usize) -> Vec<f32> {
+    let h = fnv1a64(key);
+    (0..n)
+        .map(|i| ((splitmix64(h ^ i as u64) >> 40) as f64 / 8388608.0 - 1.0) as f32)
+        .collect()
+}
+
+impl ParamSource for HashWeights {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        let u = hash_unit(key, n);
+        let c = if shape.len() >= 2 {
+            (3.0f64 / (n / shape[0].max(1)).max(1) as f64).sqrt() as f32
+        } else {
+            (0.1 * 3.0f64.sqrt()) as f32
+        };
+        let one = if shape.len() == 1 && key.ends_with("weight") {
+            1.0
+        } else {
+            0.0
+        };
+        Ok(u.into_iter().map(|v| one + v * c).collect())
+    }
+}
