@@ -6,7 +6,7 @@
 //!   ([`resample_systematic`], [`gather_rows`]). Kernels in `kernels/sampler.cu`.
 //! - [`DeviceDenoiser`]: a denoiser whose inputs and outputs stay on the device.
 //!   [`HostDenoiser`] adapts any CPU [`Denoiser`] (a copy each way per call: for tests and as a
-//!   fallback).
+//!   fallback); [`GpuNetwork`] is the ADM U-Net on the device, fully resident.
 //! - [`dds`] and [`dps`]: the loops of [`crate::sample::Dds`] and [`crate::sample::Dps`] with
 //!   the iterate, the network, the operator ([`DeviceOperator`]) and every piece of sampler
 //!   state (DDS's conjugate gradients included, whose scalars and stopping tests run on the
@@ -27,8 +27,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::context::cuda_err;
 use super::ops::{grid, launched, DeviceOperator};
+use super::unet::GpuUNet;
 use super::{Gpu, GpuTensor, KernelSource};
-use crate::prior::{Denoiser, Knot, PriorInfo, Schedule};
+use crate::prior::{Denoiser, Knot, NetworkPrior, PriorInfo, Schedule};
 use crate::sample::{AncestralKernel, DdimStep, DdsSettings, DpsSettings, DpsUpdate, Outcome};
 use crate::{Error, Result};
 
@@ -380,6 +381,174 @@ impl DeviceDenoiser for HostDenoiser<'_> {
             GpuTensor::from_host(&self.gpu, x0.view())?,
             Box::new(pullback),
         ))
+    }
+}
+
+/// The ADM U-Net on the device as a denoiser, fully resident: the device twin of
+/// [`NetworkPrior`]'s Tweedie estimate (`x0 = (x - s(t) eps) / a(t)`, eps the first `C`
+/// output channels, the network fed guided-diffusion's step `t T - 1` clamped to
+/// `[0, T - 1]`) and of its pullback (`v^T dx0/dx = v / a + J_eps^T (-(s / a) v)`, through
+/// the network's tape).
+pub struct GpuNetwork {
+    net: GpuUNet,
+    info: PriorInfo,
+    schedule: Schedule,
+    /// `T`, the diffusion steps the network was trained with.
+    diffusion_steps: usize,
+}
+
+impl GpuNetwork {
+    /// Uploads a CPU [`NetworkPrior`]'s network.
+    pub fn from_prior(gpu: &Arc<Gpu>, prior: &NetworkPrior) -> Result<GpuNetwork> {
+        let net = GpuUNet::from_cpu(gpu.clone(), prior.unet())?;
+        Self::new(
+            net,
+            prior.info().clone(),
+            prior.schedule().clone(),
+            prior.card().schedule.diffusion_steps,
+        )
+    }
+
+    /// A device network with its prior's metadata and path (`diffusion_steps = T`). The
+    /// sample shape must be `(C, H, W)` with `C` at most the network's output channels.
+    pub fn new(
+        net: GpuUNet,
+        info: PriorInfo,
+        schedule: Schedule,
+        diffusion_steps: usize,
+    ) -> Result<GpuNetwork> {
+        let out = net.config().out_channels;
+        match info.channels() {
+            Some(c) if c <= out && diffusion_steps > 0 => Ok(GpuNetwork {
+                net,
+                info,
+                schedule,
+                diffusion_steps,
+            }),
+            _ => Err(Error::Invalid(format!(
+                "gpu network: the prior's samples {:?} need an image shape (C, H, W) with C <= {out} output channels and T >= 1 (got T = {diffusion_steps})",
+                info.sample_shape
+            ))),
+        }
+    }
+
+    /// The device U-Net.
+    pub fn net(&self) -> &GpuUNet {
+        &self.net
+    }
+
+    /// The network input for time `t` and Tweedie's coefficients, as the CPU prior computes
+    /// them (from `t` rounded to f32, the precision the CPU samplers pass times in).
+    fn prepare(&self, x: &GpuTensor, t: f64) -> Result<(Vec<f32>, f32, f32)> {
+        let want = self
+            .info
+            .batch_shape(x.shape().first().copied().unwrap_or(0));
+        if x.shape() != want.as_slice() || want[0] == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: a batch has shape {:?}, expected (N >= 1, {:?})",
+                self.info.name,
+                x.shape(),
+                self.info.sample_shape
+            )));
+        }
+        let tf = t as f32;
+        let big_t = self.diffusion_steps as f32;
+        let step = (tf * big_t - 1.0).clamp(0.0, big_t - 1.0);
+        let (a, s) = self.schedule.coeffs(tf as f64);
+        Ok((vec![step; want[0]], a as f32, s as f32))
+    }
+
+    /// `x0 = (x - s eps) / a` from the network output.
+    fn tweedie(&self, x: &GpuTensor, out: &GpuTensor, a: f32, s: f32) -> Result<GpuTensor> {
+        let gpu = self.net.gpu();
+        let (n, c) = (x.shape()[0], self.info.sample_shape[0]);
+        let hw = (self.info.dim() / c) as i64;
+        let oc = out.shape().get(1).copied().unwrap_or(0);
+        let mut x0 = GpuTensor::uninit(gpu, x.shape())?;
+        let total = x.len();
+        let f = kernel(gpu, "tweedie")?;
+        let (bn, ci, oci) = (n as i32, c as i32, oc as i32);
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(&x.data)
+            .arg(&out.data)
+            .arg(&mut x0.data)
+            .arg(&bn)
+            .arg(&ci)
+            .arg(&oci)
+            .arg(&hw)
+            .arg(&a)
+            .arg(&s);
+        // SAFETY: x and x0 hold (N, C, HW), the network output (N, out_channels, HW) with
+        // out_channels >= C (checked in `new`).
+        launched("tweedie", unsafe { l.launch(grid(total)) }.map(drop))?;
+        Ok(x0)
+    }
+}
+
+impl DeviceDenoiser for GpuNetwork {
+    fn info(&self) -> &PriorInfo {
+        &self.info
+    }
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+    fn gpu(&self) -> &Arc<Gpu> {
+        self.net.gpu()
+    }
+    fn x0(&self, x: &GpuTensor, t: f64) -> Result<GpuTensor> {
+        let (steps, a, s) = self.prepare(x, t)?;
+        let out = self.net.forward(x, &steps)?;
+        self.tweedie(x, &out, a, s)
+    }
+    fn x0_pullback<'a>(&'a self, x: &GpuTensor, t: f64) -> Result<(GpuTensor, DevicePullback<'a>)> {
+        let (steps, a, s) = self.prepare(x, t)?;
+        let (out, tape) = self.net.forward_tape(x, &steps)?;
+        let x0 = self.tweedie(x, &out, a, s)?;
+        let out_shape = out.shape().to_vec();
+        drop(out);
+        let want = x.shape().to_vec();
+        let (c, oc) = (self.info.sample_shape[0], out_shape[1]);
+        let pullback = move |v: &GpuTensor| -> Result<GpuTensor> {
+            if v.shape() != want.as_slice() {
+                return Err(Error::Invalid(format!(
+                    "gpu network: the VJP vector has shape {:?}, expected {want:?}",
+                    v.shape()
+                )));
+            }
+            let gpu = self.net.gpu();
+            let n = want[0];
+            let hw = (v.len() / (n * c)) as i64;
+            let mut cot = GpuTensor::uninit(gpu, &out_shape)?;
+            let cot_len = cot.len();
+            let f = kernel(gpu, "tweedie_cotangent")?;
+            let (bn, ci, oci, soa) = (n as i32, c as i32, oc as i32, s / a);
+            let mut l = gpu.stream().launch_builder(&f);
+            l.arg(&v.data)
+                .arg(&mut cot.data)
+                .arg(&bn)
+                .arg(&ci)
+                .arg(&oci)
+                .arg(&hw)
+                .arg(&soa);
+            // SAFETY: v holds (N, C, HW), cot (N, out_channels, HW).
+            launched(
+                "tweedie_cotangent",
+                unsafe { l.launch(grid(cot_len)) }.map(drop),
+            )?;
+            let mut g = tape.backward(&cot)?;
+            drop(cot);
+            let f = kernel(gpu, "add_divided")?;
+            let n64 = g.len() as i64;
+            let mut l = gpu.stream().launch_builder(&f);
+            l.arg(&mut g.data).arg(&v.data).arg(&a).arg(&n64);
+            // SAFETY: g and v both hold the batch (N, C, H, W).
+            launched(
+                "add_divided",
+                unsafe { l.launch(grid(n64 as usize)) }.map(drop),
+            )?;
+            Ok(g)
+        };
+        Ok((x0, Box::new(pullback)))
     }
 }
 

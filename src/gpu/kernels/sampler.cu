@@ -53,8 +53,8 @@ extern "C" __global__ void tweedie_cotangent(const float* __restrict__ v, float*
 }
 
 // g += v / a (the direct term of the Tweedie VJP).
-extern "C" __global__ void add_scaled(float* g, const float* v, float inv_a, long long n) {
-    GRID_STRIDE(i, n) { g[i] += v[i] * inv_a; }
+extern "C" __global__ void add_divided(float* g, const float* v, float a, long long n) {
+    GRID_STRIDE(i, n) { g[i] += v[i] / a; }
 }
 
 // DPS's ancestral step with guidance: out = ((c_x0 x0 + c_x x) + sd z) - zeta g.
