@@ -530,3 +530,98 @@ fn device_problems_reject_bad_input() {
     let e = dev.apply_to(&x).err().unwrap().to_string();
     assert!(e.contains("expected (N, [1, 4, 4])"), "{e}");
 }
+
+/// The small ADM fixture (16x16x3, learned sigma, scale-shift norm, resblock up/down):
+/// under the source tree, or relative to the working directory (device runs).
+fn small_prior() -> posterior::prior::NetworkPrior {
+    let rel_dir = std::path::Path::new("tests/data/adm/sigma_ss_updown");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel_dir);
+    let dir = if dir.exists() {
+        dir
+    } else {
+        rel_dir.to_path_buf()
+    };
+    posterior::prior::NetworkPrior::open(dir.to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn gpu_network_denoiser_matches_the_cpu_prior() {
+    let Some(g) = gpu() else { return };
+    let prior = small_prior();
+    let den = sampler::GpuNetwork::from_prior(&g, &prior).unwrap();
+    let shape = prior.info().batch_shape(2);
+    let x = random_array(&shape, 21, "x");
+    let v = random_array(&shape, 22, "v");
+    let xd = GpuTensor::from_host(&g, x.view()).unwrap();
+    let vd = GpuTensor::from_host(&g, v.view()).unwrap();
+    use posterior::gpu::sampler::DeviceDenoiser;
+    for t in [0.05, 0.5, 0.95] {
+        let tt = [t as f32; 2];
+        let want = prior.x0(x.view(), &tt).unwrap();
+        let got = den.x0(&xd, t).unwrap().to_host(&g).unwrap();
+        let (want0, pb) = prior.x0_pullback(x.view(), &tt).unwrap();
+        let want_g = pb(v.view()).unwrap();
+        let (got0, dpb) = den.x0_pullback(&xd, t).unwrap();
+        let got_g = dpb(&vd).unwrap().to_host(&g).unwrap();
+        let (e0, e1, eg) = (
+            rel(got.view(), want.view()),
+            rel(got0.to_host(&g).unwrap().view(), want0.view()),
+            rel(got_g.view(), want_g.view()),
+        );
+        println!("gpu network t={t}: x0 {e0:.2e}, pullback x0 {e1:.2e}, vjp {eg:.2e}");
+        // The network's f32 forward on the device vs the CPU agrees to ~1e-5 of its largest
+        // output (GEMM and reduction orders differ); Tweedie divides by a(t) and
+        // multiplies by s(t), amplifying the eps error by s / a (about 3 at t = 0.5, 150
+        // at t = 0.95) relative to eps, while x0 itself grows by the same factor: 1e-4
+        // relative covers it. The VJP chains ~40 layers backwards: 1e-3.
+        assert!(e0 <= 1e-4 && e1 <= 1e-4, "t={t}: x0 {e0:.3e} / {e1:.3e}");
+        assert!(eg <= 1e-3, "t={t}: vjp {eg:.3e}");
+    }
+}
+
+#[test]
+fn device_loops_with_the_gpu_network_follow_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let prior = small_prior();
+    let den = sampler::GpuNetwork::from_prior(&g, &prior).unwrap();
+    let shape = prior.info().sample_shape.clone();
+    let mask = || Mask::new(&shape, random_pixels(16, 16, 0.6, 8).unwrap(), "r").unwrap();
+    let blur = || Blur::new(&shape, motion(5, 0.5, 3).unwrap(), "motion").unwrap();
+    // Network rounding (1e-5 relative per evaluation, see the test above) enters every
+    // step and is carried by the chain: over 3 steps the samples agree to 1e-3, over 10 to
+    // 2e-2 (the early, very noisy steps amplify eps errors by s / a ~ 150 in x0, damped by
+    // a' ~ 0.01 in the next iterate). A wrong coefficient or a skipped term moves the
+    // samples by O(1).
+    for (steps, tol) in [(3, 1e-3), (10, 2e-2)] {
+        let s = DdsSettings {
+            steps,
+            ..DdsSettings::default()
+        };
+        let y = measurement(&mask(), 5, 0.05);
+        let p = Problem::new(Operator::Linear(Box::new(mask())), y.clone(), 0.05).unwrap();
+        let mut cpu = Dds::new(Arc::new(p), s).unwrap();
+        let want = Executor::new(3).run(&mut cpu, &prior, 1).unwrap();
+        let dev = DeviceMask::new(&g, &mask()).unwrap();
+        let dp = DeviceProblem::new(&dev, y.view(), 0.05).unwrap();
+        let got = sampler::dds(&den, &dp, &s, 1, 3).unwrap();
+        let e = rel(got.outcome.samples.view(), want.samples.view());
+        println!("network dds {steps} steps: {e:.2e}");
+        assert!(e <= tol, "dds {steps}: {e:.3e} > {tol:.0e}");
+
+        let s = DpsSettings {
+            steps,
+            zeta: 0.3,
+            update: DpsUpdate::Ancestral,
+        };
+        let y = measurement(&blur(), 6, 0.05);
+        let p = Problem::new(Operator::Linear(Box::new(blur())), y.clone(), 0.05).unwrap();
+        let mut cpu = Dps::new(Arc::new(p), s).unwrap();
+        let want = Executor::new(4).run(&mut cpu, &prior, 1).unwrap();
+        let dev = DeviceBlur::new(&g, &blur()).unwrap();
+        let dp = DeviceProblem::new(&dev, y.view(), 0.05).unwrap();
+        let got = sampler::dps(&den, &dp, &s, 1, 4).unwrap();
+        let e = rel(got.samples.view(), want.samples.view());
+        println!("network dps {steps} steps: {e:.2e}");
+        assert!(e <= tol, "dps {steps}: {e:.3e} > {tol:.0e}");
+    }
+}
