@@ -669,3 +669,42 @@ fn ffhq256_hash_weights_match_pytorch_and_the_cpu() {
     }
     unet_parity("ffhq256 batch 1", &unet, 1, &[500.0], REDUCTION);
 }
+
+/// The network prior as a denoiser on the GPU (host round trip per call) agrees with the
+/// same prior on the CPU: Tweedie estimate and its VJP.
+#[test]
+fn network_denoiser_on_the_gpu_matches_the_cpu() {
+    use posterior::prior::{Denoiser, NetworkPrior};
+    let Some(g) = gpu() else { return };
+    let dir = fixture("sigma_ss_updown");
+    let cpu = NetworkPrior::open(dir.to_str().unwrap()).unwrap();
+    let mut dev = NetworkPrior::open(dir.to_str().unwrap()).unwrap();
+    dev.use_backend(&posterior::gpu::Backend::Cuda(g)).unwrap();
+    assert!(dev.gpu_unet().is_some());
+    let shape = [2usize, 3, 16, 16];
+    let x = rand_arr(IxDyn(&shape), 60);
+    let v = rand_arr(IxDyn(&shape), 61);
+    let t = [0.05f32, 0.7];
+    close(
+        "denoiser x0",
+        &dev.x0(x.view(), &t).unwrap(),
+        &cpu.x0(x.view(), &t).unwrap(),
+        REDUCTION,
+    );
+    let (x0g, vg) = dev.x0_vjp(x.view(), &t, v.view()).unwrap();
+    let (x0c, vc) = cpu.x0_vjp(x.view(), &t, v.view()).unwrap();
+    close("denoiser x0 (pullback)", &x0g, &x0c, REDUCTION);
+    close("denoiser x0 vjp", &vg, &vc, REDUCTION);
+    let bad = rand_arr(IxDyn(&[2, 3, 16, 15]), 62);
+    assert!(dev.x0(bad.view(), &t).is_err());
+}
+
+/// `--device cuda` resolves to the GPU here (this test only runs where one is present).
+#[test]
+fn device_choice_cuda_selects_the_gpu() {
+    let Some(_) = gpu() else { return };
+    let b = posterior::gpu::select(posterior::gpu::DeviceChoice::Cuda).unwrap();
+    assert!(b.gpu().is_some(), "{b:?}");
+    let b = posterior::gpu::select(posterior::gpu::DeviceChoice::Auto).unwrap();
+    assert!(b.gpu().is_some(), "{b:?}");
+}

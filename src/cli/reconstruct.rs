@@ -138,20 +138,14 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
             "--complex, --nonneg, --iters and --lambda apply to the classical methods, not to --sampler".into(),
         ));
     }
-    match a.device.as_str() {
-        "auto" | "cpu" => {}
-        "cuda" => {
-            return Err(Error::Invalid(
-                "--device cuda: this build has no GPU backend yet; use --device cpu (or auto)"
-                    .into(),
-            ))
-        }
-        other => {
-            return Err(Error::Invalid(format!(
-                "unknown device `{other}`: expected auto, cpu or cuda"
-            )))
-        }
-    }
+    // Resolved before any work: `cuda` without a usable GPU fails here with the reason;
+    // `auto` falls back to the CPU with a one-line notice.
+    let backend = crate::gpu::select(a.device.parse()?).map_err(|e| {
+        Error::Invalid(format!(
+            "--device {}: no GPU backend available: {e}",
+            a.device
+        ))
+    })?;
     if a.samples == 0 || a.samples > 256 {
         return Err(Error::Invalid(format!(
             "--samples must be between 1 and 256, got {}",
@@ -190,7 +184,8 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         .prior
         .clone()
         .unwrap_or_else(|| default_prior_for(family).to_string());
-    let prior = NetworkPrior::open(&prior_name)?;
+    let mut prior = NetworkPrior::open(&prior_name)?;
+    prior.use_backend(&backend)?;
     let prior_label = prior.info().name.clone();
     let prior_range = prior.info().range;
     let noise = parse_noise(&side.noise)?;

@@ -91,6 +91,17 @@ pub struct GpuUNet {
 
 type Tape = Vec<Arc<GpuTensor>>;
 
+impl std::fmt::Debug for GpuUNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuUNet({:?}, model_channels {})",
+            self.nn.gpu(),
+            self.config.model_channels
+        )
+    }
+}
+
 impl GpuUNet {
     /// Uploads every parameter of `net` to `gpu` (about 375 MB for FFHQ-256).
     pub fn from_cpu(gpu: Arc<Gpu>, net: &UNet) -> Result<GpuUNet> {
@@ -252,6 +263,10 @@ pub struct GpuUNetTape<'a> {
 }
 
 impl GpuUNetTape<'_> {
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        self.net.gpu()
+    }
+
     /// The input VJP for the cotangent `v` (the output's shape); frees the tape as it goes.
     pub fn backward(mut self, v: &GpuTensor) -> Result<GpuTensor> {
         crate::nn::same_shape("unet", "cotangent", &self.out_shape, &v.shape)?;

@@ -21,8 +21,16 @@ use serde::{Deserialize, Serialize};
 use super::denoiser::{check_batch, Denoiser, PriorInfo, Pullback};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
+use crate::gpu::unet::{GpuUNet, GpuUNetTape};
+use crate::gpu::{Backend, GpuTensor};
 use crate::nn::safetensors::{Dtype, SafeTensors};
-use crate::nn::unet::{ParamSource, UNet, UNetConfig};
+use crate::nn::unet::{ParamSource, UNet, UNetConfig, UNetTape};
+
+/// The activation tape of one forward pass, on the device that ran it.
+enum Tape<'a> {
+    Cpu(UNetTape<'a>),
+    Gpu(GpuUNetTape<'a>),
+}
 
 /// The calibration table's file name inside a prior directory (`posterior calibrate`).
 pub const CALIBRATION_FILE: &str = "calibration.json";
@@ -309,10 +317,15 @@ pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
 }
 
 /// A guided-diffusion network seen as a [`Denoiser`] on its VP path.
+///
+/// On the CPU by default; [`NetworkPrior::use_backend`] with a CUDA backend uploads the
+/// network, after which every evaluation runs on the GPU (inputs and outputs still cross
+/// the host once per call).
 #[derive(Debug)]
 pub struct NetworkPrior {
     dir: Option<PathBuf>,
     unet: UNet,
+    device: Option<Box<GpuUNet>>,
     card: ModelCard,
     schedule: Schedule,
     info: PriorInfo,
@@ -380,6 +393,7 @@ impl NetworkPrior {
         Ok(NetworkPrior {
             dir: None,
             unet,
+            device: None,
             card,
             schedule,
             info,
@@ -393,6 +407,29 @@ impl NetworkPrior {
         &self.unet
     }
 
+    /// Runs the network on `backend` from now on: CUDA uploads the weights to the GPU, CPU
+    /// drops any device copy.
+    pub fn use_backend(&mut self, backend: &Backend) -> Result<()> {
+        self.device = match backend {
+            Backend::Cpu => None,
+            Backend::Cuda(gpu) => Some(Box::new(GpuUNet::from_cpu(gpu.clone(), &self.unet)?)),
+        };
+        Ok(())
+    }
+
+    /// The device copy of the network, when the prior runs on a GPU.
+    pub fn gpu_unet(&self) -> Option<&GpuUNet> {
+        self.device.as_deref()
+    }
+
+    /// `model(x, steps)` on whichever device the prior runs on.
+    fn forward(&self, x: ArrayView4<f32>, steps: &[f32]) -> Result<ndarray::Array4<f32>> {
+        match &self.device {
+            Some(d) => d.forward_host(x, steps),
+            None => self.unet.forward(x, steps),
+        }
+    }
+
     /// The network's step input for time `t`: `t T - 1` clamped to `[0, T - 1]`.
     pub fn step_for_time(&self, t: f32) -> f32 {
         let n = self.card.schedule.diffusion_steps as f32;
@@ -402,7 +439,7 @@ impl NetworkPrior {
     /// The network's own output `model(x, steps)` (eps, then the variance channels of a
     /// learned-sigma model) at guided-diffusion step indices.
     pub fn raw(&self, x: ArrayView4<f32>, steps: &[f32]) -> Result<ndarray::Array4<f32>> {
-        self.unet.forward(x, steps)
+        self.forward(x, steps)
     }
 
     fn prepare<'a>(&self, x_t: &ArrayViewD<'a, f32>, t: &[f32]) -> Result<Prepared<'a>> {
@@ -451,7 +488,7 @@ impl Denoiser for NetworkPrior {
     }
     fn x0(&self, x_t: ArrayViewD<f32>, t: &[f32]) -> Result<ArrayD<f32>> {
         let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
-        let out = self.unet.forward(x4.view(), &steps)?;
+        let out = self.forward(x4.view(), &steps)?;
         Ok(self.tweedie(x4, &out, &coeffs))
     }
     fn x0_vjp(
@@ -470,7 +507,22 @@ impl Denoiser for NetworkPrior {
     ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
         let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
         let c = self.card.channels;
-        let (out, tape) = self.unet.forward_tape(x4.view(), &steps)?;
+        let (out, tape) = match &self.device {
+            None => {
+                let (out, tape) = self.unet.forward_tape(x4.view(), &steps)?;
+                (out, Tape::Cpu(tape))
+            }
+            Some(d) => {
+                let g = d.gpu();
+                let xd = GpuTensor::from_host(g, x4.into_dyn())?;
+                let (out, tape) = d.forward_tape(&xd, &steps)?;
+                let out = out
+                    .to_host(g)?
+                    .into_dimensionality::<Ix4>()
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", self.info.name)))?;
+                (out, Tape::Gpu(tape))
+            }
+        };
         let x0 = self.tweedie(x4, &out, &coeffs);
         let out_channels = self.card.architecture.out_channels;
         let name = self.info.name.clone();
@@ -489,7 +541,17 @@ impl Denoiser for NetworkPrior {
                 cot.slice_mut(s![i, ..c, .., ..])
                     .zip_mut_with(&v.index_axis(Axis(0), i), |o, &u| *o = -(s / a) * u);
             }
-            let mut g = tape.backward(cot.view())?;
+            let mut g = match tape {
+                Tape::Cpu(tape) => tape.backward(cot.view())?,
+                Tape::Gpu(tape) => {
+                    let dev = tape.gpu().clone();
+                    let cd = GpuTensor::from_host(&dev, cot.view().into_dyn())?;
+                    tape.backward(&cd)?
+                        .to_host(&dev)?
+                        .into_dimensionality::<Ix4>()
+                        .map_err(|e| Error::Invalid(format!("{name}: {e}")))?
+                }
+            };
             for (i, &(a, _)) in coeffs.iter().enumerate() {
                 g.index_axis_mut(Axis(0), i)
                     .zip_mut_with(&v.index_axis(Axis(0), i), |gi, &u| *gi += u / a);
