@@ -4,6 +4,7 @@
 //! [`operators`]); this crate adds file I/O, operator specs, classical reconstruction,
 //! metrics and the command-line interface.
 
+pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod figure;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Result;
 
+mod bench;
 mod calibrate;
 mod degrade;
 mod demo;
@@ -53,10 +54,51 @@ pub enum Command {
     /// regulariser table (put it in the prior's directory as calibration.json).
     Calibrate(CalibrateArgs),
     /// List the priors reachable by name (shipped under priors/ or in $POSTERIOR_PRIORS).
+    /// Run a benchmark suite (problems/*.toml): every image, task and method, with a table
+    /// (results.md), one JSON line per result (results.jsonl) and image grids; a rerun
+    /// resumes. `bench merge DIR... --out DIR` joins shards.
+    Bench(BenchArgs),
     Priors {
         /// Print a JSON list of objects (name, domain, resolution, channels, range, ...).
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    /// The suite file (TOML; see problems/README.md).
+    pub suite: Option<PathBuf>,
+    /// Only these methods (comma-separated names from the suite).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// Only the first N images (volumes in volume mode).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only shard K of N (1-based): the images whose position is K-1 modulo N.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Output directory (created; an existing one of the same suite is resumed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only load and check the suite (data, methods, operators, prior); run nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Merge the output directories of shards of one suite into one.
+    Merge {
+        /// The shards' output directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where to write the merged results.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -262,5 +304,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Denoise(a) => denoise::run(&a),
         Command::Priors { json } => priors::run(json),
         Command::Calibrate(a) => calibrate::run(&a),
+        Command::Bench(a) => bench::run(&a),
     }
 }
