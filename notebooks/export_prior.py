@@ -113,6 +113,7 @@ DOMAINS = {
     "fmnist-32": "Fashion-MNIST garments (grayscale objects)",
     "brain-64": "brain MRI, T1 magnitude slices",
     "ct-ellipses-64": "CT attenuation, random-ellipse phantoms",
+    "ct-ellipses-128": "CT attenuation, random-ellipse phantoms",
 }
 
 
@@ -157,6 +158,8 @@ def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=6
             "hardware": hardware_info or st.get("hardware"),
             "final_loss": (sum(recent) / len(recent)) if recent else None,
             "final_loss_rule": "mean eps-MSE of the last 500 training steps (online weights)",
+            # a run started from earlier weights (train.py --init-from): what those had been through
+            "initialised_from": st.get("init_from"),
         },
         "diffusion_flags": {k: v for k, v in cc.PASSTHROUGH_DEFAULTS.items()},
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

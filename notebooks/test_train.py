@@ -293,3 +293,30 @@ def test_export_cli_bad_input(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     r = run_py("export_prior.py", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_from_an_exported_prior(tmp_path):
+    """--init-from starts from exported weights (not a random init), and the new card counts
+    the earlier steps under training.initialised_from; a file of another shape is refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    toy_dataset(tmp_path / "d")
+    first = str(tmp_path / "first")
+    assert train.main(["--data", str(tmp_path / "d"), "--out", first, *TINY, "--steps", "3", "--sanity-n", "4"]) == 0
+    second = str(tmp_path / "second")
+    a = train.parse_args(["--data", str(tmp_path / "d"), "--out", second, *TINY, "--steps", "2", "--sanity-n", "4",
+                          "--init-from", first])
+    tr = train.Trainer(a)
+    sd = load_file(os.path.join(first, "model.safetensors"))
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, sd[k].to(v.dtype)), k
+    assert train.main(["--data", str(tmp_path / "d"), "--out", second, *TINY, "--steps", "2", "--sanity-n", "4",
+                       "--init-from", first]) == 0
+    card = json.load(open(os.path.join(second, "model.json")))
+    assert card["training"]["steps"] == 2
+    assert card["training"]["initialised_from"]["steps"] == 3
+    other = [x if x != "32" else "64" for x in TINY]  # --num_channels 64: shapes differ
+    r = run_py("train.py", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "third"), *other,
+               "--steps", "1", "--init-from", first)
+    assert r.returncode == 1 and "does not fit this configuration" in r.stderr, r.stderr

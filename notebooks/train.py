@@ -220,6 +220,7 @@ class Trainer:
         self.T = len(betas)
         abar = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
         self.model.to(self.dev)
+        self.init_info = None
         if a.init_from:
             self.init_weights(a.init_from)
         self.sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32, device=self.dev)
@@ -255,6 +256,18 @@ class Trainer:
             raise TrainError(f"--init-from {path!r} does not fit this configuration: missing {missing[:5]}, "
                              f"unexpected {extra[:5]}, shape mismatches {bad[:5]}")
         self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in st.items()})
+        # What the starting weights had already been through (their card, when beside them).
+        self.init_info = {"path": path}
+        card = os.path.join(os.path.dirname(path), "model.json")
+        if os.path.isfile(card):
+            with open(card) as f:
+                tr = json.load(f).get("training") or {}
+            prev = tr.get("initialised_from") or {}
+            self.init_info.update(
+                steps=int(tr.get("steps", 0)) + int(prev.get("steps", 0)),
+                samples_seen=int(tr.get("samples_seen", 0)) + int(prev.get("samples_seen", 0)),
+                train_seconds=float(tr.get("train_seconds", 0.0)) + float(prev.get("train_seconds", 0.0)),
+            )
 
     # ---- checkpoints
     def state(self):
@@ -271,6 +284,7 @@ class Trainer:
             "config": self.config,
             "data": {"dir": os.path.abspath(self.a.data), "name": self.manifest.get("name")},
             "hardware": hardware(self.a.threads, self.a.device),
+            "init_from": self.init_info,
         }
 
     def save(self):
@@ -304,6 +318,7 @@ class Trainer:
         self.step = int(st["step"])
         self.seconds = float(st["seconds"])
         self.recent = collections.deque(st["recent_losses"], maxlen=1000)
+        self.init_info = st.get("init_from")
 
     # ---- one step
     def lr_at(self, step):
@@ -435,7 +450,7 @@ def run(a) -> int:
 
         card = export_prior.export(
             tr.ckpt_path, a.out, data_dir=a.data, name=a.name or a.preset or os.path.basename(os.path.normpath(a.out)),
-            sanity_n=a.sanity_n, threads=a.threads, hardware_info=hardware(a.threads),
+            sanity_n=a.sanity_n, threads=a.threads, hardware_info=hardware(a.threads, a.device),
         )
         print(export_prior.summary(card, a.out), flush=True)
     return 0
