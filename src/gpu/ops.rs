@@ -446,7 +446,7 @@ impl Plans {
             FftDirection::Inverse
         } else {
             FftDirection::Forward
-        } as std::ffi::c_int;
+        };
         let (ptr, _sync) = buf.device_ptr_mut(self.gpu.stream());
         // SAFETY: the plan transforms `batch` contiguous h x w complex images, which `buf`
         // holds (checked above); in-place C2C is supported by cuFFT; the plan runs on the
@@ -456,7 +456,7 @@ impl Plans {
                 plan.handle(),
                 ptr as *mut fft_sys::cufftComplex,
                 ptr as *mut fft_sys::cufftComplex,
-                dir,
+                dir as std::ffi::c_int,
             )
         }
         .map_err(cuda_err("cuFFT exec"))
