@@ -84,6 +84,14 @@ impl Record {
 /// The records of a `results.jsonl`, and the byte length of its complete lines (shorter
 /// than the file when a crash left a partial last line).
 pub fn read_records(path: &Path) -> Result<(Vec<Record>, u64)> {
+    let (lines, valid) = read_lines(path)?;
+    Ok((lines.into_iter().map(|(r, _)| r).collect(), valid))
+}
+
+/// Like [`read_records`], with each record's line as written: merging copies lines
+/// verbatim, so no value goes through a second float parse-and-print (serde_json's default
+/// float parser can be one ulp off, and merged results must equal the shards' exactly).
+pub fn read_lines(path: &Path) -> Result<(Vec<(Record, String)>, u64)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
@@ -100,10 +108,13 @@ pub fn read_records(path: &Path) -> Result<(Vec<Record>, u64)> {
         let r: Record = serde_json::from_str(line).map_err(|e| {
             Error::file(
                 path,
-                format!("line {} is not a result record ({e}); the file is corrupt: move it away and rerun", k + 1),
+                format!(
+                    "line {} is not a result record ({e}); the file is corrupt: move it away and rerun",
+                    k + 1
+                ),
             )
         })?;
-        out.push(r);
+        out.push((r, line.to_string()));
     }
     Ok((out, complete as u64))
 }
@@ -146,11 +157,11 @@ impl Appender {
     }
 }
 
-/// Writes records as `results.jsonl` (whole file, atomically).
-pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
+/// Writes lines (as read by [`read_lines`]) as a `results.jsonl`, atomically.
+pub fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
     let mut text = String::new();
-    for r in records {
-        text.push_str(&serde_json::to_string(r).map_err(|e| Error::file(path, e))?);
+    for l in lines {
+        text.push_str(l);
         text.push('\n');
     }
     crate::io::write_atomic(path, |tmp| {
@@ -247,15 +258,15 @@ pub fn quality_section(summary: &str) -> &str {
     &summary[start..end.max(start)]
 }
 
-/// Merges records of several runs of the same suite: the union by item, sorted by item.
-/// An item recorded twice must agree in its quality fields (else the runs were not of the
-/// same suite and settings), and the first is kept.
-pub fn merge_records(runs: Vec<Vec<Record>>) -> Result<Vec<Record>> {
-    let mut all: BTreeMap<usize, Record> = BTreeMap::new();
+/// Merges the records (with their lines) of several runs of the same suite: the union by
+/// item, sorted by item. An item recorded twice must agree in its quality fields (else the
+/// runs were not of the same suite and settings), and the first is kept.
+pub fn merge_records(runs: Vec<Vec<(Record, String)>>) -> Result<Vec<(Record, String)>> {
+    let mut all: BTreeMap<usize, (Record, String)> = BTreeMap::new();
     for run in runs {
-        for r in run {
+        for (r, line) in run {
             match all.get(&r.item) {
-                Some(prev) if prev.quality() != r.quality() => {
+                Some((prev, _)) if prev.quality() != r.quality() => {
                     return Err(Error::Invalid(format!(
                         "item {} ({} / {} / {} / seed {}) was run twice with different results: the runs did not use the same suite and settings",
                         r.item, r.image, r.task, r.method, r.seed
@@ -263,7 +274,7 @@ pub fn merge_records(runs: Vec<Vec<Record>>) -> Result<Vec<Record>> {
                 }
                 Some(_) => {}
                 None => {
-                    all.insert(r.item, r);
+                    all.insert(r.item, (r, line));
                 }
             }
         }
@@ -322,12 +333,28 @@ mod tests {
 
     #[test]
     fn merge_sorts_by_item_and_rejects_conflicts() {
-        let m = merge_records(vec![vec![rec(2, 1.0), rec(0, 1.0)], vec![rec(1, 1.0)]]).unwrap();
-        assert_eq!(m.iter().map(|r| r.item).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let l = |r: Record| {
+            let line = serde_json::to_string(&r).unwrap();
+            (r, line)
+        };
+        let m = merge_records(vec![
+            vec![l(rec(2, 1.0)), l(rec(0, 1.0))],
+            vec![l(rec(1, 1.0))],
+        ])
+        .unwrap();
+        assert_eq!(
+            m.iter().map(|r| r.0.item).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         let mut other = rec(1, 1.0);
         other.seconds = 5.0; // cost fields may differ
-        assert!(merge_records(vec![vec![rec(1, 1.0)], vec![other]]).is_ok());
-        assert!(merge_records(vec![vec![rec(1, 1.0)], vec![rec(1, 2.0)]]).is_err());
+        assert!(merge_records(vec![vec![l(rec(1, 1.0))], vec![l(other)]]).is_ok());
+        assert!(merge_records(vec![vec![l(rec(1, 1.0))], vec![l(rec(1, 2.0))]]).is_err());
+        // Lines are kept verbatim: the digits written are the digits merged.
+        let text = r#"{"item":0,"suite":"s","image":"i","task":"t","method":"m","seed":0,"psnr":11.778427957339371,"ssim":0.5,"nrmse":0.1,"nfe":0,"vjps":0,"seconds":1.0,"peak_mib":null,"detail":"d"}"#;
+        let r: Record = serde_json::from_str(text).unwrap();
+        let m = merge_records(vec![vec![(r, text.to_string())]]).unwrap();
+        assert_eq!(m[0].1, text);
     }
 
     #[test]

@@ -892,12 +892,14 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
         } else {
             info = Some(i);
         }
-        runs.push(results::read_records(&d.join("results.jsonl"))?.0);
+        runs.push(results::read_lines(&d.join("results.jsonl"))?.0);
     }
     let info = info.ok_or_else(|| Error::Invalid("no runs".into()))?;
     let suite = SuiteFile::parse(&info.suite_text)
         .map_err(|e| Error::Invalid(format!("the recorded suite does not parse: {e}")))?;
-    let records = results::merge_records(runs)?;
+    let merged = results::merge_records(runs)?;
+    let lines: Vec<String> = merged.iter().map(|(_, l)| l.clone()).collect();
+    let records: Vec<Record> = merged.into_iter().map(|(r, _)| r).collect();
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     if let Some(prev) = read_run_info(out)? {
         if prev.suite_text != info.suite_text {
@@ -908,7 +910,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
         }
     }
     crate::io::write_json(&out.join("suite.json"), &info)?;
-    results::write_records(&out.join("results.jsonl"), &records)?;
+    results::write_lines(&out.join("results.jsonl"), &lines)?;
     for d in dirs {
         for sub in ["recon", "grids"] {
             copy_tree(&d.join(sub), &out.join(sub))?;
