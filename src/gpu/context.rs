@@ -258,6 +258,11 @@ impl Gpu {
         // SAFETY: every buffer of this context is used on `stream` only (module docs).
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        if ctx.has_async_alloc() {
+            // Keep freed blocks in the stream-ordered pool across synchronizations (the
+            // default returns them to the driver at every sync, and each NFE syncs).
+            set_pool_attr(&ctx, PoolAttr::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX)?;
+        }
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err("creating a cuBLAS handle"))?;
         let tf32 = std::env::var("POSTERIOR_TF32").is_ok_and(|v| v == "1" || v == "true");
         let mode = if tf32 {
@@ -399,6 +404,28 @@ impl Gpu {
             .map_err(cuda_err("reading memory info"))
     }
 
+    /// Bytes of the stream-ordered allocation pool in use now, and the most in use since
+    /// the last [`Gpu::reset_peak_memory`] (every buffer of this crate comes from that pool;
+    /// cuBLAS's own workspace does not). `(0, 0)` on devices without memory pools.
+    pub fn pool_memory(&self) -> Result<(u64, u64)> {
+        if !self.ctx.has_async_alloc() {
+            return Ok((0, 0));
+        }
+        Ok((
+            get_pool_attr(&self.ctx, PoolAttr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+            get_pool_attr(&self.ctx, PoolAttr::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+        ))
+    }
+
+    /// Restarts the pool's high-water mark at the current usage (synchronizes first).
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        self.synchronize()?;
+        if self.ctx.has_async_alloc() {
+            set_pool_attr(&self.ctx, PoolAttr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)?;
+        }
+        Ok(())
+    }
+
     /// Row-major single-precision GEMM: `C (m x n) = alpha op(A) op(B) + beta C`, where
     /// `op(A)` is `m x k` (A stored `m x k`, or `k x m` when `trans_a`), `op(B)` is `k x n`
     /// (B stored `k x n`, or `n x k` when `trans_b`), all densely packed row-major.
@@ -496,6 +523,53 @@ impl Gpu {
         };
         res.map_err(cuda_err("cuBLAS sgemm"))
     }
+}
+
+use cudarc::driver::sys::CUmemPool_attribute as PoolAttr;
+
+fn default_pool(ctx: &CudaContext) -> Result<cudarc::driver::sys::CUmemoryPool> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread()
+        .map_err(cuda_err("binding the context"))?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer and the device handle is live.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::Invalid(format!(
+            "CUDA: reading the default memory pool failed: {r:?}"
+        )));
+    }
+    Ok(pool)
+}
+
+fn get_pool_attr(ctx: &CudaContext, attr: PoolAttr) -> Result<u64> {
+    let pool = default_pool(ctx)?;
+    let mut v: u64 = 0;
+    // SAFETY: the usage attributes are cuuint64_t values; `v` is a valid out-pointer.
+    let r = unsafe {
+        cudarc::driver::sys::cuMemPoolGetAttribute(pool, attr, &mut v as *mut u64 as *mut _)
+    };
+    if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::Invalid(format!(
+            "CUDA: reading pool attribute {attr:?} failed: {r:?}"
+        )));
+    }
+    Ok(v)
+}
+
+fn set_pool_attr(ctx: &CudaContext, attr: PoolAttr, value: u64) -> Result<()> {
+    let pool = default_pool(ctx)?;
+    let mut v = value;
+    // SAFETY: the threshold and high-water attributes take a cuuint64_t.
+    let r = unsafe {
+        cudarc::driver::sys::cuMemPoolSetAttribute(pool, attr, &mut v as *mut u64 as *mut _)
+    };
+    if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::Invalid(format!(
+            "CUDA: setting pool attribute {attr:?} failed: {r:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// A 1-D launch over `n` threads in blocks of 256.
