@@ -101,17 +101,25 @@ pub fn run(json: bool) -> Result<()> {
         );
         return Ok(());
     }
+    // Column widths from the contents, so long names and domains keep the table aligned.
+    let name_w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
+    let domain_w = rows
+        .iter()
+        .map(|r| r.domain.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<16} {:<28} {:>9} {:>3} {:>14} {:>9}",
+        "{:<name_w$}  {:<domain_w$} {:>9} {:>3} {:>14} {:>9}",
         "name", "domain", "size", "ch", "range", "weights"
     );
     for r in rows {
         if let Some(p) = &r.problem {
-            println!("{:<16} unreadable: {p}", r.name);
+            println!("{:<name_w$}  unreadable: {p}", r.name);
             continue;
         }
         println!(
-            "{:<16} {:<28} {:>9} {:>3} {:>14} {:>9}",
+            "{:<name_w$}  {:<domain_w$} {:>9} {:>3} {:>14} {:>9}",
             r.name,
             r.domain,
             format!("{}x{}", r.resolution[0], r.resolution[1]),
