@@ -35,7 +35,7 @@ if [[ -z ${SKIP_TESTS:-} ]]; then
     timeout 150 "$b" --nocapture --test-threads=1 ${TEST_ARGS:-} > "$OUT/$name.log" 2>&1
     rc=$?
     grep -E "^test |rel err|skipped|panicked|result:|gpu forward|error" "$OUT/$name.log" | head -150
-    echo "| tests $name | rc $rc | $(grep -c '\.\.\. ok' "$OUT/$name.log") ok, $(grep -c 'FAILED\|\.\.\. FAILED' "$OUT/$name.log") failed | $(( $(date +%s) - t0 )) s |" >> "$summary"
+    echo "| tests $name | rc $rc | $(grep -E '^test result' "$OUT/$name.log" | tail -1) | $(( $(date +%s) - t0 )) s |" >> "$summary"
   done
 fi
 # Ours and the PyTorch peer first, then the other GPU benches (and their peers) if built.
