@@ -34,6 +34,22 @@ const THREADS: u32 = 256;
 /// batch 1).
 const GN_CHUNK: usize = 16384;
 
+/// A row launch (`ROW_LOOP` / `COL_LOOP` kernels): grid y over `rows` (looping past 65535),
+/// grid x and the block over the `cols` of a row (blocks as narrow as one warp for short
+/// rows).
+fn grid_rows(rows: usize, cols: usize) -> LaunchConfig {
+    let threads = (cols.div_ceil(32) * 32).clamp(32, THREADS as usize);
+    LaunchConfig {
+        grid_dim: (
+            cols.div_ceil(threads).clamp(1, 1 << 16) as u32,
+            rows.clamp(1, 65535) as u32,
+            1,
+        ),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// A grid-stride launch over `n` elements (at most 65536 blocks; the kernels loop).
 fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
@@ -174,18 +190,21 @@ impl Nn {
     /// `y[n, c, ..] += e[n, c]` (`e` is `(N, >= C)`, its first `C` columns used).
     pub fn add_channel(&self, y: &mut GpuTensor, e: &GpuTensor) -> Result<()> {
         let (c, hw, stride) = self.channel_args("add_channel", y, e)?;
-        let total = i64_(y.len());
-        launch!(self, add_channel, grid(y.len()); &mut y.data, &e.data, &stride, &c, &hw, &total)
+        let rows = y.len() / (hw.max(1) as usize);
+        let rows_ = i64_(rows);
+        launch!(self, add_channel, grid_rows(rows, hw as usize); &mut y.data, &e.data, &stride, &c, &hw, &rows_)
     }
 
     /// `y[n, c, ..] *= 1 + e[n, c]` (`e` is `(N, >= C)`, its first `C` columns used).
     pub fn mul_channel_plus1(&self, y: &mut GpuTensor, e: &GpuTensor) -> Result<()> {
         let (c, hw, stride) = self.channel_args("mul_channel_plus1", y, e)?;
-        let total = i64_(y.len());
-        launch!(self, mul_channel_plus1, grid(y.len()); &mut y.data, &e.data, &stride, &c, &hw, &total)
+        let rows = y.len() / (hw.max(1) as usize);
+        let rows_ = i64_(rows);
+        launch!(self, mul_channel_plus1, grid_rows(rows, hw as usize); &mut y.data, &e.data, &stride, &c, &hw, &rows_)
     }
 
-    fn channel_args(&self, what: &str, y: &GpuTensor, e: &GpuTensor) -> Result<(i64, i64, i64)> {
+    /// `(C, H W, e's row stride)` of a channel broadcast.
+    fn channel_args(&self, what: &str, y: &GpuTensor, e: &GpuTensor) -> Result<(i64, i32, i64)> {
         if y.shape.len() < 2
             || e.shape.len() != 2
             || e.shape[0] != y.shape[0]
@@ -197,7 +216,7 @@ impl Nn {
             )));
         }
         let hw: usize = y.shape[2..].iter().product();
-        Ok((i64_(y.shape[1]), i64_(hw), i64_(e.shape[1])))
+        Ok((i64_(y.shape[1]), i32_(what, hw)?, i64_(e.shape[1])))
     }
 
     /// Concatenates `(N, Ca, ...)` and `(N, Cb, ...)` along channels (`torch.cat(dim=1)`).
@@ -256,9 +275,15 @@ impl Nn {
             return Ok(());
         }
         let (dc, sc) = (i64_(dst.shape[1]), i64_(src.shape[1]));
-        let (doff, soff, cc, hw_, n_) = (i64_(dst_off), i64_(src_off), i64_(c), i64_(hw), i64_(n));
-        launch!(self, channel_copy, grid(n * c * hw);
-            &mut dst.data, &dc, &doff, &src.data, &sc, &soff, &cc, &hw_, &n_)
+        let (doff, soff, cc, hw_, rows) = (
+            i64_(dst_off),
+            i64_(src_off),
+            i64_(c),
+            i32_("channel copy", hw)?,
+            i64_(n * c),
+        );
+        launch!(self, channel_copy, grid_rows(n * c, hw);
+            &mut dst.data, &dc, &doff, &src.data, &sc, &soff, &cc, &hw_, &rows)
     }
 
     /// Nearest 2x upsampling of `(N, C, H, W)`.
@@ -267,7 +292,7 @@ impl Nn {
         let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
         let mut y = GpuTensor::uninit(&self.gpu, &[n, c, 2 * h, 2 * w])?;
         let (h_, w_, nc) = (i32_("upsample", h)?, i32_("upsample", w)?, i64_(n * c));
-        launch!(self, up2x, grid(y.len()); &mut y.data, &x.data, &h_, &w_, &nc)?;
+        launch!(self, up2x, grid_rows(n * c * 2 * h, 2 * w); &mut y.data, &x.data, &h_, &w_, &nc)?;
         Ok(y)
     }
 
@@ -285,7 +310,7 @@ impl Nn {
         let (h, w) = (h2 / 2, w2 / 2);
         let mut dx = GpuTensor::uninit(&self.gpu, &[n, c, h, w])?;
         let (h_, w_, nc) = (i32_("upsample", h)?, i32_("upsample", w)?, i64_(n * c));
-        launch!(self, up2x_bwd, grid(dx.len()); &mut dx.data, &dy.data, &h_, &w_, &nc)?;
+        launch!(self, up2x_bwd, grid_rows(n * c * h, w); &mut dx.data, &dy.data, &h_, &w_, &nc)?;
         Ok(dx)
     }
 
@@ -295,7 +320,7 @@ impl Nn {
         let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
         let mut y = GpuTensor::uninit(&self.gpu, &[n, c, h / 2, w / 2])?;
         let (h_, w_, nc) = (i32_("avg_pool", h)?, i32_("avg_pool", w)?, i64_(n * c));
-        launch!(self, pool2x, grid(y.len()); &mut y.data, &x.data, &h_, &w_, &nc)?;
+        launch!(self, pool2x, grid_rows(n * c * (h / 2), w / 2); &mut y.data, &x.data, &h_, &w_, &nc)?;
         Ok(y)
     }
 
@@ -310,7 +335,7 @@ impl Nn {
         )?;
         let mut dx = GpuTensor::uninit(&self.gpu, &in_shape)?;
         let (h_, w_, nc) = (i32_("avg_pool", h)?, i32_("avg_pool", w)?, i64_(n * c));
-        launch!(self, pool2x_bwd, grid(dx.len()); &mut dx.data, &dy.data, &h_, &w_, &nc)?;
+        launch!(self, pool2x_bwd, grid_rows(n * c * h, w); &mut dx.data, &dy.data, &h_, &w_, &nc)?;
         Ok(dx)
     }
 
@@ -524,8 +549,8 @@ impl GpuConv2d {
         if y.is_empty() {
             return Ok(y);
         }
-        let (c_, hw_, total) = (i64_(self.co), i64_(hwo), i64_(y.len()));
-        launch!(nn, fill_bias_nchw, grid(y.len()); &mut y.data, &self.b, &c_, &hw_, &total)?;
+        let (c_, hw_, rows) = (i64_(self.co), i32_("conv2d", hwo)?, i64_(n * self.co));
+        launch!(nn, fill_bias_nchw, grid_rows(n * self.co, hwo); &mut y.data, &self.b, &c_, &hw_, &rows)?;
         if self.pointwise() {
             return nn
                 .gpu
@@ -548,7 +573,7 @@ impl GpuConv2d {
             let m = chunk.min(n - start);
             let xs = x.data.slice(start * in_img..(start + m) * in_img);
             let m_ = i64_(m);
-            launch!(nn, im2col, grid(m * k * hwo);
+            launch!(nn, im2col, grid_rows(m * k, hwo);
                 &xs, &mut col, &g[0], &g[1], &g[2], &g[3], &g[4], &g[5], &g[6], &g[7], &g[8], &m_)?;
             let mut ys = y
                 .data
@@ -615,7 +640,7 @@ impl GpuConv2d {
             )?;
             let mut dxs = dx.data.slice_mut(start * in_img..(start + m) * in_img);
             let m_ = i64_(m);
-            launch!(nn, col2im, grid(m * in_img);
+            launch!(nn, col2im, grid_rows(m * self.ci, h * w);
                 &col, &mut dxs, &g[0], &g[1], &g[2], &g[3], &g[4], &g[5], &g[6], &g[7], &g[8], &m_)?;
         }
         Ok(dx)
@@ -716,13 +741,19 @@ impl GpuGroupNorm {
         if y.is_empty() {
             return Ok(y);
         }
-        let (c_, g_, hw_, total) = (i64_(self.c), i64_(self.groups), i64_(st.hw), i64_(x.len()));
+        let (c_, g_, hw_, rows) = (
+            i64_(self.c),
+            i64_(self.groups),
+            i32_("group_norm", st.hw)?,
+            i64_(n * self.c),
+        );
+        let cfg = grid_rows(n * self.c, st.hw);
         let silu_ = silu as i32;
         match modulation {
             None => {
                 let zero = 0i64;
-                launch!(nn, gn_apply, grid(x.len());
-                    &mut y.data, &x.data, &st.stats, &self.w, &self.b, &NULL, &NULL, &zero, &silu_, &c_, &g_, &hw_, &total)?;
+                launch!(nn, gn_apply, cfg;
+                    &mut y.data, &x.data, &st.stats, &self.w, &self.b, &NULL, &NULL, &zero, &silu_, &c_, &g_, &hw_, &rows)?;
             }
             Some(e) => {
                 if e.shape.len() != 2 || e.shape[0] != n || e.shape[1] < 2 * self.c {
@@ -735,8 +766,8 @@ impl GpuGroupNorm {
                 let stride = i64_(e.shape[1]);
                 let scale = e.data.slice(..);
                 let shift = e.data.slice(self.c..);
-                launch!(nn, gn_apply, grid(x.len());
-                    &mut y.data, &x.data, &st.stats, &self.w, &self.b, &scale, &shift, &stride, &silu_, &c_, &g_, &hw_, &total)?;
+                launch!(nn, gn_apply, cfg;
+                    &mut y.data, &x.data, &st.stats, &self.w, &self.b, &scale, &shift, &stride, &silu_, &c_, &g_, &hw_, &rows)?;
             }
         }
         Ok(y)
@@ -782,9 +813,9 @@ impl GpuGroupNorm {
             i64_(blk),
         );
         launch!(nn, gn_bwd_finalize, grid(ng); &part, &chunks_, &blk_, &st.stats, &mut coef, &ng_)?;
-        let (c_, total) = (i64_(self.c), i64_(x.len()));
-        launch!(nn, gn_bwd_apply, grid(x.len());
-            &mut dx.data, &x.data, &dy.data, &st.stats, &coef, &self.w, &c_, &g_, &hw_, &total)?;
+        let (c_, hw32, rows) = (i64_(self.c), i32_("group_norm", st.hw)?, i64_(n * self.c));
+        launch!(nn, gn_bwd_apply, grid_rows(n * self.c, st.hw);
+            &mut dx.data, &x.data, &dy.data, &st.stats, &coef, &self.w, &c_, &g_, &hw32, &rows)?;
         Ok(dx)
     }
 }

@@ -19,6 +19,14 @@ __device__ __forceinline__ float silu_grad_(float x, float g) {
     return g * s * (1.0f + x * (1.0f - s));
 }
 
+// A 2-D loop over rows (grid y, each row one (sample, channel) plane or one output row) and
+// the columns of a row (grid x, 32-bit): per-element index arithmetic stays 32-bit and the
+// divisions by the plane size happen once per row, not per element (64-bit integer
+// division is emulated on the GPU and dominated these kernels).
+#define ROW_LOOP(r, rows) for (long long r = blockIdx.y; r < (long long)(rows); r += gridDim.y)
+#define COL_LOOP(j, cols) \
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < (cols); j += blockDim.x * gridDim.x)
+
 // Block-wide sum of a double (blockDim.x a multiple of 32, at most 1024); every thread gets
 // the total.
 __device__ double block_sum(double v) {
@@ -59,42 +67,51 @@ extern "C" __global__ void axpby(float* __restrict__ y, const float* __restrict_
     GRID_STRIDE(i, n) { y[i] = a * x[i] + b * y[i]; }
 }
 
+// Row kernels: rows = N * C planes of hw entries.
+
 // y[n, c, :] = bias[c] (the start of a convolution output before its GEMM adds W col).
 extern "C" __global__ void fill_bias_nchw(float* __restrict__ y, const float* __restrict__ bias,
-                                          long long c, long long hw, long long total) {
-    GRID_STRIDE(i, total) { y[i] = bias[(i / hw) % c]; }
+                                          long long c, int hw, long long rows) {
+    ROW_LOOP(r, rows) {
+        float b = bias[r % c];
+        float* yr = y + r * hw;
+        COL_LOOP(j, hw) yr[j] = b;
+    }
 }
 
 // y[n, c, :] += e[n * e_stride + c]: the additive timestep embedding.
 extern "C" __global__ void add_channel(float* __restrict__ y, const float* __restrict__ e,
-                                       long long e_stride, long long c, long long hw,
-                                       long long total) {
-    GRID_STRIDE(i, total) {
-        long long nc = i / hw;
-        y[i] += e[(nc / c) * e_stride + nc % c];
+                                       long long e_stride, long long c, int hw,
+                                       long long rows) {
+    ROW_LOOP(r, rows) {
+        float v = e[(r / c) * e_stride + r % c];
+        float* yr = y + r * hw;
+        COL_LOOP(j, hw) yr[j] += v;
     }
 }
 
 // y[n, c, :] *= 1 + e[n * e_stride + c]: the scale-shift norm's scale, in its backward.
 extern "C" __global__ void mul_channel_plus1(float* __restrict__ y, const float* __restrict__ e,
-                                             long long e_stride, long long c, long long hw,
-                                             long long total) {
-    GRID_STRIDE(i, total) {
-        long long nc = i / hw;
-        y[i] *= 1.0f + e[(nc / c) * e_stride + nc % c];
+                                             long long e_stride, long long c, int hw,
+                                             long long rows) {
+    ROW_LOOP(r, rows) {
+        float v = 1.0f + e[(r / c) * e_stride + r % c];
+        float* yr = y + r * hw;
+        COL_LOOP(j, hw) yr[j] *= v;
     }
 }
 
-// dst[n, dst_off + k, :] = src[n, src_off + k, :] for k < c: concat and split of skips.
+// dst[n, dst_off + k, :] = src[n, src_off + k, :] for k < c (rows = n * c): concat and split
+// of skips.
 extern "C" __global__ void channel_copy(float* __restrict__ dst, long long dst_c,
                                         long long dst_off, const float* __restrict__ src,
                                         long long src_c, long long src_off, long long c,
-                                        long long hw, long long n) {
-    long long total = n * c * hw;
-    GRID_STRIDE(i, total) {
-        long long s = i % hw, r = i / hw;
+                                        int hw, long long rows) {
+    ROW_LOOP(r, rows) {
         long long k = r % c, b = r / c;
-        dst[(b * dst_c + dst_off + k) * hw + s] = src[(b * src_c + src_off + k) * hw + s];
+        float* d = dst + (b * dst_c + dst_off + k) * hw;
+        const float* sp = src + (b * src_c + src_off + k) * hw;
+        COL_LOOP(j, hw) d[j] = sp[j];
     }
 }
 
@@ -151,19 +168,27 @@ extern "C" __global__ void gn_apply(float* __restrict__ y, const float* __restri
                                     const float* __restrict__ w, const float* __restrict__ b,
                                     const float* __restrict__ scale,
                                     const float* __restrict__ shift, long long mod_stride,
-                                    int silu, long long c, long long groups, long long hw,
-                                    long long total) {
+                                    int silu, long long c, long long groups, int hw,
+                                    long long rows) {
     long long cg = c / groups;
-    GRID_STRIDE(i, total) {
-        long long nc = i / hw;
-        long long ch = nc % c, n = nc / c;
+    ROW_LOOP(r, rows) {
+        long long ch = r % c, n = r / c;
         long long ng = n * groups + ch / cg;
         float m = (float)stats[2 * ng];
         float a = (float)(stats[2 * ng + 1] * (double)w[ch]);
-        float v = (x[i] - m) * a + b[ch];
-        if (scale != nullptr)
-            v = v * (1.0f + scale[n * mod_stride + ch]) + shift[n * mod_stride + ch];
-        y[i] = silu ? silu_(v) : v;
+        float bb = b[ch];
+        float mul = 1.0f, add = 0.0f;
+        if (scale != nullptr) {
+            mul = 1.0f + scale[n * mod_stride + ch];
+            add = shift[n * mod_stride + ch];
+        }
+        const float* xr = x + r * hw;
+        float* yr = y + r * hw;
+        COL_LOOP(j, hw) {
+            float v = (xr[j] - m) * a + bb;
+            if (scale != nullptr) v = v * mul + add;
+            yr[j] = silu ? silu_(v) : v;
+        }
     }
 }
 
@@ -184,7 +209,8 @@ extern "C" __global__ void gn_bwd_partial(const float* __restrict__ x,
     const float* db = dy + ng * blk;
     double s1 = 0.0, s2 = 0.0;
     for (long long j = start + threadIdx.x; j < end; j += blockDim.x) {
-        double wd = (double)w[c0 + j / hw] * (double)db[j];
+        // j < cg * hw: a per-block offset, 32-bit.
+        double wd = (double)w[c0 + (int)j / (int)hw] * (double)db[j];
         s1 += wd;
         s2 += wd * (double)(xb[j] - m);
     }
@@ -220,16 +246,21 @@ extern "C" __global__ void gn_bwd_apply(float* __restrict__ dx, const float* __r
                                         const double* __restrict__ stats,
                                         const float* __restrict__ coef,
                                         const float* __restrict__ w, long long c,
-                                        long long groups, long long hw, long long total) {
+                                        long long groups, int hw, long long rows) {
     long long cg = c / groups;
-    GRID_STRIDE(i, total) {
-        long long nc = i / hw;
-        long long ch = nc % c, n = nc / c;
+    ROW_LOOP(row, rows) {
+        long long ch = row % c, n = row / c;
         long long ng = n * groups + ch / cg;
         float m = (float)stats[2 * ng];
         float r = (float)stats[2 * ng + 1];
-        float xh = (x[i] - m) * r;
-        dx[i] = r * (dy[i] * w[ch] - coef[2 * ng] - xh * coef[2 * ng + 1]);
+        float wc = w[ch], m1 = coef[2 * ng], m2 = coef[2 * ng + 1];
+        const float* xr = x + row * hw;
+        const float* dr = dy + row * hw;
+        float* o = dx + row * hw;
+        COL_LOOP(j, hw) {
+            float xh = (xr[j] - m) * r;
+            o[j] = r * (dr[j] * wc - m1 - xh * m2);
+        }
     }
 }
 
@@ -281,86 +312,85 @@ extern "C" __global__ void softmax_bwd_rows(float* __restrict__ dp, const float*
 // ---------------------------------------------------------------- convolution
 
 // col[img][(c kh + i) kw + j][oy wo + ox] = x[img][c][oy s - p + i][ox s - p + j] (zero
-// outside the image), for nimg images of (ci, h, w).
+// outside the image), for nimg images of (ci, h, w). Rows (grid y) are (img, kernel row
+// (c, i, j)); columns the ho * wo output positions.
 extern "C" __global__ void im2col(const float* __restrict__ x, float* __restrict__ col, int ci,
                                   int h, int w, int kh, int kw, int s, int p, int ho, int wo,
                                   long long nimg) {
-    long long hwo = (long long)ho * wo;
+    int hwo = ho * wo;
     long long k = (long long)ci * kh * kw;
-    long long total = nimg * k * hwo;
-    GRID_STRIDE(i, total) {
-        long long q = i % hwo, r = i / hwo;
-        long long kk = r % k, img = r / k;
-        int j = (int)(kk % kw), ii = (int)((kk / kw) % kh), c = (int)(kk / ((long long)kw * kh));
-        int oy = (int)(q / wo), ox = (int)(q % wo);
-        int y = oy * s - p + ii, xx = ox * s - p + j;
-        float v = 0.0f;
-        if (y >= 0 && y < h && xx >= 0 && xx < w)
-            v = x[((img * ci + c) * h + y) * (long long)w + xx];
-        col[i] = v;
+    ROW_LOOP(r, nimg * k) {
+        int kk = (int)(r % k);
+        long long img = r / k;
+        int j = kk % kw, ii = (kk / kw) % kh, c = kk / (kw * kh);
+        const float* xc = x + (img * ci + c) * (long long)h * w;
+        float* cr = col + r * hwo;
+        COL_LOOP(q, hwo) {
+            int oy = q / wo, ox = q - oy * wo;
+            int y = oy * s - p + ii, xx = ox * s - p + j;
+            cr[q] = (y >= 0 && y < h && xx >= 0 && xx < w) ? xc[y * w + xx] : 0.0f;
+        }
     }
 }
 
 // The adjoint of im2col as a gather (no atomics, deterministic): every input pixel sums the
-// column entries that read it.
+// column entries that read it. Rows are (img, c) planes; columns the h * w pixels.
 extern "C" __global__ void col2im(const float* __restrict__ col, float* __restrict__ dx, int ci,
                                   int h, int w, int kh, int kw, int s, int p, int ho, int wo,
                                   long long nimg) {
     long long hwo = (long long)ho * wo;
-    long long k = (long long)ci * kh * kw;
-    long long total = nimg * ci * h * (long long)w;
-    GRID_STRIDE(i, total) {
-        int xx = (int)(i % w);
-        long long r = i / w;
-        int y = (int)(r % h);
-        r /= h;
+    int hw = h * w;
+    ROW_LOOP(r, nimg * ci) {
         int c = (int)(r % ci);
         long long img = r / ci;
-        const float* cb = col + img * k * hwo;
-        float acc = 0.0f;
-        for (int a = 0; a < kh; ++a) {
-            int ty = y + p - a;
-            if (ty < 0 || ty % s != 0) continue;
-            int oy = ty / s;
-            if (oy >= ho) continue;
-            for (int b = 0; b < kw; ++b) {
-                int tx = xx + p - b;
-                if (tx < 0 || tx % s != 0) continue;
-                int ox = tx / s;
-                if (ox >= wo) continue;
-                acc += cb[(((long long)c * kh + a) * kw + b) * hwo + (long long)oy * wo + ox];
+        const float* cb = col + (img * ci * kh * kw + (long long)c * kh * kw) * hwo;
+        float* o = dx + r * hw;
+        COL_LOOP(q, hw) {
+            int y = q / w, xx = q - y * w;
+            float acc = 0.0f;
+            for (int a = 0; a < kh; ++a) {
+                int ty = y + p - a;
+                if (ty < 0 || ty % s != 0) continue;
+                int oy = ty / s;
+                if (oy >= ho) continue;
+                for (int b = 0; b < kw; ++b) {
+                    int tx = xx + p - b;
+                    if (tx < 0 || tx % s != 0) continue;
+                    int ox = tx / s;
+                    if (ox >= wo) continue;
+                    acc += cb[(long long)(a * kw + b) * hwo + oy * wo + ox];
+                }
             }
+            o[q] = acc;
         }
-        dx[i] = acc;
     }
 }
 
 // ---------------------------------------------------------------- resampling
 
+// Rows are output rows (plane, y); columns the output row's pixels.
+
 // (nc, h, w) -> (nc, 2h, 2w), nearest.
 extern "C" __global__ void up2x(float* __restrict__ y, const float* __restrict__ x, int h, int w,
                                 long long nc) {
-    long long total = nc * 4 * h * (long long)w;
-    GRID_STRIDE(i, total) {
-        int ox = (int)(i % (2 * w));
-        long long r = i / (2 * w);
+    ROW_LOOP(r, nc * 2 * h) {
         int oy = (int)(r % (2 * h));
         long long b = r / (2 * h);
-        y[i] = x[(b * h + oy / 2) * (long long)w + ox / 2];
+        const float* xr = x + (b * h + oy / 2) * (long long)w;
+        float* yr = y + r * 2 * w;
+        COL_LOOP(ox, 2 * w) yr[ox] = xr[ox / 2];
     }
 }
 
 // Adjoint of up2x: dx (nc, h, w) = sum of each 2x2 block of dy (nc, 2h, 2w).
 extern "C" __global__ void up2x_bwd(float* __restrict__ dx, const float* __restrict__ dy, int h,
                                     int w, long long nc) {
-    long long total = nc * h * (long long)w;
-    GRID_STRIDE(i, total) {
-        int j = (int)(i % w);
-        long long r = i / w;
+    ROW_LOOP(r, nc * h) {
         int ii = (int)(r % h);
         long long b = r / h;
-        const float* d = dy + (b * 2 * h + 2 * ii) * (long long)(2 * w) + 2 * j;
-        dx[i] = d[0] + d[1] + d[2 * w] + d[2 * w + 1];
+        const float* d = dy + (b * 2 * h + 2 * ii) * (long long)(2 * w);
+        float* o = dx + r * w;
+        COL_LOOP(j, w) o[j] = d[2 * j] + d[2 * j + 1] + d[2 * w + 2 * j] + d[2 * w + 2 * j + 1];
     }
 }
 
@@ -368,14 +398,12 @@ extern "C" __global__ void up2x_bwd(float* __restrict__ dx, const float* __restr
 extern "C" __global__ void pool2x(float* __restrict__ y, const float* __restrict__ x, int h,
                                   int w, long long nc) {
     int ho = h / 2, wo = w / 2;
-    long long total = nc * ho * (long long)wo;
-    GRID_STRIDE(i, total) {
-        int j = (int)(i % wo);
-        long long r = i / wo;
+    ROW_LOOP(r, nc * ho) {
         int ii = (int)(r % ho);
         long long b = r / ho;
-        const float* s = x + (b * h + 2 * ii) * (long long)w + 2 * j;
-        y[i] = 0.25f * (s[0] + s[1] + s[w] + s[w + 1]);
+        const float* sp = x + (b * h + 2 * ii) * (long long)w;
+        float* yr = y + r * wo;
+        COL_LOOP(j, wo) yr[j] = 0.25f * (sp[2 * j] + sp[2 * j + 1] + sp[w + 2 * j] + sp[w + 2 * j + 1]);
     }
 }
 
@@ -384,15 +412,13 @@ extern "C" __global__ void pool2x(float* __restrict__ y, const float* __restrict
 extern "C" __global__ void pool2x_bwd(float* __restrict__ dx, const float* __restrict__ dy,
                                       int h, int w, long long nc) {
     int ho = h / 2, wo = w / 2;
-    long long total = nc * h * (long long)w;
-    GRID_STRIDE(i, total) {
-        int xx = (int)(i % w);
-        long long r = i / w;
+    ROW_LOOP(r, nc * h) {
         int y = (int)(r % h);
         long long b = r / h;
-        float v = 0.0f;
-        if (y / 2 < ho && xx / 2 < wo) v = 0.25f * dy[(b * ho + y / 2) * (long long)wo + xx / 2];
-        dx[i] = v;
+        const float* d = dy + (b * ho + y / 2) * (long long)wo;
+        float* o = dx + r * w;
+        bool row_in = y / 2 < ho;
+        COL_LOOP(xx, w) o[xx] = (row_in && xx / 2 < wo) ? 0.25f * d[xx / 2] : 0.0f;
     }
 }
 
