@@ -49,6 +49,54 @@ pub struct Record {
     pub slices: Option<SliceMetrics>,
 }
 
+/// An item that failed (the sampler or solver returned an error). Failures are kept in
+/// `failures.jsonl`, not in `results.jsonl`, so a rerun tries them again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub item: usize,
+    pub image: String,
+    pub task: String,
+    pub method: String,
+    pub seed: u64,
+    pub error: String,
+}
+
+/// Reads `failures.jsonl` (absent: none), keyed by item.
+pub fn read_failures(path: &Path) -> Result<BTreeMap<usize, Failure>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(Error::file(path, format!("cannot read: {e}"))),
+    };
+    let mut out = BTreeMap::new();
+    for (k, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let f: Failure = serde_json::from_str(line).map_err(|e| {
+            Error::file(path, format!("line {} is not a failure record: {e}", k + 1))
+        })?;
+        out.insert(f.item, f);
+    }
+    Ok(out)
+}
+
+/// Writes `failures.jsonl` atomically, or removes it when there are none.
+pub fn write_failures(path: &Path, failures: &BTreeMap<usize, Failure>) -> Result<()> {
+    if failures.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::file(path, e)),
+            _ => Ok(()),
+        };
+    }
+    let mut lines = Vec::new();
+    for f in failures.values() {
+        lines.push(serde_json::to_string(f).map_err(|e| Error::file(path, e))?);
+    }
+    write_lines(path, &lines)
+}
+
 /// Per-slice metrics of a volume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SliceMetrics {
@@ -185,7 +233,12 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// and seeds. The `## Quality` section depends only on the records' quality fields, so it
 /// is identical for a sharded-and-merged run and an unsharded one; `## Cost` (time,
 /// memory) and `## Run` (machine, date) are not.
-pub fn summary(suite: &Suite, records: &[Record], run_notes: &str) -> String {
+pub fn summary(
+    suite: &Suite,
+    records: &[Record],
+    failures: &BTreeMap<usize, Failure>,
+    run_notes: &str,
+) -> String {
     let mut by: BTreeMap<(usize, usize), Vec<&Record>> = BTreeMap::new();
     for r in records {
         let t = suite.tasks.iter().position(|t| t.name == r.task);
@@ -246,6 +299,24 @@ pub fn summary(suite: &Suite, records: &[Record], run_notes: &str) -> String {
             suite.methods[*mi].name,
             peak.map_or("-".to_string(), |p| format!("{p:.0}"))
         ));
+    }
+    if !failures.is_empty() {
+        s.push_str(
+            "\n## Failures\n\nItems that ended in an error (not in the tables above; see failures.jsonl):\n\n| task | method | items | first error |\n|---|---|---|---|\n",
+        );
+        let mut by: BTreeMap<(String, String), Vec<&Failure>> = BTreeMap::new();
+        for f in failures.values() {
+            by.entry((f.task.clone(), f.method.clone()))
+                .or_default()
+                .push(f);
+        }
+        for ((task, method), v) in &by {
+            s.push_str(&format!(
+                "| {task} | {method} | {} | {} |\n",
+                v.len(),
+                v[0].error.replace('|', "/")
+            ));
+        }
     }
     s.push_str(&format!("\n## Run\n\n{run_notes}\n"));
     s
@@ -355,6 +426,39 @@ mod tests {
         let r: Record = serde_json::from_str(text).unwrap();
         let m = merge_records(vec![vec![(r, text.to_string())]]).unwrap();
         assert_eq!(m[0].1, text);
+    }
+
+    #[test]
+    fn failures_round_trip_and_are_listed_apart_from_the_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("failures.jsonl");
+        let f = Failure {
+            item: 3,
+            image: "im-3".into(),
+            task: "t".into(),
+            method: "m".into(),
+            seed: 0,
+            error: "smc: every particle has zero weight".into(),
+        };
+        let mut all = BTreeMap::new();
+        all.insert(3, f.clone());
+        write_failures(&p, &all).unwrap();
+        assert_eq!(read_failures(&p).unwrap(), all);
+        let suite: Suite = toml::from_str(
+            "name = \"s\"\nrange = [0.0, 1.0]\n[[data]]\nname = \"a\"\nkind = \"files\"\npath = \".\"\nfiles = [\"x\"]\n[[tasks]]\nname = \"t\"\nop = \"blur\"\n[[methods]]\nname = \"m\"\nmethod = \"cg\"\n",
+        )
+        .unwrap();
+        let md = summary(&suite, &[rec(0, 20.0)], &all, "notes");
+        assert!(
+            md.contains("| t | m | 1 | smc: every particle has zero weight |"),
+            "{md}"
+        );
+        assert!(
+            quality_section(&md).contains("| m | 1 | 20.00 ± 0.00 |"),
+            "{md}"
+        );
+        write_failures(&p, &BTreeMap::new()).unwrap();
+        assert!(!p.exists());
     }
 
     #[test]

@@ -372,12 +372,16 @@ pub enum Event<'a> {
     Start(usize, usize, &'a str),
     /// An item was skipped because an earlier run finished it.
     Skipped(usize, usize),
+    /// An item failed: (description, error). The run goes on.
+    Failed(&'a str, &'a str),
 }
 
 /// Summary of a finished run.
 pub struct RunSummary {
     pub ran: usize,
     pub skipped: usize,
+    /// Items that ended in an error (recorded in `failures.jsonl`).
+    pub failed: usize,
     pub records: Vec<Record>,
 }
 
@@ -407,6 +411,8 @@ pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<R
     let (existing, valid) = results::read_records(&jsonl)?;
     let done: std::collections::BTreeSet<usize> = existing.iter().map(|r| r.item).collect();
     let mut appender = Appender::open(&jsonl, valid)?;
+    let failures_path = out.join("failures.jsonl");
+    let mut failures = results::read_failures(&failures_path)?;
     let suite = &plan.file.suite;
     let total = plan.items.len();
     let (mut ran, mut skipped) = (0, 0);
@@ -437,9 +443,26 @@ pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<R
                 suite.seeds[item.seed]
             );
             on_event(Event::Start(k, total, &label));
-            let rec = run_item(plan, unit, item, out)
-                .map_err(|e| Error::Invalid(format!("{label}: {e}")))?;
-            appender.append(&rec)?;
+            failures.remove(&item.number);
+            match run_item(plan, unit, item, out) {
+                Ok(rec) => appender.append(&rec)?,
+                Err(e) => {
+                    let msg = e.to_string();
+                    on_event(Event::Failed(&label, &msg));
+                    failures.insert(
+                        item.number,
+                        results::Failure {
+                            item: item.number,
+                            image: unit.id.clone(),
+                            task: suite.tasks[item.task].name.clone(),
+                            method: suite.methods[item.method].name.clone(),
+                            seed: suite.seeds[item.seed],
+                            error: msg,
+                        },
+                    );
+                    results::write_failures(&failures_path, &failures)?;
+                }
+            }
             ran += 1;
             unit_ran = true;
         }
@@ -450,17 +473,27 @@ pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<R
         pos = end;
     }
     let (records, _) = results::read_records(&jsonl)?;
+    for r in &records {
+        failures.remove(&r.item);
+    }
+    results::write_failures(&failures_path, &failures)?;
+    let failed = plan
+        .items
+        .iter()
+        .filter(|i| failures.contains_key(&i.number))
+        .count();
     let notes = run_notes(
         &records,
-        &format!("{} item(s) run now, {} found done", ran, skipped),
+        &format!("{ran} item(s) run now, {skipped} found done, {failed} failed"),
     );
-    let md = results::summary(suite, &records, &notes);
+    let md = results::summary(suite, &records, &failures, &notes);
     crate::io::write_atomic(&out.join("results.md"), |tmp| {
         std::fs::write(tmp, md.as_bytes()).map_err(|e| Error::file(tmp, e))
     })?;
     Ok(RunSummary {
         ran,
         skipped,
+        failed,
         records,
     })
 }
@@ -872,7 +905,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
     }
     let mut info: Option<RunInfo> = None;
     let mut runs = Vec::new();
+    let mut failures = std::collections::BTreeMap::new();
     for d in dirs {
+        failures.extend(results::read_failures(&d.join("failures.jsonl"))?);
         let i = read_run_info(d)?.ok_or_else(|| {
             Error::file(
                 d,
@@ -900,6 +935,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
     let merged = results::merge_records(runs)?;
     let lines: Vec<String> = merged.iter().map(|(_, l)| l.clone()).collect();
     let records: Vec<Record> = merged.into_iter().map(|(r, _)| r).collect();
+    for r in &records {
+        failures.remove(&r.item);
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     if let Some(prev) = read_run_info(out)? {
         if prev.suite_text != info.suite_text {
@@ -911,6 +949,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
     }
     crate::io::write_json(&out.join("suite.json"), &info)?;
     results::write_lines(&out.join("results.jsonl"), &lines)?;
+    results::write_failures(&out.join("failures.jsonl"), &failures)?;
     for d in dirs {
         for sub in ["recon", "grids"] {
             copy_tree(&d.join(sub), &out.join(sub))?;
@@ -926,7 +965,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
                 .join(", ")
         ),
     );
-    let md = results::summary(&suite, &records, &notes);
+    let md = results::summary(&suite, &records, &failures, &notes);
     crate::io::write_atomic(&out.join("results.md"), |tmp| {
         std::fs::write(tmp, md.as_bytes()).map_err(|e| Error::file(tmp, e))
     })?;

@@ -67,6 +67,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             bar.set_message(label.to_string());
         }
         Event::Skipped(done, _) => bar.set_position(done as u64),
+        Event::Failed(label, msg) => bar.println(format!("warning: {label} failed: {msg}")),
     })?;
     bar.finish_and_clear();
     println!(
@@ -76,5 +77,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         summary.skipped,
         summary.records.len()
     );
+    if summary.failed > 0 {
+        println!(
+            "{} item(s) failed: see {} (a rerun tries them again)",
+            summary.failed,
+            out.join("failures.jsonl").display()
+        );
+    }
     Ok(())
 }
