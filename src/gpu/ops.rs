@@ -142,11 +142,13 @@ fn batch_of(op: &str, what: &str, one: &[usize], shape: &[usize]) -> Result<usiz
 // ---------------------------------------------------------------------------------------
 // Inpainting
 
-/// Inpainting `y = m ⊙ x` on the device (module docs).
+/// Inpainting `y = m ⊙ x` on the device (module docs); more generally any diagonal
+/// operator `y = d ⊙ x`, `d` given per pixel (broadcast over channels) or per entry.
 pub struct DeviceMask {
     gpu: Arc<Gpu>,
     name: String,
     shape: Vec<usize>,
+    /// The diagonal, `H W` entries (broadcast over channels) or one per entry.
     mask: CudaSlice<f32>,
 }
 
@@ -154,17 +156,45 @@ impl DeviceMask {
     /// Uploads the mask of a CPU [`Mask`].
     pub fn new(gpu: &Arc<Gpu>, op: &Mask) -> Result<DeviceMask> {
         let m: Vec<f32> = op.mask().iter().copied().collect();
+        Self::diagonal(gpu, op.name(), op.domain_shape(), &m)
+    }
+
+    /// `y = d ⊙ x` on samples of `shape`, with `d` of `H W` entries (the last two axes,
+    /// broadcast over the others) or of one entry per sample entry.
+    pub fn diagonal(
+        gpu: &Arc<Gpu>,
+        name: String,
+        shape: &[usize],
+        d: &[f32],
+    ) -> Result<DeviceMask> {
+        let len: usize = shape.iter().product();
+        let hw: usize = shape.iter().rev().take(2).product();
+        if d.is_empty() || (d.len() != len && d.len() != hw) {
+            return Err(Error::Invalid(format!(
+                "{name} on the device: a diagonal of {} entries for samples {shape:?}, expected {hw} or {len}",
+                d.len()
+            )));
+        }
         Ok(DeviceMask {
             gpu: gpu.clone(),
-            name: op.name(),
-            shape: op.domain_shape().to_vec(),
-            mask: gpu.upload(&m)?,
+            name,
+            shape: shape.to_vec(),
+            mask: gpu.upload(d)?,
         })
+    }
+
+    /// The device twin of a CPU operator that is diagonal (see [`diagonal_of`]); `None`
+    /// for any other operator.
+    pub fn probe(gpu: &Arc<Gpu>, op: &dyn LinearOperator) -> Result<Option<DeviceMask>> {
+        match diagonal_of(op) {
+            Some(d) => Self::diagonal(gpu, op.name(), op.domain_shape(), &d).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn run(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<()> {
         let total = (n * self.domain_len()) as i64;
-        let hw = int(self.mask.len(), "mask size")?;
+        let hw = int(self.mask.len(), "mask size")?; // the diagonal's period
         let f = self.gpu.function(&OPS_KERNELS, "mask_apply")?;
         let mut b = self.gpu.stream().launch_builder(&f);
         b.arg(x).arg(&self.mask).arg(y).arg(&total).arg(&hw);
@@ -214,6 +244,43 @@ impl DeviceOperator for DeviceMask {
     fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
     }
+}
+
+/// The diagonal `d` of a CPU operator that is one (an inpainting mask, also scaled or in
+/// other units), found by probing: `d = A 1`, accepted when `A x = d ⊙ x` and
+/// `A^T x = d ⊙ x` hold for a seeded random `x` to f32 rounding (1e-6 of the largest entry,
+/// which one rounding of a product meets). `None` for any other operator.
+pub fn diagonal_of(op: &dyn LinearOperator) -> Option<Vec<f32>> {
+    use ndarray::{ArrayD, IxDyn};
+    if op.domain_shape() != op.range_shape() || op.domain_shape().is_empty() {
+        return None;
+    }
+    let shape = IxDyn(op.domain_shape());
+    let ones = ArrayD::from_elem(shape.clone(), 1.0f32);
+    let mut d = ArrayD::zeros(shape.clone());
+    op.apply(ones.view(), d.view_mut());
+    let x = posterior_operators::linear::random_array(op.domain_shape(), 1, "diagonal-probe");
+    let want = &d * &x;
+    let scale = want
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let mut out = ArrayD::zeros(shape);
+    for adjoint in [false, true] {
+        if adjoint {
+            op.adjoint(x.view(), out.view_mut());
+        } else {
+            op.apply(x.view(), out.view_mut());
+        }
+        let err = out
+            .iter()
+            .zip(want.iter())
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        if !(err <= 1e-6 * scale) {
+            return None;
+        }
+    }
+    Some(d.iter().copied().collect())
 }
 
 /// Checks buffer lengths against what a call will touch (a short buffer would be an
@@ -914,6 +981,35 @@ impl DeviceOperator for DeviceCt {
 mod tests {
     use super::*;
     use posterior_operators::ct::geometry::{FanDetector, Geometry, GeometryParams};
+
+    /// The diagonal probe accepts masks (also scaled, as in the prior's units) and rejects
+    /// non-diagonal operators of the same shape.
+    #[test]
+    fn diagonal_probe_accepts_masks_and_rejects_others() {
+        use posterior_operators::inpaint::random_pixels;
+        use posterior_operators::Scaled;
+        let m = random_pixels(6, 5, 0.5, 1).unwrap();
+        let mask = Mask::new(&[2, 6, 5], m.clone(), "r").unwrap();
+        let d = diagonal_of(&mask).unwrap();
+        for (k, v) in d.iter().enumerate() {
+            let (i, j) = ((k / 5) % 6, k % 5);
+            assert_eq!(*v, if m[[i, j]] { 1.0 } else { 0.0 });
+        }
+        let scaled = Scaled::new(Box::new(mask), 0.5).unwrap();
+        assert!(diagonal_of(&scaled)
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0.0 || v == 0.5));
+        let blur = Blur::new(
+            &[1, 6, 5],
+            posterior_operators::blur::uniform(3).unwrap(),
+            "u",
+        )
+        .unwrap();
+        assert!(diagonal_of(&blur).is_none());
+        let sr = Downsample::new(&[1, 6, 4], 2, posterior_operators::sr::Method::AvgPool).unwrap();
+        assert!(diagonal_of(&sr).is_none());
+    }
 
     /// The rays' parameters reproduce the CPU projector's samples: the forward projection
     /// computed on the host from `ray_params` (the device kernel's arithmetic, in Rust)

@@ -26,11 +26,13 @@ use posterior_operators::rng::{seeded, Rng};
 use rand_distr::{Distribution, StandardNormal};
 
 use super::context::cuda_err;
-use super::ops::{grid, launched, DeviceOperator};
+use super::ops::{grid, launched, DeviceMask, DeviceOperator};
 use super::unet::GpuUNet;
 use super::{Gpu, GpuTensor, KernelSource};
 use crate::prior::{Denoiser, Knot, NetworkPrior, PriorInfo, Schedule};
-use crate::sample::{AncestralKernel, DdimStep, DdsSettings, DpsSettings, DpsUpdate, Outcome};
+use crate::sample::{
+    AncestralKernel, DdimStep, DdsSettings, DpsSettings, DpsUpdate, Outcome, Problem,
+};
 use crate::{Error, Result};
 
 /// The CUDA C source of the sampler kernels.
@@ -384,24 +386,34 @@ impl DeviceDenoiser for HostDenoiser<'_> {
     }
 }
 
+/// The device U-Net a [`GpuNetwork`] runs: its own, or a prior's device copy.
+enum NetRef<'n> {
+    Owned(Box<GpuUNet>),
+    Borrowed(&'n GpuUNet),
+}
+
 /// The ADM U-Net on the device as a denoiser, fully resident: the device twin of
 /// [`NetworkPrior`]'s Tweedie estimate (`x0 = (x - s(t) eps) / a(t)`, eps the first `C`
 /// output channels, the network fed guided-diffusion's step `t T - 1` clamped to
 /// `[0, T - 1]`) and of its pullback (`v^T dx0/dx = v / a + J_eps^T (-(s / a) v)`, through
 /// the network's tape).
-pub struct GpuNetwork {
-    net: GpuUNet,
+pub struct GpuNetwork<'n> {
+    net: NetRef<'n>,
     info: PriorInfo,
     schedule: Schedule,
     /// `T`, the diffusion steps the network was trained with.
     diffusion_steps: usize,
 }
 
-impl GpuNetwork {
-    /// Uploads a CPU [`NetworkPrior`]'s network.
-    pub fn from_prior(gpu: &Arc<Gpu>, prior: &NetworkPrior) -> Result<GpuNetwork> {
-        let net = GpuUNet::from_cpu(gpu.clone(), prior.unet())?;
-        Self::new(
+impl<'n> GpuNetwork<'n> {
+    /// A CPU [`NetworkPrior`]'s network on `gpu`: its device copy when the prior already
+    /// runs on the GPU ([`NetworkPrior::use_backend`]), else a fresh upload.
+    pub fn from_prior(gpu: &Arc<Gpu>, prior: &'n NetworkPrior) -> Result<GpuNetwork<'n>> {
+        let net = match prior.gpu_unet() {
+            Some(n) => NetRef::Borrowed(n),
+            None => NetRef::Owned(Box::new(GpuUNet::from_cpu(gpu.clone(), prior.unet())?)),
+        };
+        Self::with(
             net,
             prior.info().clone(),
             prior.schedule().clone(),
@@ -416,25 +428,43 @@ impl GpuNetwork {
         info: PriorInfo,
         schedule: Schedule,
         diffusion_steps: usize,
-    ) -> Result<GpuNetwork> {
-        let out = net.config().out_channels;
-        match info.channels() {
-            Some(c) if c <= out && diffusion_steps > 0 => Ok(GpuNetwork {
-                net,
-                info,
-                schedule,
-                diffusion_steps,
-            }),
+    ) -> Result<GpuNetwork<'static>> {
+        GpuNetwork::with(
+            NetRef::Owned(Box::new(net)),
+            info,
+            schedule,
+            diffusion_steps,
+        )
+    }
+
+    fn with(
+        net: NetRef<'n>,
+        info: PriorInfo,
+        schedule: Schedule,
+        diffusion_steps: usize,
+    ) -> Result<GpuNetwork<'n>> {
+        let g = GpuNetwork {
+            net,
+            info,
+            schedule,
+            diffusion_steps,
+        };
+        let out = g.net().config().out_channels;
+        match g.info.channels() {
+            Some(c) if c <= out && diffusion_steps > 0 => Ok(g),
             _ => Err(Error::Invalid(format!(
                 "gpu network: the prior's samples {:?} need an image shape (C, H, W) with C <= {out} output channels and T >= 1 (got T = {diffusion_steps})",
-                info.sample_shape
+                g.info.sample_shape
             ))),
         }
     }
 
     /// The device U-Net.
     pub fn net(&self) -> &GpuUNet {
-        &self.net
+        match &self.net {
+            NetRef::Owned(n) => n,
+            NetRef::Borrowed(n) => n,
+        }
     }
 
     /// The network input for time `t` and Tweedie's coefficients, as the CPU prior computes
@@ -460,7 +490,7 @@ impl GpuNetwork {
 
     /// `x0 = (x - s eps) / a` from the network output.
     fn tweedie(&self, x: &GpuTensor, out: &GpuTensor, a: f32, s: f32) -> Result<GpuTensor> {
-        let gpu = self.net.gpu();
+        let gpu = self.net().gpu();
         let (n, c) = (x.shape()[0], self.info.sample_shape[0]);
         let hw = (self.info.dim() / c) as i64;
         let oc = out.shape().get(1).copied().unwrap_or(0);
@@ -485,7 +515,7 @@ impl GpuNetwork {
     }
 }
 
-impl DeviceDenoiser for GpuNetwork {
+impl DeviceDenoiser for GpuNetwork<'_> {
     fn info(&self) -> &PriorInfo {
         &self.info
     }
@@ -493,16 +523,16 @@ impl DeviceDenoiser for GpuNetwork {
         &self.schedule
     }
     fn gpu(&self) -> &Arc<Gpu> {
-        self.net.gpu()
+        self.net().gpu()
     }
     fn x0(&self, x: &GpuTensor, t: f64) -> Result<GpuTensor> {
         let (steps, a, s) = self.prepare(x, t)?;
-        let out = self.net.forward(x, &steps)?;
+        let out = self.net().forward(x, &steps)?;
         self.tweedie(x, &out, a, s)
     }
     fn x0_pullback<'a>(&'a self, x: &GpuTensor, t: f64) -> Result<(GpuTensor, DevicePullback<'a>)> {
         let (steps, a, s) = self.prepare(x, t)?;
-        let (out, tape) = self.net.forward_tape(x, &steps)?;
+        let (out, tape) = self.net().forward_tape(x, &steps)?;
         let x0 = self.tweedie(x, &out, a, s)?;
         let out_shape = out.shape().to_vec();
         drop(out);
@@ -515,7 +545,7 @@ impl DeviceDenoiser for GpuNetwork {
                     v.shape()
                 )));
             }
-            let gpu = self.net.gpu();
+            let gpu = self.net().gpu();
             let n = want[0];
             let hw = (v.len() / (n * c)) as i64;
             let mut cot = GpuTensor::uninit(gpu, &out_shape)?;
@@ -1157,4 +1187,40 @@ pub fn dps(
         };
     }
     run.finish(x, steps)
+}
+
+/// `reconstruct --sampler dps|dds` resident on the device, when it applies: the prior runs
+/// on the GPU ([`NetworkPrior::use_backend`] with CUDA), the sampler is `dps` or `dds`, and
+/// the problem's operator (in the prior's units) has a device twin. Operators come to the
+/// device through [`DeviceMask::probe`] (diagonal operators: inpainting masks, in any
+/// units); every other operator returns `None`, and the caller runs the CPU loop with the
+/// device denoiser. The same seed gives the same noise as the CPU loop.
+pub fn resident_posterior(
+    prior: &NetworkPrior,
+    problem: &Problem,
+    sampler: &str,
+    dds_settings: &DdsSettings,
+    dps_settings: &DpsSettings,
+    n: usize,
+    seed: u64,
+) -> Result<Option<Outcome>> {
+    let Some(gpu) = prior.gpu_unet().map(|u| u.gpu().clone()) else {
+        return Ok(None);
+    };
+    if !matches!(sampler, "dps" | "dds") {
+        return Ok(None);
+    }
+    let Some(op) = problem.linear() else {
+        return Ok(None);
+    };
+    let Some(dev) = DeviceMask::probe(&gpu, op)? else {
+        return Ok(None);
+    };
+    let den = GpuNetwork::from_prior(&gpu, prior)?;
+    let dp = DeviceProblem::new(&dev, problem.y().view(), problem.sigma_y())?;
+    Ok(Some(if sampler == "dds" {
+        dds(&den, &dp, dds_settings, n, seed)?.outcome
+    } else {
+        dps(&den, &dp, dps_settings, n, seed)?
+    }))
 }

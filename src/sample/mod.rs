@@ -239,6 +239,21 @@ impl<'o> Executor<'o> {
         self.observers.push(observer);
         self
     }
+    /// The seed runs start from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// Whether a time limit was set.
+    pub fn has_time_limit(&self) -> bool {
+        self.time_limit.is_some()
+    }
+    /// Shows `state` to every observer, for loops that ran outside [`Executor::run`] (the
+    /// device-resident samplers, which report once, at the end).
+    pub fn notify(&mut self, state: &State) {
+        for o in self.observers.iter_mut() {
+            o.observe(state.step, state);
+        }
+    }
     /// Draws `n` samples with `sampler` from `denoiser`.
     pub fn run(
         &mut self,

@@ -72,14 +72,7 @@ pub fn build(
         )));
     }
     Ok(match name {
-        "dps" => {
-            let d = DpsSettings::for_task(family);
-            let s = DpsSettings {
-                steps: steps(d.steps),
-                ..d
-            };
-            PosteriorSampler::Plain(Box::new(Dps::new(problem, s)?))
-        }
+        "dps" => PosteriorSampler::Plain(Box::new(Dps::new(problem, dps_settings(family, o))?)),
         "reddiff" | "red-diff" => {
             let d = RedDiffSettings::default();
             let s = RedDiffSettings {
@@ -97,14 +90,7 @@ pub fn build(
             };
             PosteriorSampler::Plain(Box::new(Flair::new(problem, s)?))
         }
-        "dds" => {
-            let d = DdsSettings::default();
-            let s = DdsSettings {
-                steps: steps(d.steps),
-                ..d
-            };
-            PosteriorSampler::Plain(Box::new(Dds::new(problem, s)?))
-        }
+        "dds" => PosteriorSampler::Plain(Box::new(Dds::new(problem, dds_settings(o))?)),
         "smc" | "tds" | "fps" => {
             let d = if name == "fps" {
                 SmcSettings::fps()
@@ -125,6 +111,24 @@ pub fn build(
             )))
         }
     })
+}
+
+/// DPS's settings for the operator `family` (its official step size) with `o`'s overrides.
+pub fn dps_settings(family: &str, o: &Overrides) -> DpsSettings {
+    let d = DpsSettings::for_task(family);
+    DpsSettings {
+        steps: o.steps.unwrap_or(d.steps),
+        ..d
+    }
+}
+
+/// DDS's settings with `o`'s overrides.
+pub fn dds_settings(o: &Overrides) -> DdsSettings {
+    let d = DdsSettings::default();
+    DdsSettings {
+        steps: o.steps.unwrap_or(d.steps),
+        ..d
+    }
 }
 
 /// The Gaussian noise level per real measurement entry that a noise model implies:
@@ -184,16 +188,46 @@ pub fn reconstruct_with_prior(
     if o.calibration.is_none() {
         o.calibration = prior.calibration()?;
     }
-    let mut sampler = build(name, Arc::new(problem), family, &o)?;
-    let prior: Arc<dyn Denoiser> = if runs_on_flow_path(name) {
-        Arc::new(OnPath::new(Arc::new(prior), Schedule::rectified_flow()))
+    let problem = Arc::new(problem);
+    let mut sampler = build(name, problem.clone(), family, &o)?;
+    // DPS and DDS run resident on the GPU when the prior does and the operator has a device
+    // twin (no per-step host round trip, so no time limit and one report at the end).
+    let resident = if executor.has_time_limit() {
+        None
     } else {
-        Arc::new(prior)
+        crate::gpu::sampler::resident_posterior(
+            &prior,
+            &problem,
+            name,
+            &dds_settings(&o),
+            &dps_settings(family, &o),
+            samples,
+            executor.seed(),
+        )?
     };
-    let label = sampler.name();
-    let outcome = match &mut sampler {
-        PosteriorSampler::Plain(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
-        PosteriorSampler::Smc(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
+    let (label, outcome) = match resident {
+        Some(outcome) => {
+            executor.notify(&super::State {
+                x: outcome.samples.clone(),
+                x0_hat: None,
+                step: outcome.steps,
+                total: outcome.steps,
+                t: 0.0,
+            });
+            (format!("{} (resident on the GPU)", sampler.name()), outcome)
+        }
+        None => {
+            let prior: Arc<dyn Denoiser> = if runs_on_flow_path(name) {
+                Arc::new(OnPath::new(Arc::new(prior), Schedule::rectified_flow()))
+            } else {
+                Arc::new(prior)
+            };
+            let outcome = match &mut sampler {
+                PosteriorSampler::Plain(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
+                PosteriorSampler::Smc(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
+            };
+            (sampler.name(), outcome)
+        }
     };
     let ensemble = match &sampler {
         PosteriorSampler::Smc(s) => s.ensemble(),
