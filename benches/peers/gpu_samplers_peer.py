@@ -18,10 +18,11 @@ Weights: PyTorch's default initialisation (the timing does not depend on the val
 Rust bench uses hash weights). Timing: one warm-up run per case, then --runs timed runs,
 wall time with torch.cuda.synchronize() around each run; peak memory is
 torch.cuda.max_memory_allocated() during the timed runs (tensors only, as the Rust bench's
-pool high-water mark). --tf32 allows TF32 matmuls and convolutions (off by default: f32,
-as the Rust default); --bf16 runs the network under bf16 autocast.
+pool high-water mark). Runs in plain f32, then with TF32 matmuls and convolutions allowed
+(as the Rust bench); --tf32 runs the TF32 mode only, --f32 the f32 mode only; --bf16 runs
+the network under bf16 autocast (after f32/TF32).
 
-    python3 benches/peers/gpu_samplers_peer.py [--runs 3] [--dps-steps 100] [--tf32] [--json]
+    python3 benches/peers/gpu_samplers_peer.py [--runs 3] [--dps-steps 100] [--f32|--tf32] [--bf16] [--json]
 """
 
 from __future__ import annotations
@@ -155,14 +156,13 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dps-steps", type=int, default=100)
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--f32", action="store_true")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("skipped: torch sees no CUDA device")
         return
-    torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    torch.backends.cudnn.allow_tf32 = a.tf32
     dev = torch.device("cuda")
     model = build(dev)
     abar = vp_linear()
@@ -174,33 +174,43 @@ def main():
     c = torch.arange(3, device=dev, dtype=torch.float32).view(3, 1, 1)
     img = torch.sin(0.03 * ii.view(1, 256, 1) + 0.5 * c) * torch.cos(0.02 * ii.view(1, 1, 256))
     y = mask * (img.unsqueeze(0) + 0.05 * torch.randn(1, 3, 256, 256, device=dev))
-    cases = [
-        ("dds_50", 50, lambda: dds(model, abar, mask, y, bf16=a.bf16)),
-        (f"dps_{a.dps_steps}", a.dps_steps, lambda: dps(model, abar, mask, y, a.dps_steps, bf16=a.bf16)),
-    ]
-    print(
-        f"gpu_samplers_peer: {torch.cuda.get_device_name()} torch {torch.__version__} "
-        f"tf32 {a.tf32} bf16 {a.bf16}, {a.runs} timed runs"
-    )
-    print(f"{'case':<10} {'median_s':>10} {'min_s':>10} {'ms_per_step':>12} {'peak_MiB':>10} {'weights_MiB':>12}")
+    modes = [("f32", False, False), ("tf32", True, False)]
+    if a.tf32:
+        modes = [("tf32", True, False)]
+    elif a.f32:
+        modes = [("f32", False, False)]
+    if a.bf16:
+        modes.append(("bf16", False, True))
     out = {}
-    for name, steps, f in cases:
-        f()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(a.runs):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated()
-        med = statistics.median(times)
-        out[name] = {"median_s": med, "min_s": min(times), "peak_bytes": peak}
+    for mode, tf32, bf16 in modes:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        cases = [
+            ("dds_50", 50, lambda: dds(model, abar, mask, y, bf16=bf16)),
+            (f"dps_{a.dps_steps}", a.dps_steps, lambda: dps(model, abar, mask, y, a.dps_steps, bf16=bf16)),
+        ]
         print(
-            f"{name:<10} {med:>10.3f} {min(times):>10.3f} {1e3 * med / steps:>12.2f} "
-            f"{peak / 2**20:>10.1f} {weights / 2**20:>12.1f}"
+            f"gpu_samplers_peer: {torch.cuda.get_device_name()} torch {torch.__version__} "
+            f"mode {mode}, {a.runs} timed runs"
         )
+        print(f"{'case':<10} {'median_s':>10} {'min_s':>10} {'ms_per_step':>12} {'peak_MiB':>10} {'weights_MiB':>12}")
+        for name, steps, f in cases:
+            f()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(a.runs):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            peak = torch.cuda.max_memory_allocated()
+            med = statistics.median(times)
+            out[f"{name}_{mode}"] = {"median_s": med, "min_s": min(times), "peak_bytes": peak}
+            print(
+                f"{name:<10} {med:>10.3f} {min(times):>10.3f} {1e3 * med / steps:>12.2f} "
+                f"{peak / 2**20:>10.1f} {weights / 2**20:>12.1f}"
+            )
     if a.json:
         print(json.dumps(out))
 
