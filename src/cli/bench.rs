@@ -67,7 +67,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             bar.set_message(label.to_string());
         }
         Event::Skipped(done, _) => bar.set_position(done as u64),
-        Event::Failed(label, msg) => bar.println(format!("warning: {label} failed: {msg}")),
+        Event::Failed(label, msg) => {
+            let line = format!("warning: {label} failed: {msg}");
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
     })?;
     bar.finish_and_clear();
     println!(
