@@ -39,7 +39,9 @@ pub struct Record {
     pub vjps: usize,
     /// Wall time of the reconstruction (measurement simulation excluded).
     pub seconds: f64,
-    /// Peak resident memory of the process during the item, MiB (`None` where the
+    /// Peak resident memory of the process during the item, MiB: the high-water mark is
+    /// reset before each item (Linux), but memory the allocator kept from earlier items
+    /// still counts, so this is an upper bound on the item's own need (`None` where the
     /// platform does not report it).
     pub peak_mib: Option<f64>,
     /// What ran (the sampler's description with its settings, or the classical method).
