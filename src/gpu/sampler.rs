@@ -814,7 +814,7 @@ impl<'a> DeviceCg<'a> {
         let mut aty = gpu.alloc(d)?;
         op.adjoint(&problem.y, &mut aty, 1)?;
         let (c, g) = if problem.sigma_y > 0.0 {
-            (1.0, gamma as f32)
+            (1.0, crate::sample::dds::data_weight(gamma, problem.sigma_y))
         } else {
             (0.0, 1.0)
         };

@@ -78,7 +78,9 @@ pub struct DdsSettings {
     pub cg_iters: usize,
     /// CG relative residual tolerance, `>= 0`. Default `1e-5`.
     pub cg_tol: f64,
-    /// `gamma > 0`, the data weight of the noisy-data system. Default 1.
+    /// `gamma > 0`, scales the data weight of the noisy-data system: the system is
+    /// `(I + g A^T A) x = x0_hat + g A^T y` with `g = gamma / sigma_y^2` ([`data_weight`]).
+    /// Default 1.
     pub gamma: f64,
 }
 
@@ -134,8 +136,23 @@ fn linear_of<'p>(problem: &'p Problem, who: &str) -> Result<&'p dyn LinearOperat
     })
 }
 
+/// The weight `g` of `A^T A` in DDS's noisy-data system `(I + g A^T A) x = x0_hat + g A^T y`:
+/// `gamma / sigma_y^2`, the MAP weight for the likelihood `N(y; A x, sigma_y^2)` against a unit
+/// Gaussian `N(x0_hat, I)` around Tweedie's estimate (prior units), scaled by `gamma`.
+///
+/// Departure from the official code, which uses `g = gamma = 1` whatever the noise: there the
+/// weight only works for data at the scale it was tuned on. In prior units (an image range
+/// mapped onto [-1, 1] halves `A`, so `A^T A` shrinks 4x) `g = 1` left the data nearly unused:
+/// an 8-coil 4x MRI brain slice with sigma_y = 0.01 came out as a different brain
+/// (17.3 dB, below zero-filling's 21.0 dB); with `g = 1 / sigma_y^2` the 5 CG iterations
+/// started at `x0_hat` behave like the noise-free solve (early stopping regularises).
+pub fn data_weight(gamma: f64, sigma_y: f64) -> f32 {
+    (gamma / (sigma_y * sigma_y)) as f32
+}
+
 /// One slice's data term as a quadratic: `H x = c x + g A^T A x`, right-hand side
-/// `c x0_hat + g A^T y` (`c = 0, g = 1` for noise-free data, `c = 1, g = gamma` otherwise).
+/// `c x0_hat + g A^T y` (`c = 0, g = 1` for noise-free data, `c = 1, g = ` [`data_weight`]
+/// otherwise).
 struct DataTerm {
     c: f32,
     g: f32,
@@ -149,7 +166,7 @@ impl DataTerm {
         Ok(if problem.sigma_y() > 0.0 {
             DataTerm {
                 c: 1.0,
-                g: gamma as f32,
+                g: data_weight(gamma, problem.sigma_y()),
                 aty,
             }
         } else {
@@ -584,7 +601,8 @@ mod tests {
     #[test]
     fn one_step_returns_the_exact_regularised_solve_from_the_tweedie_estimate() {
         // steps = 1: the only step goes to the clean knot and returns x0' = the CG solution
-        // of (I + gamma A^T A) x = x0_hat + gamma A^T y (noisy data) started at x0_hat; with
+        // of (I + g A^T A) x = x0_hat + g A^T y (noisy data, g = gamma / sigma_y^2 = 0.7)
+        // started at x0_hat; with
         // 3 CG iterations on a 3 x 3 SPD system that is the exact solution (reference: a
         // direct solve in f64; tolerance 1e-4 for f32 CG). With noise-free data the system
         // is A^T A x = A^T y, and the result then satisfies A x = y.
@@ -595,7 +613,11 @@ mod tests {
                 steps: 1,
                 cg_iters: 3,
                 cg_tol: 0.0,
-                gamma: 0.7,
+                gamma: if sigma_y > 0.0 {
+                    0.7 * sigma_y * sigma_y
+                } else {
+                    0.7
+                },
                 ..Default::default()
             };
             let mut dds = Dds::new(p.clone(), settings).unwrap();
