@@ -633,3 +633,84 @@ fn device_loops_with_the_gpu_network_follow_the_cpu() {
         assert!(e <= tol, "dps {steps}: {e:.3e} > {tol:.0e}");
     }
 }
+
+#[test]
+fn smc_log_weights_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let op = Mask::new(&[3, 8, 8], random_pixels(8, 8, 0.4, 3).unwrap(), "r").unwrap();
+    let y = measurement(&op, 7, 0.1);
+    let n = 5;
+    let x = batch(n, op.domain_shape(), 8);
+    let problem = Problem::new(Operator::Linear(Box::new(op.clone())), y.clone(), 0.1).unwrap();
+    let (_, sq) = problem.data_grad_batch(x.view()).unwrap();
+    let start: Vec<f64> = (0..n).map(|i| -0.3 * i as f64).collect();
+    let var = 0.1f64.powi(2) + 0.02;
+    let want: Vec<f64> = start
+        .iter()
+        .zip(&sq)
+        .map(|(w, q)| w + -q / (2.0 * var))
+        .collect();
+    let dev = DeviceMask::new(&g, &op).unwrap();
+    let dp = DeviceProblem::new(&dev, y.view(), 0.1).unwrap();
+    let mut logw = g.stream().clone_htod(&start).unwrap();
+    let xd = g.upload(x.as_slice().unwrap()).unwrap();
+    sampler::add_gaussian_log_weights(&dp, &xd, n, var, &mut logw).unwrap();
+    let got = sampler::download_f64(&g, &logw).unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        // The residuals are bitwise equal (a 0/1 mask, one f32 subtraction); the squared
+        // norms are f64 sums in another order: 1e-12 relative.
+        assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    assert!(sampler::add_gaussian_log_weights(&dp, &xd, n, 0.0, &mut logw).is_err());
+}
+
+#[test]
+fn reconstruct_runs_resident_for_masks_and_falls_back_otherwise() {
+    let Some(g) = gpu() else { return };
+    use posterior::gpu::Backend;
+    use posterior::sample::posterior::{dds_settings, dps_settings, Overrides};
+    let mut prior = small_prior();
+    let shape = prior.info().sample_shape.clone();
+    let o = Overrides {
+        steps: Some(4),
+        ..Overrides::default()
+    };
+    let mask = Mask::new(&shape, random_pixels(16, 16, 0.5, 9).unwrap(), "r").unwrap();
+    // In the prior's units the operator is scaled (as `problem_in_prior_units` does): the
+    // probe must still find the diagonal.
+    let op = posterior_operators::Scaled::new(Box::new(mask), 0.5).unwrap();
+    let y = measurement(&op, 2, 0.05);
+    let problem = Arc::new(Problem::new(Operator::Linear(Box::new(op)), y, 0.05).unwrap());
+    // CPU reference first (the prior without a device copy).
+    let mut cpu = Dds::new(problem.clone(), dds_settings(&o)).unwrap();
+    let want = Executor::new(6).run(&mut cpu, &prior, 1).unwrap();
+    let (dds, dps) = (dds_settings(&o), dps_settings("inpaint", &o));
+    // Without a device copy of the network: not resident.
+    assert!(
+        sampler::resident_posterior(&prior, &problem, "dds", &dds, &dps, 1, 6)
+            .unwrap()
+            .is_none()
+    );
+    prior.use_backend(&Backend::Cuda(g.clone())).unwrap();
+    let got = sampler::resident_posterior(&prior, &problem, "dds", &dds, &dps, 1, 6)
+        .unwrap()
+        .expect("a mask on a GPU prior runs resident");
+    let e = rel(got.samples.view(), want.samples.view());
+    println!("resident dds (4 steps) vs cpu: {e:.2e}");
+    // As the network chains above (H100: ~5e-7 after 3 steps): 5e-6.
+    assert!(e <= 5e-6, "resident vs cpu {e:.3e}");
+    // Other samplers and operators without a device twin fall back (None).
+    assert!(
+        sampler::resident_posterior(&prior, &problem, "reddiff", &dds, &dps, 1, 6)
+            .unwrap()
+            .is_none()
+    );
+    let blur = Blur::new(&shape, motion(5, 0.5, 3).unwrap(), "m").unwrap();
+    let yb = measurement(&blur, 3, 0.05);
+    let pb = Problem::new(Operator::Linear(Box::new(blur)), yb, 0.05).unwrap();
+    assert!(
+        sampler::resident_posterior(&prior, &pb, "dps", &dds, &dps, 1, 6)
+            .unwrap()
+            .is_none()
+    );
+}

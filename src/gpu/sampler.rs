@@ -295,6 +295,57 @@ pub fn resample_systematic(
     Ok((idx, w))
 }
 
+/// SMC's Gaussian log-weight increments on the device: for the `n` particles `x` (each of
+/// the operator's domain) adds `-||y - A x_b||^2 / (2 var)` to `logw[b]` (f64), as the CPU
+/// samplers do (`crate::sample::smc`: the likelihood, `var = sigma_y^2`, and the TDS twist,
+/// `var = sigma_y^2 + r^2`). The weights stay on the device.
+pub fn add_gaussian_log_weights(
+    problem: &DeviceProblem,
+    x: &CudaSlice<f32>,
+    n: usize,
+    var: f64,
+    logw: &mut CudaSlice<f64>,
+) -> Result<()> {
+    if !(var.is_finite() && var > 0.0) {
+        return Err(Error::Invalid(format!(
+            "smc: the weight variance must be finite and > 0, got {var}"
+        )));
+    }
+    check("smc log-weights", logw.len(), n)?;
+    let op = problem.op;
+    let gpu = op.gpu().clone();
+    let m = op.range_len();
+    let mut r = gpu.alloc(n * m)?;
+    op.apply(x, &mut r, n)?;
+    residual(&gpu, &mut r, &problem.y, n)?;
+    let mut sq = f64_zeros(&gpu, n)?;
+    Reducer::new(&gpu, n)?.dot(&gpu, &r, &r, m, &mut sq)?;
+    let f = kernel(&gpu, "add_gaussian_log_weights")?;
+    let bn = n as i32;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(logw).arg(&sq).arg(&var).arg(&bn);
+    // SAFETY: logw (checked) and sq hold n entries.
+    launched(
+        "add_gaussian_log_weights",
+        unsafe { l.launch(per_sample(n)) }.map(drop),
+    )
+}
+
+/// `r_b -= y` for the `n` measurements in `r` (the residual `A x - y`).
+fn residual(gpu: &Gpu, r: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<()> {
+    let m = y.len();
+    check("residual", r.len(), n * m)?;
+    let (m64, nm64) = (m as i64, (n * m) as i64);
+    let f = kernel(gpu, "sub_measurement")?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(r).arg(y).arg(&m64).arg(&nm64);
+    // SAFETY: r holds n measurements (checked), y one.
+    launched(
+        "sub_measurement",
+        unsafe { l.launch(grid(n * m)) }.map(drop),
+    )
+}
+
 /// `out[j] = x[idx[j]]` for rows of length `d` (resampled particles into a new buffer).
 pub fn gather_rows(
     gpu: &Gpu,
@@ -1067,15 +1118,7 @@ fn dps_guidance(
     // r = A x0 - y.
     let mut r = gpu.alloc(n * m)?;
     op.apply(&x0.data, &mut r, n)?;
-    let (m64, nm64) = (m as i64, (n * m) as i64);
-    let f = kernel(&gpu, "sub_measurement")?;
-    let mut l = gpu.stream().launch_builder(&f);
-    l.arg(&mut r).arg(&problem.y).arg(&m64).arg(&nm64);
-    // SAFETY: r holds n measurements, y one.
-    launched(
-        "sub_measurement",
-        unsafe { l.launch(grid(n * m)) }.map(drop),
-    )?;
+    residual(&gpu, &mut r, &problem.y, n)?;
     // 1 / ||r|| per sample (0 for an exact fit).
     let mut sq = f64_zeros(&gpu, n)?;
     reducer.dot(&gpu, &r, &r, m, &mut sq)?;

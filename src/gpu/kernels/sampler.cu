@@ -297,6 +297,16 @@ extern "C" __global__ void smc_resample(const double* __restrict__ logw, int n,
     }
 }
 
+// SMC's Gaussian log-weight increments: logw[b] += -sq[b] / (2 var), sq[b] the squared
+// residual norm of particle b (as the CPU's `-q / (2.0 * var)`).
+extern "C" __global__ void add_gaussian_log_weights(double* __restrict__ logw,
+                                                    const double* __restrict__ sq, double var,
+                                                    int batch) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= batch) return;
+    logw[b] += -sq[b] / (2.0 * var);
+}
+
 // out[j, :] = x[idx[j], :] (gathers resampled particles; out must not alias x).
 extern "C" __global__ void gather_rows(const float* __restrict__ x, const int* __restrict__ idx,
                                        float* __restrict__ out, long long d, long long n) {
