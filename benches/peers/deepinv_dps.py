@@ -172,7 +172,8 @@ def main():
                 if err > 1e-5:
                     sys.exit(f"error: {task['name']}: deepinv's physics differs from ours by {err}")
                 y = torch.tensor(degrade(truth, task["op"], task.get("noise", "none"), mseed))[None]
-                dps = deepinv.sampling.DPS(den, num_steps=a.steps, device="cpu")
+                rng = torch.Generator().manual_seed(seed)
+                dps = deepinv.sampling.DPS(den, num_steps=a.steps, device="cpu", rng=rng)
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     x = dps(y, physics, seed=seed)
