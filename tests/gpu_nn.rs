@@ -512,15 +512,25 @@ fn residual_blocks_match_the_cpu_in_every_variant() {
             REDUCTION,
         );
         let dy = rand_arr(want.raw_dim(), seed + 8);
+        let dyd = up(&g, &dy.clone().into_dyn());
+        let recomputed = down(&g, &gb.vjp(&nn, &xd, &semb, &dyd).unwrap());
         close(
             &format!("{tag} vjp"),
-            &down(
-                &g,
-                &gb.vjp(&nn, &xd, &semb, &up(&g, &dy.clone().into_dyn()))
-                    .unwrap(),
-            ),
+            &recomputed,
             &cpu.vjp(x.view(), emb.view(), dy.view()).unwrap().into_dyn(),
             REDUCTION,
+        );
+        // The VJP from the saved activation is the recomputing one, bit for bit.
+        let (out, saved) = gb.forward_saving(&nn, &xd, &semb).unwrap();
+        assert_eq!(
+            down(&g, &out),
+            down(&g, &gb.forward(&nn, &xd, &semb).unwrap())
+        );
+        let from_saved = gb.vjp_saved(&nn, &xd, &semb, &dyd, Some(&saved)).unwrap();
+        assert_eq!(
+            down(&g, &from_saved),
+            recomputed,
+            "{tag}: saved vs recomputed VJP"
         );
     }
 }

@@ -5,7 +5,8 @@
 # the benches (plain f32, then TF32) and the PyTorch peer, and writes logs to $OUT
 # (gpu_*.log, bench.log, peer.log, summary.md). Prints a summary table last.
 #
-# Env: SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_PEER=1 leave parts out; TEST_ARGS adds test filters.
+# Env: SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_PEER=1 / SKIP_OTHER_BENCH=1 (benches other than
+# benches/gpu.rs) leave parts out; TEST_ARGS adds test filters.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -51,7 +52,7 @@ if [[ -z ${SKIP_PEER:-} ]]; then
   echo "== pytorch peer (TF32)"
   PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/gpu_peer.py --tf32 2>&1 | sed 's/^| pytorch |/| pytorch tf32 |/' | tee -a "$OUT/peer.log"
 fi
-if [[ -z ${SKIP_BENCH:-} ]]; then
+if [[ -z ${SKIP_BENCH:-} && -z ${SKIP_OTHER_BENCH:-} ]]; then
   for b in .gpu/bin/bench-*; do
     [[ -x $b && ${b##*/bench-} != gpu ]] || continue
     name=${b##*/bench-}

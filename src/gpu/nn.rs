@@ -898,6 +898,18 @@ impl GpuResBlock {
 
     /// Forward: `x` `(B, C, H, W)` -> `(B, out, H', W')`.
     pub fn forward(&self, nn: &Nn, x: &GpuTensor, silu_emb: &GpuTensor) -> Result<GpuTensor> {
+        self.forward_saving(nn, x, silu_emb).map(|(out, _)| out)
+    }
+
+    /// Forward that also returns the one inner activation the VJP would otherwise recompute
+    /// with a convolution: the output norm's input (`in_conv`'s output `h1`, plus the
+    /// embedding when it is additive). Pass it to [`GpuResBlock::vjp_saved`].
+    pub fn forward_saving(
+        &self,
+        nn: &Nn,
+        x: &GpuTensor,
+        silu_emb: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
         check_rank("resblock", x, 4)?;
         let e = self.embed(nn, x, silu_emb)?;
         let a1 = self.in_norm.forward_fused(nn, x, None, true)?;
@@ -909,7 +921,6 @@ impl GpuResBlock {
             nn.add_channel(&mut h1, &e)?;
             self.out_norm.forward_fused(nn, &h1, None, true)?
         };
-        drop(h1);
         let mut out = self.out_conv.forward(nn, &s)?;
         drop(s);
         let rx = resample(nn, self.updown, x)?;
@@ -918,7 +929,7 @@ impl GpuResBlock {
             None => nn.add_assign(&mut out, rx)?,
             Some(cv) => nn.add_assign(&mut out, &cv.forward(nn, rx)?)?,
         }
-        Ok(out)
+        Ok((out, h1))
     }
 
     /// Input VJP (embedding held fixed), recomputing the forward activations.
@@ -929,36 +940,53 @@ impl GpuResBlock {
         silu_emb: &GpuTensor,
         dy: &GpuTensor,
     ) -> Result<GpuTensor> {
+        self.vjp_saved(nn, x, silu_emb, dy, None)
+    }
+
+    /// Input VJP given, optionally, the activation [`GpuResBlock::forward_saving`] returned
+    /// for this `x` (then `in_conv` is not recomputed; the result is the same).
+    pub fn vjp_saved(
+        &self,
+        nn: &Nn,
+        x: &GpuTensor,
+        silu_emb: &GpuTensor,
+        dy: &GpuTensor,
+        saved: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
         check_rank("resblock", x, 4)?;
         let e = self.embed(nn, x, silu_emb)?;
         let a0 = self.in_norm.forward(nn, x)?;
-        let a1 = nn.silu(&a0)?;
-        let h1 = self.first_half(nn, &a1)?;
-        let a1_shape = shape4(&a1);
-        drop(a1);
-        let mut m = None;
-        let pre = if self.scale_shift {
-            self.out_norm.forward_fused(nn, &h1, Some(&e), false)?
-        } else {
-            let mut mm = h1.try_clone(&nn.gpu)?;
-            nn.add_channel(&mut mm, &e)?;
-            let pre = self.out_norm.forward(nn, &mm)?;
-            m = Some(mm);
-            pre
+        let a1_shape = shape4(&a0);
+        // hm: the output norm's input, h1 (scale-shift) or h1 + e (additive embedding).
+        let recomputed;
+        let hm = match saved {
+            Some(h) => h,
+            None => {
+                let a1 = nn.silu(&a0)?;
+                let mut h1 = self.first_half(nn, &a1)?;
+                drop(a1);
+                if !self.scale_shift {
+                    nn.add_channel(&mut h1, &e)?;
+                }
+                recomputed = h1;
+                &recomputed
+            }
         };
-        crate::nn::same_shape("resblock", "output gradient", &h1.shape, &dy.shape)?;
-        let [_, _, ho, wo] = shape4(&h1);
+        crate::nn::same_shape("resblock", "output gradient", &hm.shape, &dy.shape)?;
+        let pre = if self.scale_shift {
+            self.out_norm.forward_fused(nn, hm, Some(&e), false)?
+        } else {
+            self.out_norm.forward(nn, hm)?
+        };
+        let [_, _, ho, wo] = shape4(hm);
         let ds = self.out_conv.vjp(nn, ho, wo, dy)?;
         let mut dpre = nn.silu_vjp(&pre, &ds)?;
         drop((ds, pre));
-        let dh1 = match &m {
-            None => {
-                nn.mul_channel_plus1(&mut dpre, &e)?;
-                self.out_norm.vjp(nn, &h1, &dpre)?
-            }
-            Some(m) => self.out_norm.vjp(nn, m, &dpre)?,
-        };
-        drop((dpre, m, h1));
+        if self.scale_shift {
+            nn.mul_channel_plus1(&mut dpre, &e)?;
+        }
+        let dh1 = self.out_norm.vjp(nn, hm, &dpre)?;
+        drop(dpre);
         let (ha, wa) = match self.updown {
             UpDown::None => (a1_shape[2], a1_shape[3]),
             UpDown::Up => (2 * a1_shape[2], 2 * a1_shape[3]),
