@@ -714,3 +714,52 @@ fn reconstruct_runs_resident_for_masks_and_falls_back_otherwise() {
             .is_none()
     );
 }
+
+#[test]
+fn device_norm_estimate_and_dps_gain_follow_the_cpu() {
+    let Some(g) = gpu() else { return };
+    use posterior_operators::LinearOperatorExt;
+    // CT line integrals have norm ~ the image side (far above 1: DPS divides its guidance
+    // by it); MRI is an isometry on its sampled part (norm 1).
+    let ct = || {
+        CtProjector::new(Geometry::new(12, 12, &GeometryParams::parallel().views(10)).unwrap())
+            .unwrap()
+    };
+    let dev = DeviceCt::new(&g, &ct()).unwrap();
+    let (want, got) = (
+        ct().norm_estimate(30, 0),
+        sampler::norm_estimate(&dev, 30, 0).unwrap(),
+    );
+    println!("ct norm: cpu {want:.6} device {got:.6}");
+    // The same iteration in f64 scalars over f32 vectors: 30 products of rounding ~1e-7.
+    assert!(
+        want > 2.0 && (got - want).abs() <= 1e-5 * want,
+        "{got} vs {want}"
+    );
+    let mri = SingleCoilMri::new(kmask(8, 8, 3)).unwrap();
+    let dm = DeviceMri::single_coil(&g, &mri).unwrap();
+    let (want, got) = (
+        mri.norm_estimate(30, 0),
+        sampler::norm_estimate(&dm, 30, 0).unwrap(),
+    );
+    assert!((got - want).abs() <= 1e-5 * want, "mri {got} vs {want}");
+
+    // DPS on the CT problem: the device run applies the same gain as the CPU run.
+    let s = DpsSettings {
+        steps: 6,
+        zeta: 1.0,
+        update: DpsUpdate::Ancestral,
+    };
+    let prior = AsImage::new(&[1, 12, 12], 13);
+    let y = measurement(&ct(), 5, 0.05);
+    let problem = Problem::new(Operator::Linear(Box::new(ct())), y.clone(), 0.05).unwrap();
+    let mut cpu = Dps::new(Arc::new(problem), s).unwrap();
+    let want = Executor::new(8).run(&mut cpu, &prior, 2).unwrap();
+    let dp = DeviceProblem::new(&dev, y.view(), 0.05).unwrap();
+    let got = sampler::dps(&HostDenoiser::new(&g, &prior), &dp, &s, 2, 8).unwrap();
+    let e = rel(got.samples.view(), want.samples.view());
+    println!("dps ct (gain 1/||A||) 6 steps: {e:.2e}");
+    // As the other exact-prior chains (H100: ~2e-7), with the gain's own rounding: 2e-6.
+    // Without the gain the device steps would be ~||A|| times larger: O(1) apart.
+    assert!(e <= 2e-6, "dps ct: {e:.3e}");
+}

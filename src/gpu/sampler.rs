@@ -295,6 +295,34 @@ pub fn resample_systematic(
     Ok((idx, w))
 }
 
+/// An estimate of the operator norm `||A||_2` by `iters` power iterations on `A^T A` on the
+/// device, the twin of the CPU's `LinearOperatorExt::norm_estimate` (the same seeded start,
+/// normalisation in f64, Rayleigh quotient in f64); one download at the end.
+pub fn norm_estimate(op: &dyn DeviceOperator, iters: usize, seed: u64) -> Result<f64> {
+    let gpu = op.gpu().clone();
+    let d = op.domain_len();
+    let start = posterior_operators::linear::random_array(op.domain_shape(), seed, "norm-estimate");
+    let mut x = gpu.upload(&start.iter().copied().collect::<Vec<f32>>())?;
+    let mut ax = gpu.zeros(d)?;
+    let mut reducer = Reducer::new(&gpu, 1)?;
+    let mut sq = f64_zeros(&gpu, 1)?;
+    let mut lambda = f64_zeros(&gpu, 1)?;
+    let f = kernel(&gpu, "normalise_by")?;
+    let (d64, n64) = (d as i64, d as i64);
+    for _ in 0..iters.max(1) {
+        reducer.dot(&gpu, &x, &x, d, &mut sq)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(&mut x).arg(&sq).arg(&d64).arg(&n64);
+        // SAFETY: x holds one sample of d entries, sq one scalar.
+        launched("normalise_by", unsafe { l.launch(grid(d)) }.map(drop))?;
+        op.normal(&x, &mut ax, 1)?;
+        reducer.dot(&gpu, &x, &ax, d, &mut lambda)?;
+        std::mem::swap(&mut x, &mut ax);
+    }
+    let l = download_f64(&gpu, &lambda)?;
+    Ok(l.first().copied().unwrap_or(0.0).max(0.0).sqrt())
+}
+
 /// SMC's Gaussian log-weight increments on the device: for the `n` particles `x` (each of
 /// the operator's domain) adds `-||y - A x_b||^2 / (2 var)` to `logw[b]` (f64), as the CPU
 /// samplers do (`crate::sample::smc`: the likelihood, `var = sigma_y^2`, and the TDS twist,
@@ -1178,7 +1206,9 @@ pub fn dps(
     }
     let mut run = Run::new(den, problem, settings.steps, n, seed)?;
     let mut reducer = Reducer::new(&run.gpu, n)?;
-    let zeta = settings.zeta as f32;
+    // The guidance gain 1 / max(1, ||A||) of `crate::sample::dps::guidance_gain`.
+    let gain = 1.0 / norm_estimate(problem.op, 30, 0)?.max(1.0);
+    let zeta = (settings.zeta * gain) as f32;
     let total = n * run.d;
     let mut x = run.start()?;
     let steps = run.knots.len() - 1;

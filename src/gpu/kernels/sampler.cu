@@ -161,6 +161,16 @@ extern "C" __global__ void inverse_norms(const double* __restrict__ sq, double* 
     inv[b] = n > 0.0 ? (float)(1.0 / n) : 0.0f;
 }
 
+// x[b, :] = x[b, :] / sqrt(sq[b]) in f64, rounded to f32 (the CPU power iteration's
+// normalisation); left unchanged where sq[b] = 0.
+extern "C" __global__ void normalise_by(float* x, const double* __restrict__ sq, long long d,
+                                        long long n) {
+    GRID_STRIDE(i, n) {
+        double s = sq[i / d];
+        if (s > 0.0) x[i] = (float)((double)x[i] / sqrt(s));
+    }
+}
+
 // x[b, :] *= s[b].
 extern "C" __global__ void scale_per_sample(float* x, const float* __restrict__ s, long long d,
                                             long long n) {
