@@ -520,17 +520,20 @@ fn residual_blocks_match_the_cpu_in_every_variant() {
             &cpu.vjp(x.view(), emb.view(), dy.view()).unwrap().into_dyn(),
             REDUCTION,
         );
-        // The VJP from the saved activation is the recomputing one, bit for bit.
+        // The VJP from the saved activation is the recomputing one (the saved h1 comes from
+        // the fused norm + SiLU kernel, the recomputed one from the two separate kernels: the
+        // same float operations, so equal up to rounding at most).
         let (out, saved) = gb.forward_saving(&nn, &xd, &semb).unwrap();
         assert_eq!(
             down(&g, &out),
             down(&g, &gb.forward(&nn, &xd, &semb).unwrap())
         );
         let from_saved = gb.vjp_saved(&nn, &xd, &semb, &dyd, Some(&saved)).unwrap();
-        assert_eq!(
-            down(&g, &from_saved),
-            recomputed,
-            "{tag}: saved vs recomputed VJP"
+        close(
+            &format!("{tag} vjp from saved"),
+            &down(&g, &from_saved),
+            &recomputed,
+            1e-6,
         );
     }
 }
