@@ -272,11 +272,13 @@ pub fn diagonal_of(op: &dyn LinearOperator) -> Option<Vec<f32>> {
         } else {
             op.apply(x.view(), out.view_mut());
         }
-        let err = out
+        // `all` with `<=` rejects NaN as well as large errors.
+        let tol = 1e-6 * scale;
+        if !out
             .iter()
             .zip(want.iter())
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        if !(err <= 1e-6 * scale) {
+            .all(|(a, b)| (a - b).abs() <= tol)
+        {
             return None;
         }
     }
