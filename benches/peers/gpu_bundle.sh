@@ -46,6 +46,11 @@ build() { # kind name: builds one target, copies its executable; a failure is re
 
 for f in tests/gpu_*.rs; do build test "$(basename "$f" .rs)"; done
 for f in benches/gpu*.rs; do build bench "$(basename "$f" .rs)"; done
+# The command-line program, for an end-to-end `reconstruct --device cuda` check.
+if cargo build --release --bin posterior 2>/dev/null; then
+  cp target/release/posterior .gpu/bin/posterior && strip .gpu/bin/posterior 2>/dev/null || true
+  echo "bundle: .gpu/bin/posterior ($(du -h .gpu/bin/posterior | cut -f1))"
+fi
 git rev-parse --short HEAD > .gpu/COMMIT
 git status --short --untracked-files=no | head -20 > .gpu/DIRTY
 du -sh .gpu

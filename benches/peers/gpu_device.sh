@@ -6,7 +6,7 @@
 # (gpu_*.log, bench.log, peer.log, summary.md). Prints a summary table last.
 #
 # Env: SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_PEER=1 / SKIP_OTHER_BENCH=1 (benches other than
-# benches/gpu.rs) leave parts out; TEST_ARGS adds test filters.
+# benches/gpu.rs) / SKIP_PEER_TF32=1 / SKIP_E2E=1 leave parts out; TEST_ARGS adds test filters.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -39,6 +39,37 @@ if [[ -z ${SKIP_TESTS:-} ]]; then
     echo "| tests $name | rc $rc | $(grep -E '^test result' "$OUT/$name.log" | tail -1) | $(( $(date +%s) - t0 )) s |" >> "$summary"
   done
 fi
+# End to end: the CLI reconstructs on the GPU and on the CPU from the same measurement and
+# seed; the two estimates must agree (the network's per-call difference is ~1e-6).
+if [[ -z ${SKIP_E2E:-} && -x .gpu/bin/posterior ]]; then
+  echo "== end to end: posterior reconstruct --device cuda vs cpu"
+  e2e=/tmp/e2e; mkdir -p $e2e
+  python3 -c "
+import numpy as np
+i, j = np.mgrid[0:16, 0:16]
+img = np.where((i >= 4) & (i < 12) & (j >= 4) & (j < 12), 0.8, 0.1).astype(np.float32)[None]
+np.save('$e2e/img.npy', img)
+i, j = np.mgrid[0:32, 0:32]
+img = (0.5 + 0.4 * np.sin(i / 4.0) * np.cos(j / 5.0)).astype(np.float32)[None]
+np.save('$e2e/img32.npy', img)"
+  P=.gpu/bin/posterior
+  $P degrade $e2e/img.npy --op blur:kernel=gaussian,sigma=1 --noise gaussian:sigma=0.02 --out $e2e/y.npy
+  $P degrade $e2e/img32.npy --op inpaint:mask=random,fraction=0.5 --noise gaussian:sigma=0.02 --out $e2e/y32.npy 2>&1 | tail -2
+  for dev in cuda cpu; do
+    $P reconstruct $e2e/y.npy --sampler dps --prior tests/data/adm/plain_conv_f16 --steps 4 --seed 5 --device $dev --out $e2e/dps_$dev.npy 2>&1 | tail -2
+    [[ -f $e2e/y32.npy ]] && $P reconstruct $e2e/y32.npy --sampler dps --prior priors/fmnist-32 --steps 100 --seed 5 --device $dev --out $e2e/fm_$dev.npy --truth $e2e/img32.npy 2>&1 | tail -2
+  done
+  python3 -c "
+import numpy as np, os
+for a in ['dps', 'fm']:
+    g, c = '$e2e/%s_cuda.npy' % a, '$e2e/%s_cpu.npy' % a
+    if os.path.exists(g) and os.path.exists(c):
+        g, c = np.load(g), np.load(c)
+        print(f'e2e {a}: max|cuda - cpu| / max|cpu| = {np.abs(g - c).max() / np.abs(c).max():.2e}')
+    else:
+        print(f'e2e {a}: missing output')" 2>&1 | tee -a "$summary"
+  $P reconstruct $e2e/y.npy --sampler dps --prior tests/data/adm/plain_conv_f16 --steps 4 --device nonsense --out $e2e/x.npy 2>&1 | tail -1
+fi
 # Ours and the PyTorch peer first, then the other GPU benches (and their peers) if built.
 if [[ -z ${SKIP_BENCH:-} && -x .gpu/bin/bench-gpu ]]; then
   echo "== bench gpu (f32)"
@@ -49,8 +80,10 @@ fi
 if [[ -z ${SKIP_PEER:-} ]]; then
   echo "== pytorch peer (f32)"
   PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/gpu_peer.py 2>&1 | tee "$OUT/peer.log"
-  echo "== pytorch peer (TF32)"
-  PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/gpu_peer.py --tf32 2>&1 | sed 's/^| pytorch |/| pytorch tf32 |/' | tee -a "$OUT/peer.log"
+  if [[ -z ${SKIP_PEER_TF32:-} ]]; then
+    echo "== pytorch peer (TF32)"
+    PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/gpu_peer.py --tf32 2>&1 | sed 's/^| pytorch |/| pytorch tf32 |/' | tee -a "$OUT/peer.log"
+  fi
 fi
 if [[ -z ${SKIP_BENCH:-} && -z ${SKIP_OTHER_BENCH:-} ]]; then
   for b in .gpu/bin/bench-*; do
