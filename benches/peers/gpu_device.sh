@@ -6,7 +6,8 @@
 # (gpu_*.log, bench.log, peer.log, summary.md). Prints a summary table last.
 #
 # Env: SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_PEER=1 / SKIP_OTHER_BENCH=1 (benches other than
-# benches/gpu.rs) / SKIP_PEER_TF32=1 / SKIP_E2E=1 leave parts out; TEST_ARGS adds test filters.
+# benches/gpu.rs) / SKIP_PEER_TF32=1 / SKIP_E2E=1 leave parts out; ONLY_TESTS="gpu_nn ..." runs only those test binaries;
+# TEST_ARGS adds test filters.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -31,6 +32,7 @@ if [[ -z ${SKIP_TESTS:-} ]]; then
   for b in .gpu/bin/test-*; do
     [[ -x $b ]] || continue
     name=${b##*/test-}
+    [[ -n ${ONLY_TESTS:-} && " $ONLY_TESTS " != *" $name "* ]] && continue
     echo "== tests $name"
     t0=$(date +%s)
     timeout 150 "$b" --nocapture --test-threads=1 ${TEST_ARGS:-} > "$OUT/$name.log" 2>&1
