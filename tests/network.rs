@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array4, ArrayD, Ix4};
+use posterior::nn::hash::{hash_unit, splitmix64, HashWeights};
 use posterior::nn::unet::{ParamSource, UNet, UNetConfig};
 use posterior::prior::{Denoiser, ModelCard, NetworkPrior};
 use posterior::sample::{Ddim, Executor};
@@ -79,47 +80,6 @@ fn learned_sigma_scale_shift_updown_two_attention_resolutions_batch_2_f32() {
 #[test]
 fn additive_embedding_conv_resampling_new_attention_order_f16_batch_3() {
     golden("plain_conv_f16");
-}
-
-/// make_golden.py's hash weights: FNV-1a of the key, splitmix64 of (hash ^ index).
-struct HashWeights;
-
-fn fnv1a64(key: &str) -> u64 {
-    key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
-}
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e3779b97f4a7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
-}
-
-fn hash_unit(key: &str, n: usize) -> Vec<f32> {
-    let h = fnv1a64(key);
-    (0..n)
-        .map(|i| ((splitmix64(h ^ i as u64) >> 40) as f64 / 8388608.0 - 1.0) as f32)
-        .collect()
-}
-
-impl ParamSource for HashWeights {
-    fn take(&mut self, key: &str, shape: &[usize]) -> posterior::Result<Vec<f32>> {
-        let n: usize = shape.iter().product();
-        let u = hash_unit(key, n);
-        let c = if shape.len() >= 2 {
-            (3.0f64 / (n / shape[0]) as f64).sqrt() as f32
-        } else {
-            (0.1 * 3.0f64.sqrt()) as f32
-        };
-        let one = if shape.len() == 1 && key.ends_with("weight") {
-            1.0
-        } else {
-            0.0
-        };
-        Ok(u.into_iter().map(|v| one + v * c).collect())
-    }
 }
 
 #[test]

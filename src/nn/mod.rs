@@ -19,6 +19,7 @@ pub mod attention;
 pub mod conv;
 pub mod embed;
 pub mod gemm;
+pub mod hash;
 pub mod linear;
 pub mod norm;
 pub mod resample;
