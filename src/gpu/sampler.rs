@@ -1067,7 +1067,7 @@ pub fn dds(
     n: usize,
     seed: u64,
 ) -> Result<DeviceOutcome> {
-    check_dds(settings)?;
+    settings.check()?;
     let mut run = Run::new(den, problem, settings.steps, n, seed)?;
     let mut cg = DeviceCg::new(problem, settings.gamma, n)?;
     let mut x = run.start()?;
@@ -1099,33 +1099,6 @@ pub fn dds(
         outcome: run.finish(x, steps)?,
         cg_iterations,
     })
-}
-
-fn check_dds(s: &DdsSettings) -> Result<()> {
-    if s.steps == 0 {
-        return Err(Error::Invalid(
-            "dds: the number of steps must be at least 1".into(),
-        ));
-    }
-    if !(s.eta.is_finite() && (0.0..=1.0).contains(&s.eta)) {
-        return Err(Error::Invalid(format!(
-            "dds: eta must lie in [0, 1], got {}",
-            s.eta
-        )));
-    }
-    if !(s.cg_tol.is_finite() && s.cg_tol >= 0.0) {
-        return Err(Error::Invalid(format!(
-            "dds: the CG tolerance must be a finite number >= 0, got {}",
-            s.cg_tol
-        )));
-    }
-    if !(s.gamma.is_finite() && s.gamma > 0.0) {
-        return Err(Error::Invalid(format!(
-            "dds: gamma must be a finite number > 0, got {}",
-            s.gamma
-        )));
-    }
-    Ok(())
 }
 
 /// The DPS guidance on the device: `x0_hat` and `grad_x ||y - A x0_hat(x)||` per sample
@@ -1186,24 +1159,7 @@ pub fn dps(
     n: usize,
     seed: u64,
 ) -> Result<Outcome> {
-    if settings.steps == 0 {
-        return Err(Error::Invalid(
-            "dps: the number of steps must be at least 1".into(),
-        ));
-    }
-    if !(settings.zeta.is_finite() && settings.zeta >= 0.0) {
-        return Err(Error::Invalid(format!(
-            "dps: the step size zeta must be a finite number >= 0, got {}",
-            settings.zeta
-        )));
-    }
-    if let DpsUpdate::Ddim { eta } = settings.update {
-        if !(eta.is_finite() && (0.0..=1.0).contains(&eta)) {
-            return Err(Error::Invalid(format!(
-                "dps: the DDIM eta must lie in [0, 1], got {eta}"
-            )));
-        }
-    }
+    settings.check()?;
     let mut run = Run::new(den, problem, settings.steps, n, seed)?;
     let mut reducer = Reducer::new(&run.gpu, n)?;
     // The guidance gain 1 / max(1, ||A||) of `crate::sample::dps::guidance_gain`.

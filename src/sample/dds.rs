@@ -97,7 +97,8 @@ impl Default for DdsSettings {
 }
 
 impl DdsSettings {
-    fn check(&self) -> Result<()> {
+    /// Checks `steps >= 1`, `eta` in `[0, 1]`, `cg_tol >= 0` and `gamma > 0` (all finite).
+    pub fn check(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(Error::Invalid(
                 "dds: the number of steps must be at least 1".into(),

@@ -84,6 +84,31 @@ impl DpsSettings {
     }
 }
 
+impl DpsSettings {
+    /// Checks `steps >= 1`, `zeta` finite and `>= 0`, DDIM `eta` in `[0, 1]`.
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::Invalid(
+                "dps: the number of steps must be at least 1".into(),
+            ));
+        }
+        if !(self.zeta.is_finite() && self.zeta >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "dps: the step size zeta must be a finite number >= 0, got {}",
+                self.zeta
+            )));
+        }
+        if let DpsUpdate::Ddim { eta } = self.update {
+            if !(eta.is_finite() && (0.0..=1.0).contains(&eta)) {
+                return Err(Error::Invalid(format!(
+                    "dps: the DDIM eta must lie in [0, 1], got {eta}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The official DPS step size `zeta` for a task family, named as in the operator specs
 /// (`blur`, `sr`, `inpaint`, `phase`; a full spec such as `blur:kernel=gaussian` is
 /// accepted, the part before `:` counts): 0.3 for super-resolution (x4) and deblurring, 0.5
@@ -168,24 +193,7 @@ impl Dps {
     /// Checks the settings: `steps >= 1`, `zeta` finite and `>= 0`, DDIM `eta` in `[0, 1]`.
     /// The problem is checked against the prior in [`Sampler::init`].
     pub fn new(problem: Arc<Problem>, settings: DpsSettings) -> Result<Dps> {
-        if settings.steps == 0 {
-            return Err(Error::Invalid(
-                "dps: the number of steps must be at least 1".into(),
-            ));
-        }
-        if !(settings.zeta.is_finite() && settings.zeta >= 0.0) {
-            return Err(Error::Invalid(format!(
-                "dps: the step size zeta must be a finite number >= 0, got {}",
-                settings.zeta
-            )));
-        }
-        if let DpsUpdate::Ddim { eta } = settings.update {
-            if !(eta.is_finite() && (0.0..=1.0).contains(&eta)) {
-                return Err(Error::Invalid(format!(
-                    "dps: the DDIM eta must lie in [0, 1], got {eta}"
-                )));
-            }
-        }
+        settings.check()?;
         Ok(Dps {
             problem,
             settings,
