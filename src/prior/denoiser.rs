@@ -53,6 +53,18 @@ impl PriorInfo {
 /// its forward activations inside; they are freed when the pullback is used or dropped.
 pub type Pullback<'a> = Box<dyn FnOnce(ArrayViewD<f32>) -> Result<ArrayD<f32>> + 'a>;
 
+/// [`Denoiser::x0_vjp`] for a denoiser whose [`Denoiser::x0_pullback`] is the primitive (a
+/// network keeping its forward pass): one forward pass, then its pullback at `v`.
+pub fn x0_vjp_by_pullback<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x_t: ArrayViewD<f32>,
+    t: &[f32],
+    v: ArrayViewD<f32>,
+) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+    let (x0, pullback) = denoiser.x0_pullback(x_t, t)?;
+    Ok((x0, pullback(v)?))
+}
+
 /// A trained network (or an exact prior) seen as a denoiser.
 pub trait Denoiser: Send + Sync {
     /// The path the denoiser was trained on; `t` arguments are times on this path.
@@ -272,8 +284,7 @@ impl Denoiser for Clipped {
         t: &[f32],
         v: ArrayViewD<f32>,
     ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
-        let (x0, pullback) = self.x0_pullback(x_t, t)?;
-        Ok((x0, pullback(v)?))
+        x0_vjp_by_pullback(self, x_t, t, v)
     }
     fn x0_pullback<'a>(
         &'a self,

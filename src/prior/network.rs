@@ -497,8 +497,7 @@ impl Denoiser for NetworkPrior {
         t: &[f32],
         v: ArrayViewD<f32>,
     ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
-        let (x0, pullback) = self.x0_pullback(x_t, t)?;
-        Ok((x0, pullback(v)?))
+        crate::prior::denoiser::x0_vjp_by_pullback(self, x_t, t, v)
     }
     fn x0_pullback<'a>(
         &'a self,
