@@ -25,6 +25,7 @@ pub mod norm;
 pub mod resample;
 pub mod resblock;
 pub mod safetensors;
+pub(crate) mod simd;
 pub mod unet;
 
 pub use act::{silu, silu_vjp};

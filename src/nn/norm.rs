@@ -4,6 +4,7 @@ use ndarray::{Array1, ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
 use crate::nn::act::silu1;
+use crate::nn::simd::wide;
 use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
@@ -63,6 +64,7 @@ impl GroupNorm {
 
     /// Mean and 1/sqrt(var + eps) of one block (two passes; partial sums in f32 lanes,
     /// combined in f64).
+    #[inline(always)]
     fn stats(&self, block: &[f32]) -> (f64, f64) {
         let len = block.len().max(1) as f64;
         let mean = sum64(block, |v| v) / len;
@@ -116,40 +118,17 @@ impl GroupNorm {
             .for_each(|(i, yb)| {
                 let (b, g) = (i / self.groups, i % self.groups);
                 let xb = &xs[i * blk..(i + 1) * blk];
-                let (mean, rstd) = self.stats(xb);
+                let (mean, rstd) = wide!(self.stats(xb));
                 // (x - mean) first: folding the mean into the shift cancels badly when
                 // rstd is large (near-constant blocks).
                 let m = mean as f32;
                 for j in 0..cg {
                     let ch = g * cg + j;
                     let (a, bias) = ((rstd * self.weight[ch] as f64) as f32, self.bias[ch]);
-                    let (mul, add) = match modulation {
-                        Some((mul, add)) => (mul[b * c + ch], add[b * c + ch]),
-                        None => (1.0, 0.0),
-                    };
+                    let modulation =
+                        modulation.map(|(mul, add)| (mul[b * c + ch], add[b * c + ch]));
                     let (yc, xc) = (&mut yb[j * s..(j + 1) * s], &xb[j * s..(j + 1) * s]);
-                    if modulation.is_some() {
-                        // ((x - m) a + bias) mul + add, rounded as written out.
-                        if silu {
-                            for (yv, &xv) in yc.iter_mut().zip(xc) {
-                                *yv = silu1(((xv - m) * a + bias) * mul + add);
-                            }
-                        } else {
-                            for (yv, &xv) in yc.iter_mut().zip(xc) {
-                                *yv = ((xv - m) * a + bias) * mul + add;
-                            }
-                        }
-                        continue;
-                    }
-                    if silu {
-                        for (yv, &xv) in yc.iter_mut().zip(xc) {
-                            *yv = silu1((xv - m) * a + bias);
-                        }
-                    } else {
-                        for (yv, &xv) in yc.iter_mut().zip(xc) {
-                            *yv = (xv - m) * a + bias;
-                        }
-                    }
+                    wide!(normalize_channel(yc, xc, m, a, bias, modulation, silu));
                 }
             });
         Ok(y)
@@ -180,28 +159,27 @@ impl GroupNorm {
                 let g = i % self.groups;
                 let xb = &xs[i * blk..(i + 1) * blk];
                 let db = &dys[i * blk..(i + 1) * blk];
-                let (mean, rstd) = self.stats(xb);
+                let (mean, rstd) = wide!(self.stats(xb));
                 let (m, r) = (mean as f32, rstd as f32);
                 let (mut m1, mut m2) = (0.0f64, 0.0f64);
                 for j in 0..cg {
                     let w = self.weight[g * cg + j] as f64;
                     let (xc, dc) = (&xb[j * s..(j + 1) * s], &db[j * s..(j + 1) * s]);
-                    m1 += w * sum64(dc, |v| v);
-                    m2 += w * r as f64 * dot64(dc, xc, m);
+                    m1 += w * wide!(sum64(dc, |v| v));
+                    m2 += w * r as f64 * wide!(dot64(dc, xc, m));
                 }
                 let len = blk as f64;
                 let (m1, m2) = ((m1 / len) as f32, (m2 / len) as f32);
                 for j in 0..cg {
                     let w = self.weight[g * cg + j];
                     let range = j * s..(j + 1) * s;
-                    for ((o, &xv), &dv) in dxb[range.clone()]
-                        .iter_mut()
-                        .zip(&xb[range.clone()])
-                        .zip(&db[range])
-                    {
-                        let xh = (xv - m) * r;
-                        *o = r * (dv * w - m1 - xh * m2);
-                    }
+                    let (o, xc, dc) = (&mut dxb[range.clone()], &xb[range.clone()], &db[range]);
+                    wide!({
+                        for ((o, &xv), &dv) in o.iter_mut().zip(xc).zip(dc) {
+                            let xh = (xv - m) * r;
+                            *o = r * (dv * w - m1 - xh * m2);
+                        }
+                    });
                 }
             });
         Ok(dx)
@@ -245,9 +223,46 @@ impl GroupNorm {
     }
 }
 
+/// One channel of [`GroupNorm::forward_fused`]: `y = (x - m) a + bias`, then
+/// `y mul + add` with `modulation = (mul, add)`, then SiLU with `silu` (each rounded as
+/// written out).
+#[inline(always)]
+fn normalize_channel(
+    y: &mut [f32],
+    x: &[f32],
+    m: f32,
+    a: f32,
+    bias: f32,
+    modulation: Option<(f32, f32)>,
+    silu: bool,
+) {
+    match (modulation, silu) {
+        (Some((mul, add)), true) => {
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = silu1(((xv - m) * a + bias) * mul + add);
+            }
+        }
+        (Some((mul, add)), false) => {
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = ((xv - m) * a + bias) * mul + add;
+            }
+        }
+        (None, true) => {
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = silu1((xv - m) * a + bias);
+            }
+        }
+        (None, false) => {
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = (xv - m) * a + bias;
+            }
+        }
+    }
+}
+
 /// `sum f(x_i)` in f64, vectorisable: f32 partial sums in 16 lanes over blocks of 1024
 /// elements, the blocks combined in f64 (relative error ~1e-7 for the sums here).
-#[inline]
+#[inline(always)]
 fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     xs.chunks(1024)
         .map(|blk| {
@@ -265,7 +280,7 @@ fn sum64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// `sum d_i (x_i - m)` in f64, vectorised as [`sum64`].
-#[inline]
+#[inline(always)]
 fn dot64(d: &[f32], x: &[f32], m: f32) -> f64 {
     d.chunks(1024)
         .zip(x.chunks(1024))
