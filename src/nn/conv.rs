@@ -193,8 +193,16 @@ impl Geom {
 }
 
 /// `y = conv(x)` (+ `bias`) for `n` images: `wmat` (co, ci*kh*kw), `xs` (n, ci, h, w),
-/// `ys` (n, co, ho, wo), all contiguous; `ys` is overwritten.
-fn conv_into(g: &Geom, wmat: &[f32], bias: Option<&[f32]>, xs: &[f32], n: usize, ys: &mut [f32]) {
+/// `ys` (n, co, ho, wo), all contiguous; `ys` is overwritten, or added to with `accumulate`.
+fn conv_into(
+    g: &Geom,
+    wmat: &[f32],
+    bias: Option<&[f32]>,
+    xs: &[f32],
+    n: usize,
+    ys: &mut [f32],
+    accumulate: bool,
+) {
     let (npix, kdim) = (g.ho * g.wo, g.kdim());
     let (in_len, out_len) = (g.ci * g.h * g.w, g.co * npix);
     assert!(
@@ -212,12 +220,15 @@ fn conv_into(g: &Geom, wmat: &[f32], bias: Option<&[f32]>, xs: &[f32], n: usize,
         rows /= 2;
     }
     let tiles_per_img = g.ho.div_ceil(rows);
+    // The GEMMs accumulate into C, so C starts as the bias (plus the old values).
     let fill_bias = |yb: &mut [f32], r0: usize, tpx: usize| {
         for o in 0..g.co {
             let dst = &mut yb[o * npix + r0 * g.wo..o * npix + r0 * g.wo + tpx];
-            match bias {
-                Some(bv) => dst.fill(bv[o]),
-                None => dst.fill(0.0),
+            match (bias, accumulate) {
+                (Some(bv), false) => dst.fill(bv[o]),
+                (None, false) => dst.fill(0.0),
+                (Some(bv), true) => dst.iter_mut().for_each(|v| *v += bv[o]),
+                (None, true) => {}
             }
         }
     };
@@ -418,8 +429,24 @@ impl Conv2d {
         let xs = x.as_slice().expect("standard layout");
         let mut y = Array4::zeros((n, g.co, ho, wo));
         let ys = y.as_slice_mut().expect("fresh array");
-        conv_into(&g, self.wmat(), self.bias.as_slice(), xs, n, ys);
+        conv_into(&g, self.wmat(), self.bias.as_slice(), xs, n, ys, false);
         Ok(y)
+    }
+
+    /// `out += forward(x)` without a temporary (a residual connection added inside the
+    /// product); `out` must have the output's shape `(N, out, Ho, Wo)`.
+    pub fn forward_add(&self, x: ArrayView4<f32>, out: &mut Array4<f32>) -> Result<()> {
+        let (ho, wo) = self.check_input(&x)?;
+        let (n, _, h, w) = x.dim();
+        let g = self.geom(h, w, ho, wo);
+        same_shape("conv2d", "accumulator", &[n, g.co, ho, wo], out.shape())?;
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        match out.as_slice_mut() {
+            Some(ys) => conv_into(&g, self.wmat(), self.bias.as_slice(), xs, n, ys, true),
+            None => *out += &self.forward(x.view())?,
+        }
+        Ok(())
     }
 
     /// VJP with respect to the input: `dy` `(N, out, Ho, Wo)` for an input of spatial size
@@ -448,7 +475,7 @@ impl Conv2d {
                 ho: h,
                 wo: w,
             };
-            conv_into(&g, self.flipped(), None, dys, n, dxs);
+            conv_into(&g, self.flipped(), None, dys, n, dxs, false);
             return Ok(dx);
         }
         let g = self.geom(h, w, ho, wo);

@@ -2,7 +2,7 @@
 //! embedding added (or applied as scale/shift), optional nearest-up / avg-pool-down
 //! resampling inside the block, and a skip connection.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, Ix4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, CowArray, Ix4};
 
 use crate::nn::{
     avg_pool2x, avg_pool2x_vjp, same_shape, silu, silu_vjp, upsample_nearest2x,
@@ -73,11 +73,11 @@ fn with_resampled<R>(u: UpDown, x: ArrayView4<f32>, f: impl FnOnce(ArrayView4<f3
 }
 
 /// Activations of one forward pass that the VJP needs (the block's output itself is not
-/// computed for the VJP).
-struct Tape {
+/// computed for the VJP). `h1` is the first convolution's output, kept from the forward
+/// pass when the caller saved it (see [`ResBlock::forward_saving`]), else recomputed.
+struct Tape<'a> {
     a0: Array4<f32>,
-    a1: Array4<f32>,
-    h1: Array4<f32>,
+    h1: CowArray<'a, f32, Ix4>,
     m: Option<Array4<f32>>,
     pre: Array4<f32>,
     e: Array2<f32>,
@@ -171,12 +171,23 @@ impl ResBlock {
         }
     }
 
-    /// The activations the VJP needs, up to (not including) the output convolution.
-    fn run(&self, x: ArrayView4<f32>, emb: ArrayView2<f32>) -> Result<Tape> {
+    /// The activations the VJP needs, up to (not including) the output convolution;
+    /// `h1` when the forward pass kept it.
+    fn run<'a>(
+        &self,
+        x: ArrayView4<f32>,
+        emb: ArrayView2<f32>,
+        h1: Option<ArrayView4<'a, f32>>,
+    ) -> Result<Tape<'a>> {
         let e = self.embed(x.dim().0, emb)?;
         let a0 = dim4(self.in_norm.forward(x.into_dyn())?)?;
-        let a1 = dim4(silu(a0.view().into_dyn()))?;
-        let h1 = with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?;
+        let h1: CowArray<'a, f32, Ix4> = match h1 {
+            Some(h1) => h1.into(),
+            None => {
+                let a1 = dim4(silu(a0.view().into_dyn()))?;
+                with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?.into()
+            }
+        };
         let (m, pre) = if self.scale_shift {
             let (mul, add) = self.modulation(&e);
             let pre =
@@ -184,24 +195,29 @@ impl ResBlock {
                     .forward_fused(h1.view().into_dyn(), Some((&mul, &add)), false)?;
             (None, dim4(pre)?)
         } else {
-            let mut m = h1.clone();
+            let mut m = h1.to_owned();
             Self::add_emb(&mut m, &e);
             let pre = dim4(self.out_norm.forward(m.view().into_dyn())?)?;
             (Some(m), pre)
         };
-        Ok(Tape {
-            a0,
-            a1,
-            h1,
-            m,
-            pre,
-            e,
-        })
+        Ok(Tape { a0, h1, m, pre, e })
     }
 
     /// Forward: `x` `(B, C, H, W)`, `emb` `(B, E)` -> `(B, out, H', W')` (`H' = 2H` up,
-    /// `H / 2` down). Norm, modulation and SiLU run fused, one pass each.
+    /// `H / 2` down). Norm, modulation and SiLU run fused, one pass each; the residual is
+    /// added inside the output convolution's product.
     pub fn forward(&self, x: ArrayView4<f32>, emb: ArrayView2<f32>) -> Result<Array4<f32>> {
+        Ok(self.forward_saving(x, emb, false)?.0)
+    }
+
+    /// [`ResBlock::forward`], also returning the first convolution's output `h1` when
+    /// `keep` (a VJP given it skips recomputing that convolution: see [`ResBlock::vjp`]).
+    pub fn forward_saving(
+        &self,
+        x: ArrayView4<f32>,
+        emb: ArrayView2<f32>,
+        keep: bool,
+    ) -> Result<(Array4<f32>, Option<Array4<f32>>)> {
         let e = self.embed(x.dim().0, emb)?;
         let a1 = dim4(self.in_norm.forward_silu(x.into_dyn())?)?;
         let mut h1 = with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?;
@@ -210,27 +226,49 @@ impl ResBlock {
             let (mul, add) = self.modulation(&e);
             self.out_norm
                 .forward_fused(h1.view().into_dyn(), Some((&mul, &add)), true)?
+        } else if keep {
+            // The VJP needs h1 itself, before the embedding is added.
+            let mut m = h1.clone();
+            Self::add_emb(&mut m, &e);
+            self.out_norm.forward_silu(m.view().into_dyn())?
         } else {
             Self::add_emb(&mut h1, &e);
             self.out_norm.forward_silu(h1.view().into_dyn())?
         };
-        drop(h1);
-        let mut out = self.out_conv.forward(dim4(s)?.view())?;
-        match &self.skip {
-            None => with_resampled(self.updown, x, |v| out += &v),
-            Some(cv) => out += &with_resampled(self.updown, x, |v| cv.forward(v))?,
-        }
-        Ok(out)
+        let h1 = keep.then_some(h1);
+        let mut out = match &self.skip {
+            None => resample(self.updown, x),
+            Some(cv) => with_resampled(self.updown, x, |v| cv.forward(v))?,
+        };
+        self.out_conv.forward_add(dim4(s)?.view(), &mut out)?;
+        Ok((out, h1))
     }
 
-    /// VJP with respect to `x` (the embedding held fixed), recomputing the forward.
+    /// VJP with respect to `x` (the embedding held fixed), recomputing the forward's
+    /// norms; `h1` is the first convolution's output from [`ResBlock::forward_saving`]
+    /// (`None`: recomputed).
     pub fn vjp(
         &self,
         x: ArrayView4<f32>,
         emb: ArrayView2<f32>,
+        h1: Option<ArrayView4<f32>>,
         dy: ArrayView4<f32>,
     ) -> Result<Array4<f32>> {
-        let tp = self.run(x, emb)?;
+        if let Some(h) = &h1 {
+            let (b, _, hh, ww) = x.dim();
+            let want = match self.updown {
+                UpDown::None => (hh, ww),
+                UpDown::Up => (2 * hh, 2 * ww),
+                UpDown::Down => (hh / 2, ww / 2),
+            };
+            same_shape(
+                "resblock",
+                "saved activation",
+                &[b, self.in_conv.out_channels(), want.0, want.1],
+                h.shape(),
+            )?;
+        }
+        let tp = self.run(x, emb, h1)?;
         same_shape("resblock", "output gradient", tp.h1.shape(), dy.shape())?;
         let o = self.in_conv.out_channels();
         let (_, _, ho, wo) = tp.h1.dim();
@@ -257,7 +295,7 @@ impl ResBlock {
             )?
         };
         debug_assert_eq!(dh1.dim().1, o);
-        let a1s = tp.a1.shape();
+        let a1s = tp.a0.shape();
         let (ha, wa) = match self.updown {
             UpDown::None => (a1s[2], a1s[3]),
             UpDown::Up => (2 * a1s[2], 2 * a1s[3]),
@@ -330,7 +368,21 @@ mod tests {
                     assert_eq!(y.dim(), (b, o, hh, ww));
                     let dy =
                         Array4::from_shape_vec(y.raw_dim(), rand_vec(y.len(), 1000 + k)).unwrap();
-                    let dx = blk.vjp(x.view(), emb.view(), dy.view()).unwrap();
+                    let dx = blk.vjp(x.view(), emb.view(), None, dy.view()).unwrap();
+                    // The forward's kept h1 gives the same output and the same VJP (the
+                    // same f32 operations in the same order, so bit for bit), and a kept
+                    // activation of the wrong shape is an error.
+                    let (y_kept, h1) = blk.forward_saving(x.view(), emb.view(), true).unwrap();
+                    let h1 = h1.expect("kept when asked");
+                    assert_eq!(y_kept, y);
+                    let dx_kept = blk
+                        .vjp(x.view(), emb.view(), Some(h1.view()), dy.view())
+                        .unwrap();
+                    assert_eq!(dx_kept, dx);
+                    let wrong = h1.slice(ndarray::s![.., .., ..1, ..]);
+                    assert!(blk
+                        .vjp(x.view(), emb.view(), Some(wrong), dy.view())
+                        .is_err());
                     let dot = |a: &Array4<f32>, b: &Array4<f32>| -> f64 {
                         a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
                     };

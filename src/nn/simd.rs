@@ -69,7 +69,6 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn wide_runs_the_closure_and_returns_its_value() {

@@ -31,6 +31,7 @@
 
 use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, Axis};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::nn::{
@@ -265,10 +266,17 @@ fn dim4(a: ndarray::ArrayD<f32>) -> Result<Array4<f32>> {
 }
 
 impl Layer {
-    fn forward(&self, x: ArrayView4<f32>, emb: ArrayView2<f32>) -> Result<Array4<f32>> {
-        match self {
+    /// Forward; with `keep`, also what the VJP would otherwise recompute expensively (a
+    /// residual block's first convolution).
+    fn forward(
+        &self,
+        x: ArrayView4<f32>,
+        emb: ArrayView2<f32>,
+        keep: bool,
+    ) -> Result<(Array4<f32>, Option<Array4<f32>>)> {
+        let out = match self {
             Layer::Conv(c) => c.forward(x),
-            Layer::Res(r) => r.forward(x, emb),
+            Layer::Res(r) => return r.forward_saving(x, emb, keep),
             Layer::Attn(a) => a.forward(x),
             Layer::Pool => Ok(avg_pool2x(x)),
             Layer::Up(c) => {
@@ -278,20 +286,22 @@ impl Layer {
                     None => Ok(u),
                 }
             }
-        }
+        };
+        Ok((out?, None))
     }
 
-    /// VJP at input `x` for the output gradient `dy`.
+    /// VJP at input `x` for the output gradient `dy`; `kept` is what `forward` kept.
     fn vjp(
         &self,
         x: ArrayView4<f32>,
         emb: ArrayView2<f32>,
+        kept: Option<ArrayView4<f32>>,
         dy: ArrayView4<f32>,
     ) -> Result<Array4<f32>> {
         let (n, c, h, w) = x.dim();
         match self {
             Layer::Conv(cv) => cv.vjp(h, w, dy),
-            Layer::Res(r) => r.vjp(x, emb, dy),
+            Layer::Res(r) => r.vjp(x, emb, kept, dy),
             Layer::Attn(a) => a.vjp(x, dy),
             Layer::Pool => avg_pool2x_vjp([n, c, h, w], dy),
             Layer::Up(cv) => match cv {
@@ -300,6 +310,13 @@ impl Layer {
             },
         }
     }
+}
+
+/// What the VJP of one layer needs from the forward pass: its input (shared with the skip
+/// list when it is an input block's output) and what the layer kept.
+struct Saved {
+    input: Arc<Array4<f32>>,
+    kept: Option<Array4<f32>>,
 }
 
 /// A sequence of layers sharing the timestep embedding.
@@ -569,48 +586,52 @@ impl UNet {
         self.config.check_input_shape(x.shape(), timesteps)
     }
 
-    /// Runs every block; with `tape`, keeps each layer's input (execution order) and the
-    /// input of the final norm.
+    /// Runs every block; with `tape`, keeps what each layer's VJP needs (execution order)
+    /// and, last, the input of the final norm.
     fn run(
         &self,
         x: ArrayView4<f32>,
         emb: ArrayView2<f32>,
-        mut tape: Option<&mut Vec<Array4<f32>>>,
+        mut tape: Option<&mut Vec<Saved>>,
     ) -> Result<Array4<f32>> {
         let apply = |layers: &Block,
-                     mut h: Array4<f32>,
-                     tape: &mut Option<&mut Vec<Array4<f32>>>|
-         -> Result<Array4<f32>> {
+                     mut h: Arc<Array4<f32>>,
+                     tape: &mut Option<&mut Vec<Saved>>|
+         -> Result<Arc<Array4<f32>>> {
             for layer in layers {
-                let next = layer.forward(h.view(), emb)?;
+                let (next, kept) = layer.forward(h.view(), emb, tape.is_some())?;
                 if let Some(t) = tape.as_deref_mut() {
-                    t.push(h);
+                    t.push(Saved { input: h, kept });
                 }
-                h = next;
+                h = Arc::new(next);
             }
             Ok(h)
         };
-        let mut h = x.to_owned();
+        // Activations are shared (not copied) between the skip list and the tape.
+        let mut h = Arc::new(x.to_owned());
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         for block in &self.input_blocks {
             h = apply(block, h, &mut tape)?;
-            skips.push(h.clone());
+            skips.push(Arc::clone(&h));
         }
         h = apply(&self.middle, h, &mut tape)?;
         for block in &self.output_blocks {
             let skip = skips
                 .pop()
                 .ok_or_else(|| invalid("unet: skip bookkeeping".into()))?;
-            h = ndarray::concatenate(Axis(1), &[h.view(), skip.view()])
+            let cat = ndarray::concatenate(Axis(1), &[h.view(), skip.view()])
                 .map_err(|e| invalid(format!("unet: skip concat: {e}")))?;
-            h = apply(block, h, &mut tape)?;
+            drop((h, skip));
+            h = apply(block, Arc::new(cat), &mut tape)?;
         }
-        let a = self.out_norm.forward(h.view().into_dyn())?;
+        let a = self.out_norm.forward_silu(h.view().into_dyn())?;
         if let Some(t) = tape {
-            t.push(h);
+            t.push(Saved {
+                input: h,
+                kept: None,
+            });
         }
-        let a = dim4(silu(a.view()))?;
-        self.out_conv.forward(a.view())
+        self.out_conv.forward(dim4(a)?.view())
     }
 
     /// `model(x, timesteps)`: `(N, in_channels, H, W) -> (N, out_channels, H, W)`.
@@ -643,15 +664,15 @@ impl UNet {
     ) -> Result<(Array4<f32>, UNetTape<'_>)> {
         self.check_input(&x, timesteps)?;
         let emb = self.embed_time(timesteps)?;
-        let mut inputs = Vec::new();
-        let out = self.run(x, emb.view(), Some(&mut inputs))?;
+        let mut saved = Vec::new();
+        let out = self.run(x, emb.view(), Some(&mut saved))?;
         let out_shape = out.dim();
         Ok((
             out,
             UNetTape {
                 unet: self,
                 emb,
-                inputs,
+                saved,
                 out_shape,
             },
         ))
@@ -662,7 +683,7 @@ impl UNet {
 pub struct UNetTape<'a> {
     unet: &'a UNet,
     emb: Array2<f32>,
-    inputs: Vec<Array4<f32>>,
+    saved: Vec<Saved>,
     out_shape: (usize, usize, usize, usize),
 }
 
@@ -673,42 +694,49 @@ impl UNetTape<'_> {
         crate::nn::same_shape("unet", "cotangent", &[n, c, h, w], v.shape())?;
         let net = self.unet;
         let emb = self.emb.view();
-        let tape = &mut self.inputs;
+        let tape = &mut self.saved;
         let mut pop = || {
             tape.pop()
                 .ok_or_else(|| invalid("unet: tape underflow".into()))
         };
         // out = out_conv(silu(out_norm(h)))
-        let h = pop()?;
+        let h = pop()?.input;
         let (_, _, hh, ww) = h.dim();
         let a = net.out_norm.forward(h.view().into_dyn())?;
         let g = net.out_conv.vjp(hh, ww, v)?;
         let g = silu_vjp(a.view(), g.into_dyn().view())?;
         let mut g = dim4(net.out_norm.vjp(h.view().into_dyn(), g.view())?)?;
-        drop(h);
+        drop((h, a));
         let back = |layers: &Block,
                     mut g: Array4<f32>,
-                    pop: &mut dyn FnMut() -> Result<Array4<f32>>|
+                    pop: &mut dyn FnMut() -> Result<Saved>|
          -> Result<Array4<f32>> {
             for layer in layers.iter().rev() {
-                let input = pop()?;
-                g = layer.vjp(input.view(), emb, g.view())?;
+                let s = pop()?;
+                g = layer.vjp(
+                    s.input.view(),
+                    emb,
+                    s.kept.as_ref().map(|k| k.view()),
+                    g.view(),
+                )?;
             }
             Ok(g)
         };
         let n_in = net.input_blocks.len();
-        let mut skip_grads: Vec<Option<Array4<f32>>> = vec![None; n_in];
+        // Gradients of the skips: the whole concatenated gradient, read from channel
+        // `split` on.
+        let mut skip_grads: Vec<Option<(Array4<f32>, usize)>> = vec![None; n_in];
         for (j, block) in net.output_blocks.iter().enumerate().rev() {
-            g = back(block, g, &mut pop)?;
+            let gc = back(block, g, &mut pop)?;
             let i = n_in - 1 - j;
-            let split = g.dim().1 - net.skip_channels[i];
-            skip_grads[i] = Some(g.slice(s![.., split.., .., ..]).to_owned());
-            g = g.slice(s![.., ..split, .., ..]).to_owned();
+            let split = gc.dim().1 - net.skip_channels[i];
+            g = gc.slice(s![.., ..split, .., ..]).to_owned();
+            skip_grads[i] = Some((gc, split));
         }
         g = back(&net.middle, g, &mut pop)?;
         for (i, block) in net.input_blocks.iter().enumerate().rev() {
-            if let Some(sg) = skip_grads[i].take() {
-                g += &sg;
+            if let Some((sg, split)) = skip_grads[i].take() {
+                g += &sg.slice(s![.., split.., .., ..]);
             }
             g = back(block, g, &mut pop)?;
         }
