@@ -517,7 +517,9 @@ fn residual_blocks_match_the_cpu_in_every_variant() {
         close(
             &format!("{tag} vjp"),
             &recomputed,
-            &cpu.vjp(x.view(), emb.view(), None, dy.view()).unwrap().into_dyn(),
+            &cpu.vjp(x.view(), emb.view(), None, dy.view())
+                .unwrap()
+                .into_dyn(),
             REDUCTION,
         );
         // The VJP from the saved activation is the recomputing one (the saved h1 comes from
