@@ -4,7 +4,8 @@ benches/conv_shapes.rs.
 
 Runs the network once with forward hooks on every nn.Conv2d to record the distinct
 convolutions (input size, in/out channels, kernel, stride, padding) and how often each
-occurs, then times each alone (median of 5 after 2 warm-up runs, batch 1, under no_grad)
+occurs, then times each alone (batch 1, under no_grad, 2 warm-up runs, then the median of
+at least 5 runs and 0.2 s, at most 50)
 and writes them as JSON (a list of {h, ci, co, k, s, p, count, gflop, torch_ms}, largest
 total work first). The Rust side reads that file, times its own Conv2d on the same shapes
 and prints the ratios.
@@ -60,7 +61,7 @@ def main() -> None:
             for _ in range(2):
                 conv(x)
             ts = []
-            for _ in range(5):
+            while len(ts) < 5 or (sum(ts) < 0.2 and len(ts) < 50):
                 t0 = time.perf_counter()
                 conv(x)
                 ts.append(time.perf_counter() - t0)

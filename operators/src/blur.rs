@@ -33,7 +33,7 @@ const OP: &str = "blur";
 
 /// Checks that a kernel size is odd and at least 1.
 fn check_odd_size(key: &str, size: usize) -> Result<()> {
-    if size == 0 || size % 2 == 0 {
+    if size == 0 || size.is_multiple_of(2) {
         Err(Error::param(
             OP,
             key,

@@ -1155,7 +1155,8 @@ impl GpuAttention {
     }
 
     fn head_dims(&self, qkv: &GpuTensor) -> Result<(usize, usize, usize)> {
-        let ok = qkv.shape.len() == 3 && qkv.shape[1] > 0 && qkv.shape[1] % (3 * self.heads) == 0;
+        let ok =
+            qkv.shape.len() == 3 && qkv.shape[1] > 0 && qkv.shape[1].is_multiple_of(3 * self.heads);
         if !ok {
             return Err(crate::nn::shape_err(
                 "attention",

@@ -73,7 +73,7 @@ impl QkvAttentionLegacy {
     /// Per-head channel count `C` for a `qkv` input of `width` channels.
     fn head_ch(&self, shape: &[usize]) -> Result<usize> {
         let width = shape[1];
-        if width == 0 || width % (3 * self.n_heads) != 0 {
+        if width == 0 || !width.is_multiple_of(3 * self.n_heads) {
             return Err(shape_err(
                 "attention",
                 format!("(B, {} * 3 * C, T) with C >= 1", self.n_heads),

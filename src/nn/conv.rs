@@ -1,12 +1,14 @@
-//! 2-D convolution (cross-correlation, as PyTorch) by tiled im2col + GEMM.
+//! 2-D convolution (cross-correlation, as PyTorch) as a packed GEMM ([`crate::nn::packed`]).
 //!
-//! The output pixels of every batch item are cut into tiles of whole output rows; each tile
-//! is one rayon task that unfolds its receptive field into a per-thread workspace (sized to
-//! stay in the core's L2 cache) and multiplies it by the weight matrix on the calling
-//! thread, writing straight into the output. When there are too few tiles to feed the
-//! threads (small images), the product is split over output channels instead. The input VJP
-//! of a stride-1 convolution is the forward convolution of the output gradient with the
-//! flipped, transposed kernel, so it runs on the same fast path.
+//! The weights are packed once per layer (on first use). The output pixels of every batch
+//! item are cut into tiles of whole 64-pixel panels; each tile is one rayon task that
+//! unfolds its receptive field straight into the packed layout, in a per-thread workspace
+//! (sized to stay in the core's L2 cache), and multiplies it by the packed weights on the
+//! calling thread, accumulating into the output (which starts as the bias, or as the
+//! values there for [`Conv2d::forward_add`]). When there are too few tiles to feed the
+//! threads (small images), the image is packed once and the product split over output
+//! channels instead. The input VJP of a stride-1 convolution is the forward convolution of
+//! the output gradient with the flipped, transposed kernel, so it runs on the same path.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -14,7 +16,8 @@ use std::sync::OnceLock;
 use ndarray::{Array1, Array4, ArrayView4};
 use rayon::prelude::*;
 
-use crate::nn::gemm::{sgemm, sgemm_raw, Strided};
+use crate::nn::gemm::sgemm;
+use crate::nn::packed::{gemm_acc, packed_b_len, PackedA, NR};
 use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
@@ -26,21 +29,24 @@ use crate::{Error, Result};
 /// downsampling) and 1x1 (pad 0).
 ///
 /// Computed as `Y = W_mat (out, in*kh*kw) x col (in*kh*kw, Ho*Wo)` per batch item, where
-/// `col` is the im2col unfolding, built tile by tile in per-thread workspaces that are
-/// reused across calls (a 1x1, stride-1 convolution reads its input directly). Calls may
-/// come from several threads at once.
+/// `col` is the im2col unfolding, packed tile by tile in per-thread workspaces that are
+/// reused across calls. Calls may come from several threads at once.
 ///
 /// The parameters are public for reading; build a new layer with [`Conv2d::new`] to change
-/// them (the input VJP caches a rearranged copy of `weight` on first use).
+/// them (the forward and the input VJP each cache a packed copy of `weight` on first use,
+/// so a layer holds up to three copies of its weights once both have run).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     pub weight: Array4<f32>,
     pub bias: Array1<f32>,
     pub stride: usize,
     pub padding: usize,
-    /// `weight` flipped in space with in/out swapped, `(in, out, kh, kw)`: the kernel of the
-    /// stride-1 input VJP. Built on first use.
-    flipped: OnceLock<Vec<f32>>,
+    /// `weight` as the packed `(out, in*kh*kw)` matrix of the convolution GEMM. Built on
+    /// first use.
+    packed: OnceLock<PackedA>,
+    /// `weight` flipped in space with in/out swapped, `(in, out, kh, kw)`, packed: the
+    /// kernel of the stride-1 input VJP. Built on first use.
+    flipped: OnceLock<PackedA>,
 }
 
 /// Parameter gradients of [`Conv2d`], summed over the batch.
@@ -50,11 +56,8 @@ pub struct Conv2dGrads {
     pub bias: Array1<f32>,
 }
 
-/// Workspace floats per im2col tile (512 KiB: the tile and its share of the weights stay in
-/// a core's L2 cache).
+/// Workspace floats per packed image tile (512 KiB: it stays in a core's L2 cache).
 const TILE_FLOATS: usize = 1 << 17;
-/// The fewest output pixels a tile is cut down to when splitting for more parallelism.
-const MIN_TILE_PX: usize = 64;
 /// Workspaces larger than this many floats are not kept between calls.
 const KEEP_FLOATS: usize = 1 << 24;
 
@@ -123,8 +126,111 @@ impl Geom {
         (lo, (hi as usize).clamp(lo, self.wo))
     }
 
+    /// The unfolded image for output pixels `[p0, p1)` (row-major over `ho x wo`) of one
+    /// image `x` (ci, h, w), written straight into the packed `B` layout of
+    /// [`crate::nn::packed`] (`kdim x (p1 - p0)`, the padding columns zeroed). Per panel,
+    /// the pieces of output rows it covers and each tap's source range are worked out once
+    /// and shared by all input channels, so the inner loop is one contiguous copy per
+    /// (channel, tap, row piece).
+    fn im2col_packed(&self, x: &[f32], p0: usize, p1: usize, dst: &mut [f32]) {
+        let (hw, w, wo, kdim) = (self.h * self.w, self.w, self.wo, self.kdim());
+        let taps = self.kh * self.kw;
+        debug_assert_eq!(dst.len(), packed_b_len(kdim, p1 - p0));
+        for (q, panel) in dst.chunks_exact_mut(kdim * NR).enumerate() {
+            let (q0, q1) = (p0 + q * NR, (p0 + (q + 1) * NR).min(p1));
+            if q1 - q0 < NR {
+                for run in panel.chunks_exact_mut(NR) {
+                    run[q1 - q0..].fill(0.0);
+                }
+            }
+            if self.pointwise() {
+                for (c, run) in panel.chunks_exact_mut(NR).enumerate() {
+                    run[..q1 - q0].copy_from_slice(&x[c * hw + q0..c * hw + q1]);
+                }
+                continue;
+            }
+            let mut p = q0;
+            while p < q1 {
+                // The piece of output row `oy`, columns [ox0, ox1), at panel column `at`.
+                let (oy, ox0) = (p / wo, p % wo);
+                let ox1 = wo.min(ox0 + q1 - p);
+                let at = p - q0;
+                for a in 0..self.kh {
+                    let iy = (oy * self.s + a) as isize - self.p as isize;
+                    for b in 0..self.kw {
+                        let off = b as isize - self.p as isize;
+                        let (lo, hi) = self.valid_cols(off);
+                        let (vlo, vhi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+                        let inside = iy >= 0 && iy < self.h as isize && vlo < vhi;
+                        let src0 = if inside {
+                            iy as usize * w + ((vlo * self.s) as isize + off) as usize
+                        } else {
+                            0
+                        };
+                        for c in 0..self.ci {
+                            let kk = c * taps + a * self.kw + b;
+                            let seg = &mut panel[kk * NR + at..kk * NR + at + ox1 - ox0];
+                            if !inside {
+                                seg.fill(0.0);
+                                continue;
+                            }
+                            seg[..vlo - ox0].fill(0.0);
+                            seg[vhi - ox0..].fill(0.0);
+                            let valid = &mut seg[vlo - ox0..vhi - ox0];
+                            let src = &x[c * hw + src0..];
+                            if self.s == 1 {
+                                valid.copy_from_slice(&src[..vhi - vlo]);
+                            } else {
+                                for (j, d) in valid.iter_mut().enumerate() {
+                                    *d = src[j * self.s];
+                                }
+                            }
+                        }
+                    }
+                }
+                p += ox1 - ox0;
+            }
+        }
+    }
+
+    /// Tap `(a, b)` of one input channel `img` (h, w) at output pixels `[p0, p1)`
+    /// (row-major over `ho x wo`) into `dst` (`p1 - p0` values; zero where the tap falls
+    /// in the padding).
+    #[inline]
+    fn tap_pixels(&self, img: &[f32], a: usize, b: usize, p0: usize, p1: usize, dst: &mut [f32]) {
+        let (h, w, wo, s) = (self.h, self.w, self.wo, self.s);
+        let off = b as isize - self.p as isize;
+        let (lo, hi) = self.valid_cols(off);
+        let mut p = p0;
+        while p < p1 {
+            let (oy, ox0) = (p / wo, p % wo);
+            let ox1 = wo.min(ox0 + p1 - p);
+            let seg = &mut dst[p - p0..p - p0 + ox1 - ox0];
+            let iy = (oy * s + a) as isize - self.p as isize;
+            let (vlo, vhi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+            if iy < 0 || iy >= h as isize || vlo >= vhi {
+                seg.fill(0.0);
+            } else {
+                let src = &img[iy as usize * w..(iy as usize + 1) * w];
+                seg[..vlo - ox0].fill(0.0);
+                seg[vhi - ox0..].fill(0.0);
+                let start = (vlo * s) as isize + off;
+                let valid = &mut seg[vlo - ox0..vhi - ox0];
+                if s == 1 {
+                    let start = start as usize;
+                    valid.copy_from_slice(&src[start..start + vhi - vlo]);
+                } else {
+                    for (j, d) in valid.iter_mut().enumerate() {
+                        *d = src[start as usize + j * s];
+                    }
+                }
+            }
+            p += ox1 - ox0;
+        }
+    }
+
     /// im2col of output rows `[r0, r1)` of one image `x` (ci, h, w) into `col`
-    /// (ci*kh*kw, (r1 - r0) wo).
+    /// (ci*kh*kw, (r1 - r0) wo), row-major.
     fn im2col_rows(&self, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
         let (h, w, wo) = (self.h, self.w, self.wo);
         let tpx = (r1 - r0) * wo;
@@ -135,28 +241,7 @@ impl Geom {
             for a in 0..self.kh {
                 for b in 0..self.kw {
                     let row = rows.next().expect("col has kdim rows");
-                    let off = b as isize - self.p as isize;
-                    let (lo, hi) = self.valid_cols(off);
-                    for (i, oy) in (r0..r1).enumerate() {
-                        let dst = &mut row[i * wo..(i + 1) * wo];
-                        let iy = (oy * self.s + a) as isize - self.p as isize;
-                        if iy < 0 || iy >= h as isize || lo == hi {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &img[iy as usize * w..(iy as usize + 1) * w];
-                        dst[..lo].fill(0.0);
-                        dst[hi..].fill(0.0);
-                        let start = (lo * self.s) as isize + off;
-                        if self.s == 1 {
-                            let start = start as usize;
-                            dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-                        } else {
-                            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                                *d = src[start as usize + j * self.s];
-                            }
-                        }
-                    }
+                    self.tap_pixels(img, a, b, r0 * wo, r1 * wo, row);
                 }
             }
         }
@@ -192,11 +277,12 @@ impl Geom {
     }
 }
 
-/// `y = conv(x)` (+ `bias`) for `n` images: `wmat` (co, ci*kh*kw), `xs` (n, ci, h, w),
-/// `ys` (n, co, ho, wo), all contiguous; `ys` is overwritten, or added to with `accumulate`.
+/// `y = conv(x)` (+ `bias`) for `n` images: `wpack` the packed `(co, ci*kh*kw)` weight
+/// matrix, `xs` (n, ci, h, w), `ys` (n, co, ho, wo), all contiguous; `ys` is overwritten, or
+/// added to with `accumulate`.
 fn conv_into(
     g: &Geom,
-    wmat: &[f32],
+    wpack: &PackedA,
     bias: Option<&[f32]>,
     xs: &[f32],
     n: usize,
@@ -206,24 +292,29 @@ fn conv_into(
     let (npix, kdim) = (g.ho * g.wo, g.kdim());
     let (in_len, out_len) = (g.ci * g.h * g.w, g.co * npix);
     assert!(
-        wmat.len() == g.co * kdim && xs.len() == n * in_len && ys.len() == n * out_len,
+        wpack.rows() == g.co
+            && wpack.depth() == kdim
+            && xs.len() == n * in_len
+            && ys.len() == n * out_len,
         "conv_into: inconsistent buffer sizes"
     );
     if n == 0 || npix == 0 {
         return;
     }
     let threads = rayon::current_num_threads();
-    // Rows per tile: within the workspace budget, then smaller until every thread has
-    // about two tiles, but not below MIN_TILE_PX pixels.
-    let mut rows = (TILE_FLOATS / kdim / g.wo).clamp(1, g.ho);
-    while rows > 1 && n * g.ho.div_ceil(rows) < 2 * threads && (rows / 2) * g.wo >= MIN_TILE_PX {
-        rows /= 2;
+    // Pixels per tile, a multiple of NR: within the workspace budget, then smaller until
+    // every thread has about two tiles (but at least NR).
+    let panels = npix.div_ceil(NR);
+    let mut tile_panels = (TILE_FLOATS / (kdim * NR)).clamp(1, panels);
+    while tile_panels > 1 && n * panels.div_ceil(tile_panels) < 2 * threads {
+        tile_panels = tile_panels.div_ceil(2);
     }
-    let tiles_per_img = g.ho.div_ceil(rows);
-    // The GEMMs accumulate into C, so C starts as the bias (plus the old values).
-    let fill_bias = |yb: &mut [f32], r0: usize, tpx: usize| {
+    let tile_px = tile_panels * NR;
+    let tiles_per_img = npix.div_ceil(tile_px);
+    // The packed GEMM accumulates into C, so C starts as the bias (plus the old values).
+    let fill_bias = |yb: &mut [f32], p0: usize, p1: usize| {
         for o in 0..g.co {
-            let dst = &mut yb[o * npix + r0 * g.wo..o * npix + r0 * g.wo + tpx];
+            let dst = &mut yb[o * npix + p0..o * npix + p1];
             match (bias, accumulate) {
                 (Some(bv), false) => dst.fill(bv[o]),
                 (None, false) => dst.fill(0.0),
@@ -232,86 +323,46 @@ fn conv_into(
             }
         }
     };
-    if threads > 1 && n * tiles_per_img < threads && g.co >= 32 {
-        // Few pixels: one im2col per image, the product split over output channels.
-        let chunk = g.co.div_ceil(threads).next_multiple_of(16).min(g.co);
-        for (xb, yb) in xs.chunks_exact(in_len).zip(ys.chunks_exact_mut(out_len)) {
-            fill_bias(yb, 0, npix);
-            let mut run = |col: &[f32]| {
-                yb.par_chunks_mut(chunk * npix)
-                    .enumerate()
-                    .for_each(|(i, yc)| {
-                        let o0 = i * chunk;
-                        let mc = yc.len() / npix;
-                        // SAFETY: `wmat` rows o0..o0+mc, `col` (kdim, npix) and `yc`
-                        // (mc, npix) are in bounds; `yc` is this task's own slice.
-                        unsafe {
-                            sgemm_raw(
-                                mc,
-                                npix,
-                                kdim,
-                                Strided::new(wmat[o0 * kdim..].as_ptr(), kdim as isize, 1),
-                                Strided::new(col.as_ptr(), npix as isize, 1),
-                                yc.as_mut_ptr(),
-                                npix as isize,
-                                true,
-                                false,
-                            );
-                        }
-                    });
-            };
-            if g.pointwise() {
-                run(xb);
-            } else {
-                with_workspace(kdim * npix, |col| {
-                    g.im2col_rows(xb, 0, g.ho, col);
-                    run(col);
+    let pack = |xb: &[f32], p0: usize, p1: usize, f: &mut dyn FnMut(&[f32])| {
+        with_workspace(packed_b_len(kdim, p1 - p0), |bp| {
+            g.im2col_packed(xb, p0, p1, bp);
+            f(bp);
+        })
+    };
+    let yp = SendPtr(ys.as_mut_ptr());
+    if threads > 1 && n * tiles_per_img < threads && wpack.panels() >= 2 * threads {
+        // Few pixels: one packed image, the product split over output-channel panels.
+        let per = wpack.panels().div_ceil(threads);
+        for b in 0..n {
+            let xb = &xs[b * in_len..(b + 1) * in_len];
+            fill_bias(&mut ys[b * out_len..(b + 1) * out_len], 0, npix);
+            pack(xb, 0, npix, &mut |bp| {
+                (0..threads).into_par_iter().for_each(|t| {
+                    let range = (t * per).min(wpack.panels())..((t + 1) * per).min(wpack.panels());
+                    // SAFETY: each task writes the rows of its own panels of image b's
+                    // output, all columns; `ys` is borrowed mutably for the whole call.
+                    unsafe {
+                        gemm_acc(wpack, range, bp, npix, yp.get().add(b * out_len), npix);
+                    }
                 });
-            }
+            });
         }
         return;
     }
-    let yp = SendPtr(ys.as_mut_ptr());
     (0..n * tiles_per_img).into_par_iter().for_each(|task| {
         let (b, t) = (task / tiles_per_img, task % tiles_per_img);
-        let (r0, r1) = (t * rows, ((t + 1) * rows).min(g.ho));
-        let tpx = (r1 - r0) * g.wo;
+        let (p0, p1) = (t * tile_px, ((t + 1) * tile_px).min(npix));
         let xb = &xs[b * in_len..(b + 1) * in_len];
-        // SAFETY: task (b, t) writes exactly the elements [b, o, r0..r1, :] of `ys` for
-        // every o: disjoint across tasks, and `ys` is borrowed mutably for the whole call.
+        // SAFETY: task (b, t) writes exactly the elements [b, o, p0..p1] of `ys` for every
+        // o: disjoint across tasks, and `ys` is borrowed mutably for the whole call.
         let yb = unsafe { std::slice::from_raw_parts_mut(yp.get().add(b * out_len), out_len) };
-        // `yb` aliases other tasks' rows, so only this tile's rows are touched below.
-        fill_bias(yb, r0, tpx);
-        let c = yb[r0 * g.wo..].as_mut_ptr();
-        let mul = |bm: Strided| {
-            // SAFETY: W (co, kdim), B (kdim, tpx) with the given strides and C (co, tpx)
-            // with row stride npix are in bounds; C's elements are this task's own.
-            unsafe {
-                sgemm_raw(
-                    g.co,
-                    tpx,
-                    kdim,
-                    Strided::new(wmat.as_ptr(), kdim as isize, 1),
-                    bm,
-                    c,
-                    npix as isize,
-                    true,
-                    false,
-                );
-            }
-        };
-        if g.pointwise() {
-            mul(Strided::new(
-                xb[r0 * g.w..].as_ptr(),
-                (g.h * g.w) as isize,
-                1,
-            ));
-        } else {
-            with_workspace(kdim * tpx, |col| {
-                g.im2col_rows(xb, r0, r1, col);
-                mul(Strided::new(col.as_ptr(), tpx as isize, 1));
-            });
-        }
+        // `yb` aliases other tasks' pixels, so only this tile's pixels are touched below.
+        fill_bias(yb, p0, p1);
+        let c = yb[p0..].as_mut_ptr();
+        pack(xb, p0, p1, &mut |bp| {
+            // SAFETY: C is (co, p1 - p0) at row stride npix from pixel p0: this task's own.
+            unsafe { gemm_acc(wpack, 0..wpack.panels(), bp, p1 - p0, c, npix) };
+        });
     });
 }
 
@@ -342,6 +393,7 @@ impl Conv2d {
             bias,
             stride,
             padding,
+            packed: OnceLock::new(),
             flipped: OnceLock::new(),
         })
     }
@@ -400,8 +452,17 @@ impl Conv2d {
             .expect("Conv2d::new stores the weight contiguous")
     }
 
-    /// The stride-1 VJP kernel: `(in, out, kh, kw)`, `[i, o, a, b] = W[o, i, kh-1-a, kw-1-b]`.
-    fn flipped(&self) -> &[f32] {
+    /// The weight matrix `(out, in*kh*kw)`, packed for the GEMM.
+    fn packed(&self) -> &PackedA {
+        self.packed.get_or_init(|| {
+            let (co, ci, kh, kw) = self.weight.dim();
+            PackedA::new(self.wmat(), co, ci * kh * kw)
+        })
+    }
+
+    /// The stride-1 VJP kernel: `(in, out, kh, kw)`, `[i, o, a, b] = W[o, i, kh-1-a, kw-1-b]`,
+    /// packed for the GEMM.
+    fn flipped(&self) -> &PackedA {
         self.flipped.get_or_init(|| {
             let (co, ci, kh, kw) = self.weight.dim();
             let w = self.wmat();
@@ -416,7 +477,7 @@ impl Conv2d {
                     }
                 }
             }
-            f
+            PackedA::new(&f, ci, co * kh * kw)
         })
     }
 
@@ -429,7 +490,7 @@ impl Conv2d {
         let xs = x.as_slice().expect("standard layout");
         let mut y = Array4::zeros((n, g.co, ho, wo));
         let ys = y.as_slice_mut().expect("fresh array");
-        conv_into(&g, self.wmat(), self.bias.as_slice(), xs, n, ys, false);
+        conv_into(&g, self.packed(), self.bias.as_slice(), xs, n, ys, false);
         Ok(y)
     }
 
@@ -443,7 +504,7 @@ impl Conv2d {
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
         match out.as_slice_mut() {
-            Some(ys) => conv_into(&g, self.wmat(), self.bias.as_slice(), xs, n, ys, true),
+            Some(ys) => conv_into(&g, self.packed(), self.bias.as_slice(), xs, n, ys, true),
             None => *out += &self.forward(x.view())?,
         }
         Ok(())
@@ -604,6 +665,11 @@ mod tests {
             // Few pixels, many output channels: the product split over channel chunks.
             (1, 3, 40, 5, 5, 3, 1, 1),
             (1, 40, 36, 4, 4, 1, 1, 0),
+            // Rows wider than a 64-pixel panel (panels starting mid-row), at stride 1 and
+            // 2, and 135 taps: more than one 128-deep block of the packed GEMM.
+            (1, 2, 3, 3, 100, 3, 1, 1),
+            (1, 2, 2, 3, 140, 3, 2, 1),
+            (1, 15, 2, 1, 66, 3, 1, 1),
         ];
         for (case, &(n, ci, co, h, w, k, s, p)) in cases.iter().enumerate() {
             let seed = 10 * case as u64;
@@ -619,10 +685,22 @@ mod tests {
             for _ in 0..2 {
                 let y = conv.forward(x.view()).unwrap();
                 assert_eq!(y.dim(), (n, co, ho, wo));
-                // f32 sums of <= 37 products of size <= 1: ~1e-6 relative.
+                // f32 sums of <= 136 products of size <= 1: ~1e-6 relative.
                 let e = rel_err(y.as_slice().unwrap(), &want);
                 assert!(e < 1e-5, "case {case}: forward rel err {e}");
             }
+            // forward_add: the output added onto what is there.
+            let base =
+                Array4::from_shape_vec((n, co, ho, wo), rand_vec(n * co * ho * wo, seed + 4))
+                    .unwrap();
+            let mut acc = base.clone();
+            conv.forward_add(x.view(), &mut acc).unwrap();
+            let want_acc: Vec<f64> = want.iter().zip(&base).map(|(a, &b)| a + b as f64).collect();
+            let e = rel_err(acc.as_slice().unwrap(), &want_acc);
+            assert!(e < 1e-5, "case {case}: forward_add rel err {e}");
+            assert!(conv
+                .forward_add(x.view(), &mut Array4::zeros((n, co + 1, ho, wo)))
+                .is_err());
             let dyv = rand_vec(n * co * ho * wo, seed + 3);
             let dy = Array4::from_shape_vec((n, co, ho, wo), dyv.clone()).unwrap();
             let dx = conv.vjp(h, w, dy.view()).unwrap();

@@ -22,6 +22,7 @@ pub mod gemm;
 pub mod hash;
 pub mod linear;
 pub mod norm;
+pub(crate) mod packed;
 pub mod resample;
 pub mod resblock;
 pub mod safetensors;

@@ -184,7 +184,7 @@ impl UNetConfig {
                 )));
             }
         }
-        if self.model_channels % 2 != 0 {
+        if !self.model_channels.is_multiple_of(2) {
             return Err(invalid(format!(
                 "unet: model_channels {} must be even (sinusoidal embedding)",
                 self.model_channels
@@ -201,7 +201,7 @@ impl UNetConfig {
             } else {
                 self.num_heads
             };
-            if h == 0 || ch % h != 0 {
+            if h == 0 || !ch.is_multiple_of(h) {
                 return Err(invalid(format!(
                     "unet: {ch} attention channels cannot be split into {h} heads"
                 )));
@@ -210,7 +210,7 @@ impl UNetConfig {
         }
         let hc = usize::try_from(self.num_head_channels)
             .ok()
-            .filter(|&hc| hc > 0 && ch % hc == 0)
+            .filter(|&hc| hc > 0 && ch.is_multiple_of(hc))
             .ok_or_else(|| {
                 invalid(format!(
                     "unet: {ch} attention channels are not a multiple of num_head_channels {}",

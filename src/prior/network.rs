@@ -111,7 +111,8 @@ impl ModelCard {
                 self.channels, a.in_channels
             ));
         }
-        if self.resolution[0] % a.size_divisor() != 0 || self.resolution[1] % a.size_divisor() != 0
+        if !self.resolution[0].is_multiple_of(a.size_divisor())
+            || !self.resolution[1].is_multiple_of(a.size_divisor())
         {
             return bad(format!(
                 "resolution {:?} is not a multiple of {} as the architecture's {} levels need",

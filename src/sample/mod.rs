@@ -187,7 +187,7 @@ impl Snapshots {
 
 impl Observer for Snapshots {
     fn observe(&mut self, step: usize, state: &State) {
-        if step % self.every == 0 || step == state.total {
+        if step.is_multiple_of(self.every) || step == state.total {
             let x = state.x0_hat.as_ref().unwrap_or(&state.x);
             self.frames.push((step, x.clone()));
         }
