@@ -229,18 +229,6 @@ mod tests {
         pb
     }
 
-    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f64> {
-        let mut c: Vec<f64> = c0.iter().map(|&v| v as f64).collect();
-        for i in 0..m {
-            for j in 0..n {
-                for p in 0..k {
-                    c[i * n + j] += a[i * k + p] as f64 * b[p * n + j] as f64;
-                }
-            }
-        }
-        c
-    }
-
     #[test]
     fn packed_gemm_matches_naive_including_edges_and_k_blocks() {
         // Partial panels in m and n, k across several KC blocks, k = 1.
@@ -264,7 +252,12 @@ mod tests {
                 gemm_acc(&pa, half..pa.panels(), &pb, n, c.as_mut_ptr(), n);
             }
             // f32 sums of k <= 300 products of values in (-1, 1): error ~ k eps relative.
-            let e = rel_err(&c, &naive(m, n, k, &a, &b, &c0));
+            let want: Vec<f64> = crate::nn::gemm::tests::naive(m, n, k, &a, false, &b, false)
+                .iter()
+                .zip(&c0)
+                .map(|(p, &c)| p + c as f64)
+                .collect();
+            let e = rel_err(&c, &want);
             assert!(e < 1e-5, "({m}, {n}, {k}): relative error {e}");
         }
     }
