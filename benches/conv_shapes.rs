@@ -59,6 +59,8 @@ fn main() {
         .unwrap_or_else(|e| panic!("conv_shapes: cannot read {path}: {e}"));
     let shapes: Vec<Shape> = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("conv_shapes: {path} is not the peer's JSON: {e}"));
+    // What the command-line tool does at start-up (outputs reused, not mapped afresh).
+    posterior::nn::keep_freed_memory();
     println!(
         "{:>4} {:>5} {:>5} {:>2} {:>3} | {:>9} {:>9} {:>6} | {:>7}",
         "px", "in", "out", "k", "n", "ours ms", "torch ms", "ratio", "GFLOP/s"

@@ -167,6 +167,8 @@ fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
 }
 
 fn unets(c: &mut Criterion) {
+    // What the command-line tool does at start-up (activations reused, not mapped afresh).
+    posterior::nn::keep_freed_memory();
     bench_unet(c, "unet_small", small_config(), 3);
     if std::env::var("POSTERIOR_BENCH_FFHQ").as_deref() == Ok("1") {
         bench_unet(c, "unet_ffhq256", UNetConfig::ffhq256(), 20);
@@ -174,6 +176,7 @@ fn unets(c: &mut Criterion) {
 }
 
 fn layers(c: &mut Criterion) {
+    posterior::nn::keep_freed_memory();
     let mut g = c.benchmark_group("nn");
     g.measurement_time(Duration::from_secs(3)).sample_size(20);
 
@@ -211,6 +214,7 @@ fn layers(c: &mut Criterion) {
 /// The GEMM shapes of the convolutions (`m` out channels, `n` pixels, `k` in channels x 9),
 /// only with `POSTERIOR_BENCH_GEMM=1`: throughput of the `sgemm` wrapper.
 fn gemms(c: &mut Criterion) {
+    posterior::nn::keep_freed_memory();
     if std::env::var("POSTERIOR_BENCH_GEMM").as_deref() != Ok("1") {
         return;
     }
