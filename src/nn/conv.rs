@@ -128,12 +128,10 @@ impl Geom {
 
     /// The unfolded image for output pixels `[p0, p1)` (row-major over `ho x wo`) of one
     /// image `x` (ci, h, w), written straight into the packed `B` layout of
-    /// [`crate::nn::packed`] (`kdim x (p1 - p0)`, the padding columns zeroed). Per panel,
-    /// the pieces of output rows it covers and each tap's source range are worked out once
-    /// and shared by all input channels, so the inner loop is one contiguous copy per
-    /// (channel, tap, row piece).
+    /// [`crate::nn::packed`] (`kdim x (p1 - p0)`, the padding columns zeroed), panel by
+    /// panel.
     fn im2col_packed(&self, x: &[f32], p0: usize, p1: usize, dst: &mut [f32]) {
-        let (hw, w, wo, kdim) = (self.h * self.w, self.w, self.wo, self.kdim());
+        let (hw, kdim) = (self.h * self.w, self.kdim());
         let taps = self.kh * self.kw;
         debug_assert_eq!(dst.len(), packed_b_len(kdim, p1 - p0));
         for (q, panel) in dst.chunks_exact_mut(kdim * NR).enumerate() {
@@ -143,106 +141,79 @@ impl Geom {
                     run[q1 - q0..].fill(0.0);
                 }
             }
-            if self.pointwise() {
-                for (c, run) in panel.chunks_exact_mut(NR).enumerate() {
-                    run[..q1 - q0].copy_from_slice(&x[c * hw + q0..c * hw + q1]);
+            self.tap_pieces(q0, q1, |at, len, tap, source| {
+                for c in 0..self.ci {
+                    let kk = (c * taps + tap) * NR + at;
+                    self.write_piece(&x[c * hw..], source, &mut panel[kk..kk + len]);
                 }
-                continue;
-            }
-            let mut p = q0;
-            while p < q1 {
-                // The piece of output row `oy`, columns [ox0, ox1), at panel column `at`.
-                let (oy, ox0) = (p / wo, p % wo);
-                let ox1 = wo.min(ox0 + q1 - p);
-                let at = p - q0;
-                for a in 0..self.kh {
-                    let iy = (oy * self.s + a) as isize - self.p as isize;
-                    for b in 0..self.kw {
-                        let off = b as isize - self.p as isize;
-                        let (lo, hi) = self.valid_cols(off);
-                        let (vlo, vhi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
-                        let inside = iy >= 0 && iy < self.h as isize && vlo < vhi;
-                        let src0 = if inside {
-                            iy as usize * w + ((vlo * self.s) as isize + off) as usize
-                        } else {
-                            0
-                        };
-                        for c in 0..self.ci {
-                            let kk = c * taps + a * self.kw + b;
-                            let seg = &mut panel[kk * NR + at..kk * NR + at + ox1 - ox0];
-                            if !inside {
-                                seg.fill(0.0);
-                                continue;
-                            }
-                            seg[..vlo - ox0].fill(0.0);
-                            seg[vhi - ox0..].fill(0.0);
-                            let valid = &mut seg[vlo - ox0..vhi - ox0];
-                            let src = &x[c * hw + src0..];
-                            if self.s == 1 {
-                                valid.copy_from_slice(&src[..vhi - vlo]);
-                            } else {
-                                for (j, d) in valid.iter_mut().enumerate() {
-                                    *d = src[j * self.s];
-                                }
-                            }
-                        }
-                    }
-                }
-                p += ox1 - ox0;
-            }
-        }
-    }
-
-    /// Tap `(a, b)` of one input channel `img` (h, w) at output pixels `[p0, p1)`
-    /// (row-major over `ho x wo`) into `dst` (`p1 - p0` values; zero where the tap falls
-    /// in the padding).
-    #[inline]
-    fn tap_pixels(&self, img: &[f32], a: usize, b: usize, p0: usize, p1: usize, dst: &mut [f32]) {
-        let (h, w, wo, s) = (self.h, self.w, self.wo, self.s);
-        let off = b as isize - self.p as isize;
-        let (lo, hi) = self.valid_cols(off);
-        let mut p = p0;
-        while p < p1 {
-            let (oy, ox0) = (p / wo, p % wo);
-            let ox1 = wo.min(ox0 + p1 - p);
-            let seg = &mut dst[p - p0..p - p0 + ox1 - ox0];
-            let iy = (oy * s + a) as isize - self.p as isize;
-            let (vlo, vhi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
-            if iy < 0 || iy >= h as isize || vlo >= vhi {
-                seg.fill(0.0);
-            } else {
-                let src = &img[iy as usize * w..(iy as usize + 1) * w];
-                seg[..vlo - ox0].fill(0.0);
-                seg[vhi - ox0..].fill(0.0);
-                let start = (vlo * s) as isize + off;
-                let valid = &mut seg[vlo - ox0..vhi - ox0];
-                if s == 1 {
-                    let start = start as usize;
-                    valid.copy_from_slice(&src[start..start + vhi - vlo]);
-                } else {
-                    for (j, d) in valid.iter_mut().enumerate() {
-                        *d = src[start as usize + j * s];
-                    }
-                }
-            }
-            p += ox1 - ox0;
+            });
         }
     }
 
     /// im2col of output rows `[r0, r1)` of one image `x` (ci, h, w) into `col`
     /// (ci*kh*kw, (r1 - r0) wo), row-major.
     fn im2col_rows(&self, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
-        let (h, w, wo) = (self.h, self.w, self.wo);
-        let tpx = (r1 - r0) * wo;
+        let (hw, taps) = (self.h * self.w, self.kh * self.kw);
+        let tpx = (r1 - r0) * self.wo;
         debug_assert_eq!(col.len(), self.kdim() * tpx);
-        let mut rows = col.chunks_exact_mut(tpx);
-        for c in 0..self.ci {
-            let img = &x[c * h * w..(c + 1) * h * w];
+        self.tap_pieces(r0 * self.wo, r1 * self.wo, |at, len, tap, source| {
+            for c in 0..self.ci {
+                let kk = (c * taps + tap) * tpx + at;
+                self.write_piece(&x[c * hw..], source, &mut col[kk..kk + len]);
+            }
+        });
+    }
+
+    /// Walks output pixels `[p0, p1)` (row-major over `ho x wo`) piece by piece, one piece
+    /// per output row, and for each piece every tap `(a, b)`: calls
+    /// `f(at, len, a kw + b, source)` with the piece's offset `at` from `p0`, its length, and
+    /// where its values come from (see [`Geom::write_piece`]). The bounds are worked out
+    /// here once for all input channels.
+    fn tap_pieces(
+        &self,
+        p0: usize,
+        p1: usize,
+        mut f: impl FnMut(usize, usize, usize, Option<(usize, usize, usize)>),
+    ) {
+        let wo = self.wo;
+        let mut p = p0;
+        while p < p1 {
+            let (oy, ox0) = (p / wo, p % wo);
+            let ox1 = wo.min(ox0 + p1 - p);
             for a in 0..self.kh {
+                let iy = (oy * self.s + a) as isize - self.p as isize;
                 for b in 0..self.kw {
-                    let row = rows.next().expect("col has kdim rows");
-                    self.tap_pixels(img, a, b, r0 * wo, r1 * wo, row);
+                    let off = b as isize - self.p as isize;
+                    let (lo, hi) = self.valid_cols(off);
+                    let (vlo, vhi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+                    let source = (iy >= 0 && iy < self.h as isize && vlo < vhi).then(|| {
+                        let src0 = iy as usize * self.w + ((vlo * self.s) as isize + off) as usize;
+                        (vlo - ox0, vhi - ox0, src0)
+                    });
+                    f(p - p0, ox1 - ox0, a * self.kw + b, source);
                 }
+            }
+            p += ox1 - ox0;
+        }
+    }
+
+    /// One tap's values for one piece of an output row, from one input channel `img`:
+    /// `source = Some((z0, z1, src0))` means `piece[z0 + j] = img[src0 + j s]` for
+    /// `j < z1 - z0` and zero elsewhere (the padding); `None`, all zero.
+    #[inline]
+    fn write_piece(&self, img: &[f32], source: Option<(usize, usize, usize)>, piece: &mut [f32]) {
+        let Some((z0, z1, src0)) = source else {
+            piece.fill(0.0);
+            return;
+        };
+        piece[..z0].fill(0.0);
+        piece[z1..].fill(0.0);
+        let valid = &mut piece[z0..z1];
+        if self.s == 1 {
+            valid.copy_from_slice(&img[src0..src0 + z1 - z0]);
+        } else {
+            for (j, d) in valid.iter_mut().enumerate() {
+                *d = img[src0 + j * self.s];
             }
         }
     }
