@@ -10,6 +10,7 @@ pub mod error;
 pub mod figure;
 pub mod gpu;
 pub mod io;
+pub mod limits;
 pub mod measurement;
 pub mod metrics;
 pub mod nn;
