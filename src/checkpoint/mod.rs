@@ -14,7 +14,7 @@
 pub mod pickle;
 pub mod zip;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -61,6 +61,107 @@ pub fn open_weights(path: &Path) -> Result<Box<dyn TensorSource>> {
                 "weights of type `.{other}` are not read: expected .safetensors or a PyTorch checkpoint (.pt, .pth, .bin)"
             ),
         )),
+    }
+}
+
+/// The weights of one network being built: each tensor taken once, its shape checked
+/// against what the architecture asks for and its values for finiteness, and (at
+/// [`Weights::finish`]) every stored tensor required to have been used. Messages name the
+/// weights file, the tensor and the configuration file that describes the architecture.
+pub struct Weights<'a> {
+    src: &'a dyn TensorSource,
+    config_file: String,
+    used: BTreeSet<String>,
+    count: usize,
+}
+
+impl<'a> Weights<'a> {
+    /// Weights from `src` for the architecture described in `config_file` (`model.json`,
+    /// `config.json`; named in messages).
+    pub fn new(src: &'a dyn TensorSource, config_file: &str) -> Weights<'a> {
+        Weights {
+            src,
+            config_file: config_file.to_string(),
+            used: BTreeSet::new(),
+            count: 0,
+        }
+    }
+
+    fn err(&self, m: String) -> Error {
+        Error::file(self.src.path(), m)
+    }
+
+    /// Whether tensor `name` is stored.
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.tensor_shape(name).is_some()
+    }
+
+    /// The stored shape of tensor `name`.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.src.tensor_shape(name)
+    }
+
+    /// Every stored tensor name.
+    pub fn names(&self) -> Vec<String> {
+        self.src.tensor_names()
+    }
+
+    /// The values of tensor `name`, which must have `shape`.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let cfg = &self.config_file;
+        let found = self.src.tensor_shape(name).ok_or_else(|| {
+            self.err(format!(
+                "missing tensor `{name}` (shape {shape:?}) that the architecture in {cfg} needs; the configuration disagrees with the weights"
+            ))
+        })?;
+        if found != shape {
+            return Err(Error::Shape(format!(
+                "{}: tensor `{name}` has shape {found:?}, but the architecture in {cfg} expects {shape:?}; the configuration disagrees with the weights",
+                self.src.path().display()
+            )));
+        }
+        let v = self.src.tensor_f32(name)?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(self.err(format!(
+                "tensor `{name}` holds a non-finite value at flat index {i}"
+            )));
+        }
+        self.used.insert(name.to_string());
+        self.count += v.len();
+        Ok(v)
+    }
+
+    /// Checks that every stored tensor was used and returns the number of values taken;
+    /// `declared` is a parameter count the configuration states, checked when given.
+    pub fn finish(self, declared: Option<usize>) -> Result<usize> {
+        let unused: Vec<String> = self
+            .src
+            .tensor_names()
+            .into_iter()
+            .filter(|k| !self.used.contains(k))
+            .collect();
+        if let Some(first) = unused.first() {
+            return Err(self.err(format!(
+                "{} stored tensor(s) are not part of the architecture in {}, e.g. `{first}`; the configuration disagrees with the weights",
+                unused.len(),
+                self.config_file
+            )));
+        }
+        if let Some(n) = declared {
+            if n != self.count {
+                return Err(self.err(format!(
+                    "{} declares {n} parameters, the weights hold {}",
+                    self.config_file, self.count
+                )));
+            }
+        }
+        Ok(self.count)
+    }
+}
+
+impl crate::nn::unet::ParamSource for Weights<'_> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Weights::take(self, key, shape)
     }
 }
 
