@@ -55,6 +55,8 @@ pub(crate) struct Renamed<'a, 'w, N: Naming> {
     pub weights: &'a mut Weights<'w>,
     pub plan: Plan,
     pub naming: N,
+    /// Prepended to every foreign name (EDM's wrappers store the network as `model.`).
+    pub prefix: String,
 }
 
 /// Reorders the rows of `(rows, width)` values by `order` (`out[i] = in[order[i]]`).
@@ -109,11 +111,14 @@ impl<N: Naming> ParamSource for Renamed<'_, '_, N> {
                 continue;
             };
             let sub = module[cut..].join(".");
+            let pre = &self.prefix;
             return match target {
-                Target::Plain(to) if sub.is_empty() => self.plain(&format!("{to}.{param}"), shape),
+                Target::Plain(to) if sub.is_empty() => {
+                    self.plain(&format!("{pre}{to}.{param}"), shape)
+                }
                 Target::Res(to) => {
                     let part = self.naming.res_part(&sub).ok_or_else(unknown)?;
-                    self.plain(&format!("{to}.{part}.{param}"), shape)
+                    self.plain(&format!("{pre}{to}.{part}.{param}"), shape)
                 }
                 Target::Attn { prefix: to, heads } if sub == "qkv" => {
                     let c = match (*param, shape) {
@@ -121,11 +126,12 @@ impl<N: Naming> ParamSource for Renamed<'_, '_, N> {
                         (_, [_, c, ..]) => *c,
                         _ => return Err(unknown()),
                     };
-                    self.naming.qkv(self.weights, &to, c, heads, param)
+                    self.naming
+                        .qkv(self.weights, &format!("{pre}{to}"), c, heads, param)
                 }
                 Target::Attn { prefix: to, .. } => {
                     let part = self.naming.attn_part(&sub).ok_or_else(unknown)?;
-                    self.plain(&format!("{to}.{part}.{param}"), shape)
+                    self.plain(&format!("{pre}{to}.{part}.{param}"), shape)
                 }
                 Target::Plain(_) => Err(unknown()),
             };

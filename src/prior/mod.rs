@@ -6,6 +6,7 @@ pub mod card;
 pub mod denoiser;
 pub mod dense;
 pub mod gmm;
+pub mod import;
 pub mod network;
 pub mod schedule;
 

@@ -89,30 +89,41 @@ pub fn load_network(card: &ModelCard, path: &Path, config_file: &str) -> Result<
     check_dtype(card, path)?;
     let src = open_weights(path)?;
     let mut w = Weights::new(src.as_ref(), config_file);
-    let cfg = card.architecture.unet_config()?;
-    let unet = match &card.architecture {
-        Architecture::GuidedDiffusion(_) => UNet::build(cfg, &mut w)?,
-        Architecture::Diffusers(d) => {
-            let mut r = Renamed {
-                weights: &mut w,
-                plan: d.plan(),
-                naming: DiffusersNaming,
-            };
-            UNet::build(cfg, &mut r)?
-        }
-        Architecture::EdmDhariwal(e) => {
-            let mut r = Renamed {
-                weights: &mut w,
-                plan: e.plan(),
-                naming: EdmNaming,
-            };
-            let unet = UNet::build(cfg, &mut r)?;
-            check_resample_filters(&mut w)?;
-            unet
-        }
-    };
+    let unet = build_from(card, &mut w)?;
     w.finish(card.declared_parameters())?;
     Ok(unet)
+}
+
+/// Builds the network of `card`, taking its parameters from `w` in the layout of the card's
+/// architecture (the caller checks with [`Weights::finish`] that every tensor was used).
+pub fn build_from(card: &ModelCard, w: &mut Weights) -> Result<UNet> {
+    let cfg = card.architecture.unet_config()?;
+    match &card.architecture {
+        Architecture::GuidedDiffusion(_) => UNet::build(cfg, w),
+        Architecture::Diffusers(d) => {
+            let mut r = Renamed {
+                weights: w,
+                plan: d.plan(),
+                naming: DiffusersNaming,
+                prefix: String::new(),
+            };
+            UNet::build(cfg, &mut r)
+        }
+        Architecture::EdmDhariwal(e) => {
+            // A state dict of EDM's wrappers (`EDMPrecond`, ...) holds the network as `model.`.
+            let names = w.names();
+            let wrapped = !names.is_empty() && names.iter().all(|n| n.starts_with("model."));
+            let mut r = Renamed {
+                weights: w,
+                plan: e.plan(),
+                naming: EdmNaming,
+                prefix: if wrapped { "model.".into() } else { String::new() },
+            };
+            let unet = UNet::build(cfg, &mut r)?;
+            check_resample_filters(w)?;
+            Ok(unet)
+        }
+    }
 }
 
 /// Builds the network of `card` from the weights file `path` (described by `model.json`).
