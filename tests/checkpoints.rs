@@ -34,7 +34,11 @@ fn npy4(path: &Path) -> Array4<f32> {
 }
 
 fn npy1(path: &Path) -> Vec<f32> {
-    posterior::io::read_npy(path).unwrap().iter().copied().collect()
+    posterior::io::read_npy(path)
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
 }
 
 fn rel_err(ours: &ArrayD<f32>, reference: &ArrayD<f32>) -> f64 {
@@ -89,17 +93,27 @@ fn guided_diffusion_pt_imports_without_python_like_the_converter() {
     // to reproduce tests/data/adm/plain_conv_f16/model.safetensors bit for bit).
     let ours = SafeTensors::read(&out.join("model.safetensors")).unwrap();
     let theirs = SafeTensors::read(&data("adm/plain_conv_f16/model.safetensors")).unwrap();
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
     for k in theirs.keys() {
-        assert_eq!(ours.info(k).unwrap().shape, theirs.info(k).unwrap().shape, "{k}");
-        assert_eq!(ours.f32_values(k).unwrap(), theirs.f32_values(k).unwrap(), "{k}");
+        assert_eq!(
+            ours.info(k).unwrap().shape,
+            theirs.info(k).unwrap().shape,
+            "{k}"
+        );
+        assert_eq!(
+            ours.f32_values(k).unwrap(),
+            theirs.f32_values(k).unwrap(),
+            "{k}"
+        );
     }
     // The cards, parsed: every field, provenance included.
     let card = ModelCard::read(&out.join("model.json")).unwrap();
-    let python = ModelCard::parse(
-        &std::fs::read_to_string(data("ckpt/gd/converted.json")).unwrap(),
-    )
-    .unwrap();
+    let python =
+        ModelCard::parse(&std::fs::read_to_string(data("ckpt/gd/converted.json")).unwrap())
+            .unwrap();
     assert_eq!(card, python);
     // The raw output: identical to the converter's prior, and to PyTorch's within 1e-4.
     let a = open(&out);
@@ -109,7 +123,10 @@ fn guided_diffusion_pt_imports_without_python_like_the_converter() {
     let steps: Vec<f32> = t.iter().map(|&v| v as f32).collect();
     let ya = a.raw(x.view(), &steps).unwrap();
     assert_eq!(ya, b.raw(x.view(), &steps).unwrap());
-    let e = rel_err(&ya.into_dyn(), &npy4(&data("adm/plain_conv_f16/out.npy")).into_dyn());
+    let e = rel_err(
+        &ya.into_dyn(),
+        &npy4(&data("adm/plain_conv_f16/out.npy")).into_dyn(),
+    );
     assert!(e < 1e-4, "{e}");
     // A second import into the same directory needs --force.
     let again = posterior_cmd().arg("import").args(&args).output().unwrap();
@@ -122,9 +139,16 @@ fn nested_checkpoints_pick_a_key_and_name_what_is_there() {
     let sd = StateDict::read_pt(&pt, None).unwrap();
     assert_eq!(sd.picked(), Some("ema"));
     assert_eq!(sd.tensor_shape("out.2.weight"), Some(vec![1, 32, 3, 3]));
-    let e = StateDict::read_pt(&pt, Some("model")).unwrap_err().to_string();
-    assert!(e.contains("ema.pt") && e.contains("no entry `model`") && e.contains("`ema`"), "{e}");
-    let e = StateDict::read_pt(&pt, Some("step")).unwrap_err().to_string();
+    let e = StateDict::read_pt(&pt, Some("model"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ema.pt") && e.contains("no entry `model`") && e.contains("`ema`"),
+        "{e}"
+    );
+    let e = StateDict::read_pt(&pt, Some("step"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`step`") && e.contains("an int"), "{e}");
 }
 
@@ -134,9 +158,15 @@ fn check_diffusers(prior: &NetworkPrior, dir: &Path) {
     let t: Array1<i64> = ndarray_npy::read_npy(dir.join("t.npy")).unwrap();
     let steps: Vec<f32> = t.iter().map(|&v| v as f32).collect();
     let out = prior.raw(x.view(), &steps).unwrap();
-    let e_out = rel_err(&out.clone().into_dyn(), &npy4(&dir.join("out.npy")).into_dyn());
+    let e_out = rel_err(
+        &out.clone().into_dyn(),
+        &npy4(&dir.join("out.npy")).into_dyn(),
+    );
     let v = npy4(&dir.join("v.npy"));
-    let (_, vjp) = prior.unet().forward_vjp(x.view(), &steps, v.view()).unwrap();
+    let (_, vjp) = prior
+        .unet()
+        .forward_vjp(x.view(), &steps, v.view())
+        .unwrap();
     let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
     // The scheduler mapping: step n is t = (n + 1) / T on the prior's scaled-linear path,
     // and a v-prediction network's Tweedie estimate is sqrt(abar) x - sqrt(1 - abar) v.
@@ -144,7 +174,10 @@ fn check_diffusers(prior: &NetworkPrior, dir: &Path) {
     let x0 = prior.x0(x.view().into_dyn(), &ts).unwrap();
     let e_x0 = rel_err(&x0, &npy4(&dir.join("x0.npy")).into_dyn());
     eprintln!("diffusers: forward {e_out:.2e}, vjp {e_vjp:.2e}, x0 {e_x0:.2e}");
-    assert!(e_out < 1e-4 && e_vjp < 1e-4 && e_x0 < 1e-4, "{e_out} {e_vjp} {e_x0}");
+    assert!(
+        e_out < 1e-4 && e_vjp < 1e-4 && e_x0 < 1e-4,
+        "{e_out} {e_vjp} {e_x0}"
+    );
     // The check can fail: a shifted timestep moves the output far beyond the tolerance.
     let shifted: Vec<f32> = steps.iter().map(|s| s + 1.0).collect();
     let moved = prior.raw(x.view(), &shifted).unwrap();
@@ -166,7 +199,11 @@ fn diffusers_unet_directory_is_a_prior_matching_diffusers() {
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
         std::fs::copy(dir.join(f), u.join(f)).unwrap();
     }
-    std::fs::copy(dir.join("scheduler_config.json"), s.join("scheduler_config.json")).unwrap();
+    std::fs::copy(
+        dir.join("scheduler_config.json"),
+        s.join("scheduler_config.json"),
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("model_index.json"), "{}").unwrap();
     let piped = open(tmp.path());
     check_diffusers(&piped, &dir);
@@ -186,7 +223,10 @@ fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
         let out = prior.raw(x_in.view(), &labels).unwrap();
         let e_out = rel_err(&out.into_dyn(), &npy4(&dir.join("out.npy")).into_dyn());
         let v = npy4(&dir.join("v.npy"));
-        let (_, vjp) = prior.unet().forward_vjp(x_in.view(), &labels, v.view()).unwrap();
+        let (_, vjp) = prior
+            .unet()
+            .forward_vjp(x_in.view(), &labels, v.view())
+            .unwrap();
         let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
         // D(x; sigma) through the denoiser: on the VE path sigma(t) = sigma_min (sigma_max /
         // sigma_min)^t, a = 1.
@@ -198,7 +238,10 @@ fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
         let den = prior.x0(x.view().into_dyn(), &ts).unwrap();
         let e_den = rel_err(&den, &npy4(&dir.join("denoised.npy")).into_dyn());
         eprintln!("edm: forward {e_out:.2e}, vjp {e_vjp:.2e}, D(x; sigma) {e_den:.2e}");
-        assert!(e_out < 1e-4 && e_vjp < 1e-4 && e_den < 1e-4, "{e_out} {e_vjp} {e_den}");
+        assert!(
+            e_out < 1e-4 && e_vjp < 1e-4 && e_den < 1e-4,
+            "{e_out} {e_vjp} {e_den}"
+        );
     };
     // The directory's card names the .pt, read natively.
     let prior = open(&dir);
@@ -294,17 +337,31 @@ fn hostile_checkpoints_are_refused_without_running_anything() {
     let e = StateDict::read_pt(&data("ckpt/bad/code.pt"), None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("code.pt") && e.contains("system") && e.contains("refusing"), "{e}");
+    assert!(
+        e.contains("code.pt") && e.contains("system") && e.contains("refusing"),
+        "{e}"
+    );
     assert!(!marker.exists());
     let e = StateDict::read_pt(&data("ckpt/bad/namespace.pt"), None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("namespace.pt") && e.contains("`argparse.Namespace`"), "{e}");
+    assert!(
+        e.contains("namespace.pt") && e.contains("`argparse.Namespace`"),
+        "{e}"
+    );
     // Truncations and corruptions of a real checkpoint: errors naming the file, never panics.
     let bytes = std::fs::read(data("ckpt/gd/ema.pt")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("cut.pt");
-    for cut in [0, 10, 100, 1000, bytes.len() / 2, bytes.len() - 30, bytes.len() - 1] {
+    for cut in [
+        0,
+        10,
+        100,
+        1000,
+        bytes.len() / 2,
+        bytes.len() - 30,
+        bytes.len() - 1,
+    ] {
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let e = StateDict::read_pt(&p, None).unwrap_err().to_string();
         assert!(e.contains("cut.pt"), "cut {cut}: {e}");
@@ -320,7 +377,11 @@ fn hostile_checkpoints_are_refused_without_running_anything() {
         .filter_map(|k| sd.tensor_f32(k).err().map(|e| e.to_string()))
         .collect();
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].contains("CRC") && errs[0].contains("zip entry"), "{}", errs[0]);
+    assert!(
+        errs[0].contains("CRC") && errs[0].contains("zip entry"),
+        "{}",
+        errs[0]
+    );
     // Every single-byte truncation of the small hostile files, for good measure.
     let code = std::fs::read(data("ckpt/bad/code.pt")).unwrap();
     for cut in 0..code.len() {
@@ -355,16 +416,25 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     edit_json(&cfg, |v| v["cross_attention_dim"] = 768.into());
     let e = open_err(d.path());
-    assert!(e.contains("config.json") && e.contains("cross_attention_dim"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("cross_attention_dim"),
+        "{e}"
+    );
     std::fs::write(&cfg, &text).unwrap();
     edit_json(&cfg, |v| v["act_fn"] = "gelu".into());
     let e = open_err(d.path());
-    assert!(e.contains("config.json") && e.contains("`act_fn`") && e.contains("gelu"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("`act_fn`") && e.contains("gelu"),
+        "{e}"
+    );
     std::fs::write(&cfg, &text).unwrap();
     let sch = d.path().join("scheduler_config.json");
     edit_json(&sch, |v| v["karras_sigmas"] = true.into());
     let e = open_err(d.path());
-    assert!(e.contains("scheduler_config.json") && e.contains("karras_sigmas"), "{e}");
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("karras_sigmas"),
+        "{e}"
+    );
     edit_json(&sch, |v| {
         v.as_object_mut().unwrap().remove("karras_sigmas");
         v["prediction_type"] = "flow".into();
@@ -373,10 +443,15 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
     assert!(e.contains("prediction_type") && e.contains("flow"), "{e}");
     std::fs::remove_file(&sch).unwrap();
     let e = open_err(d.path());
-    assert!(e.contains("scheduler_config.json") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("missing"),
+        "{e}"
+    );
     // A config that disagrees with the weights: the key, the expected and found shapes.
     std::fs::copy(data("ckpt/diffusers/scheduler_config.json"), &sch).unwrap();
-    edit_json(&cfg, |v| v["block_out_channels"] = serde_json::json!([16, 48]));
+    edit_json(&cfg, |v| {
+        v["block_out_channels"] = serde_json::json!([16, 48])
+    });
     let e = open_err(d.path());
     assert!(
         e.contains("diffusion_pytorch_model.safetensors")
@@ -391,7 +466,10 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
     let text = std::fs::read_to_string(&card).unwrap();
     edit_json(&card, |v| v["architecture"]["num_blocks"] = 2.into());
     let e = open_err(d.path());
-    assert!(e.contains("edm.pt") && e.contains("missing tensor `model.enc.16x16_block1"), "{e}");
+    assert!(
+        e.contains("edm.pt") && e.contains("missing tensor `model.enc.16x16_block1"),
+        "{e}"
+    );
     // Unknown type, kind, output, noise schedule, format: errors naming the value.
     for (path, value, needle) in [
         (vec!["architecture", "type"], "song-unet", "song-unet"),
@@ -407,7 +485,10 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
             *slot = value.into();
         });
         let e = open_err(d.path());
-        assert!(e.contains("model.json") && e.contains(needle), "{path:?}: {e}");
+        assert!(
+            e.contains("model.json") && e.contains(needle),
+            "{path:?}: {e}"
+        );
     }
     let gd = scratch("adm/plain_conv_f16");
     let card = gd.path().join("model.json");
@@ -427,10 +508,26 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x");
     let pt = data("ckpt/gd/ema.pt");
-    let o = import(&[pt.to_str().unwrap(), "--out", out.to_str().unwrap(), "--num_blocks", "2"]);
-    assert!(!o.status.success() && stderr(&o).contains("--num_blocks"), "{}", stderr(&o));
+    let o = import(&[
+        pt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--num_blocks",
+        "2",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--num_blocks"),
+        "{}",
+        stderr(&o)
+    );
     let o = import(&[pt.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let msg = stderr(&o);
-    assert!(!o.status.success() && msg.contains("ema.pt") && msg.contains("expects"), "{msg}");
-    assert!(!out.join("model.json").exists(), "nothing is written on failure");
+    assert!(
+        !o.status.success() && msg.contains("ema.pt") && msg.contains("expects"),
+        "{msg}"
+    );
+    assert!(
+        !out.join("model.json").exists(),
+        "nothing is written on failure"
+    );
 }

@@ -219,7 +219,10 @@ impl StateDict {
             }
         };
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
-        if let Some(bo) = archive.entry(&format!("{prefix}byteorder")).map(|e| e.name.clone()) {
+        if let Some(bo) = archive
+            .entry(&format!("{prefix}byteorder"))
+            .map(|e| e.name.clone())
+        {
             let order = archive.read(&bo)?;
             if order.as_ref() != b"little" {
                 return Err(Error::Unsupported(format!(
@@ -258,7 +261,9 @@ impl StateDict {
                         "{} is {}, not a tensor: the {} is not a state dict (name -> tensor){}",
                         where_(name),
                         other.kind(),
-                        picked.as_deref().map_or("file".to_string(), |p| format!("entry `{p}`")),
+                        picked
+                            .as_deref()
+                            .map_or("file".to_string(), |p| format!("entry `{p}`")),
                         if picked.is_none() {
                             "; pick the nested state dict with --key"
                         } else {
@@ -305,7 +310,10 @@ impl StateDict {
         let n = crate::limits::check_elements(&format!("tensor `{name}`"), &t.shape)?;
         let entry = format!("{}{}", self.data_dir, t.storage);
         let e = self.archive.entry(&entry).ok_or_else(|| {
-            self.err(name, format!("its storage `{entry}` is missing from the archive"))
+            self.err(
+                name,
+                format!("its storage `{entry}` is missing from the archive"),
+            )
         })?;
         let need = t.storage_len.checked_mul(t.dtype.size() as u64);
         if need.is_none_or(|b| b > e.size()) {
@@ -473,7 +481,10 @@ mod tests {
             strides: vec![1, 2],
         };
         // A transposed (3, 2) storage read as (2, 3): element [i, j] at i + 2 j.
-        assert_eq!(strided_indices(&t).collect::<Vec<_>>(), vec![0, 2, 4, 1, 3, 5]);
+        assert_eq!(
+            strided_indices(&t).collect::<Vec<_>>(),
+            vec![0, 2, 4, 1, 3, 5]
+        );
         let t = TensorRef {
             shape: vec![],
             strides: vec![],

@@ -169,7 +169,11 @@ impl<'a> Machine<'a> {
         })
     }
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
-        match self.pos.checked_add(n).and_then(|e| self.data.get(self.pos..e)) {
+        match self
+            .pos
+            .checked_add(n)
+            .and_then(|e| self.data.get(self.pos..e))
+        {
             Some(s) => {
                 self.pos += n;
                 Ok(s)
@@ -184,13 +188,19 @@ impl<'a> Machine<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> R<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self) -> R<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> R<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self, n: usize) -> R<String> {
         let b = self.take(n)?;
@@ -265,7 +275,7 @@ impl<'a> Machine<'a> {
         let Value::Dict(d) = dict else {
             return self.fail(format!("SETITEM(S) on {}, expected a dict", dict.kind()));
         };
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.fail("SETITEMS with an odd number of items");
         }
         let mut d = d.borrow_mut();
@@ -278,7 +288,10 @@ impl<'a> Machine<'a> {
     fn int_arg(&self, v: &Value, what: &str) -> R<u64> {
         match v {
             Value::Int(i) if *i >= 0 => Ok(*i as u64),
-            other => self.fail(format!("{what} is {}, expected a non-negative int", other.kind())),
+            other => self.fail(format!(
+                "{what} is {}, expected a non-negative int",
+                other.kind()
+            )),
         }
     }
     fn dims(&self, v: &Value, what: &str) -> R<Vec<usize>> {
@@ -294,7 +307,10 @@ impl<'a> Machine<'a> {
     }
     fn reduce(&mut self, callable: Value, args: Value) -> R<Value> {
         let Value::Tuple(args) = args else {
-            return self.fail(format!("REDUCE arguments are {}, expected a tuple", args.kind()));
+            return self.fail(format!(
+                "REDUCE arguments are {}, expected a tuple",
+                args.kind()
+            ));
         };
         match callable {
             Value::Global(Global::OrderedDict) if args.is_empty() => {
@@ -337,17 +353,21 @@ impl<'a> Machine<'a> {
                 "REDUCE of {g:?} with {} argument(s) is not a form a state dict uses",
                 args.len()
             )),
-            other => self.fail(format!("REDUCE calls {}, which is not callable", other.kind())),
+            other => self.fail(format!(
+                "REDUCE calls {}, which is not callable",
+                other.kind()
+            )),
         }
     }
     fn persistent(&self, pid: Value) -> R<Value> {
         let fields: Option<(StorageDtype, String, u64)> = match &pid {
             Value::Tuple(t) if t.len() == 5 => match (&t[0], &t[1], &t[2], &t[4]) {
-                (Value::Str(tag), Value::Global(Global::Storage(d)), Value::Str(key), Value::Int(n))
-                    if tag == "storage" && *n >= 0 =>
-                {
-                    Some((*d, key.clone(), *n as u64))
-                }
+                (
+                    Value::Str(tag),
+                    Value::Global(Global::Storage(d)),
+                    Value::Str(key),
+                    Value::Int(n),
+                ) if tag == "storage" && *n >= 0 => Some((*d, key.clone(), *n as u64)),
                 _ => None,
             },
             _ => None,
@@ -598,7 +618,9 @@ mod tests {
         q.extend_from_slice(&[b'K', 1, 0x8a, 1, 0xfe, b'G']);
         q.extend_from_slice(&3.5f64.to_be_bytes());
         q.extend_from_slice(&[0x88, b'N', b't']);
-        q.extend_from_slice(&[0x8c, 1, b'b', b'}', b'q', 1, 0x8c, 1, b'c', b'h', 1, b'u', b'.']);
+        q.extend_from_slice(&[
+            0x8c, 1, b'b', b'}', b'q', 1, 0x8c, 1, b'c', b'h', 1, b'u', b'.',
+        ]);
         let v = load(&q).unwrap_or_else(|e| panic!("{}: {}", e.offset, e.message));
         let Value::Dict(d) = v else { panic!() };
         let d = d.borrow();
@@ -610,7 +632,9 @@ mod tests {
         assert!(matches!(t[3], Value::Bool(true)));
         assert!(matches!(t[4], Value::None));
         // 'b' and 'c' are the same object (memo), as pickle means.
-        let (Value::Dict(b), Value::Dict(c)) = (&d[1].1, &d[2].1) else { panic!() };
+        let (Value::Dict(b), Value::Dict(c)) = (&d[1].1, &d[2].1) else {
+            panic!()
+        };
         assert!(Rc::ptr_eq(b, c));
     }
 
@@ -627,7 +651,10 @@ mod tests {
         // INST ('i') and OBJ ('o') and NEWOBJ (0x81) are not in the subset.
         for op in [b'i', b'o', 0x81u8, b'S', b'V'] {
             let e = err(&[0x80, 2, op, b'.']);
-            assert!(e.contains("outside the subset") && e.starts_with("at 2:"), "{e}");
+            assert!(
+                e.contains("outside the subset") && e.starts_with("at 2:"),
+                "{e}"
+            );
         }
         // Truncations: inside an argument, and before STOP.
         assert!(err(b"\x80\x02X\x05\x00\x00\x00ab").contains("ends inside"));

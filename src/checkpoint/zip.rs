@@ -61,7 +61,8 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 impl ZipArchive {
     /// Reads `path` and its central directory.
     pub fn open(path: &Path) -> Result<ZipArchive> {
-        let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
         Self::parse(path, bytes)
     }
 
@@ -95,11 +96,18 @@ impl ZipArchive {
             let loc = eocd
                 .checked_sub(20)
                 .filter(|&l| u32_at(&bytes, l) == Some(EOCD64_LOCATOR))
-                .ok_or_else(|| err("zip64 archive without its end-of-central-directory locator".into()))?;
+                .ok_or_else(|| {
+                    err("zip64 archive without its end-of-central-directory locator".into())
+                })?;
             let rec = u64_at(&bytes, loc + 8)
                 .and_then(|r| usize::try_from(r).ok())
                 .filter(|&r| u32_at(&bytes, r) == Some(EOCD64))
-                .ok_or_else(|| err("the zip64 end-of-central-directory record is missing or out of range".into()))?;
+                .ok_or_else(|| {
+                    err(
+                        "the zip64 end-of-central-directory record is missing or out of range"
+                            .into(),
+                    )
+                })?;
             count = u64_at(&bytes, rec + 32).ok_or_else(short)?;
             cd_size = u64_at(&bytes, rec + 40).ok_or_else(short)?;
             cd_offset = u64_at(&bytes, rec + 48).ok_or_else(short)?;
@@ -122,8 +130,11 @@ impl ZipArchive {
         let mut entries = BTreeMap::new();
         let mut at = cd_offset as usize;
         for i in 0..count {
-            let e = read_central(&bytes, at, cd_end as usize)
-                .ok_or_else(|| err(format!("central directory record {i} is malformed or truncated")))?;
+            let e = read_central(&bytes, at, cd_end as usize).ok_or_else(|| {
+                err(format!(
+                    "central directory record {i} is malformed or truncated"
+                ))
+            })?;
             at = e.1;
             entries.insert(e.0.name.clone(), e.0);
         }

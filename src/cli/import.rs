@@ -169,7 +169,10 @@ impl ImportArgs {
             ("num_channels", self.num_channels.is_some()),
             ("num_res_blocks", self.num_res_blocks.is_some()),
             ("num_heads", self.num_heads.is_some()),
-            ("attention_resolutions", self.attention_resolutions.is_some()),
+            (
+                "attention_resolutions",
+                self.attention_resolutions.is_some(),
+            ),
             ("learn_sigma", self.learn_sigma.is_some()),
             ("use_scale_shift_norm", self.use_scale_shift_norm.is_some()),
             ("resblock_updown", self.resblock_updown.is_some()),
@@ -224,7 +227,11 @@ impl ImportArgs {
                 &self.use_scale_shift_norm,
                 d.use_scale_shift_norm,
             )?,
-            resblock_updown: bool_flag("resblock_updown", &self.resblock_updown, d.resblock_updown)?,
+            resblock_updown: bool_flag(
+                "resblock_updown",
+                &self.resblock_updown,
+                d.resblock_updown,
+            )?,
             use_fp16: bool_flag("use_fp16", &self.use_fp16, d.use_fp16)?,
             use_new_attention_order: bool_flag(
                 "use_new_attention_order",
@@ -266,9 +273,9 @@ impl ImportArgs {
         let channels = self.in_channels.ok_or_else(|| {
             Error::Invalid("--arch edm-dhariwal needs --in_channels (the image channels)".into())
         })?;
-        let res = self.img_resolution.ok_or_else(|| {
-            Error::Invalid("--arch edm-dhariwal needs --img_resolution".into())
-        })?;
+        let res = self
+            .img_resolution
+            .ok_or_else(|| Error::Invalid("--arch edm-dhariwal needs --img_resolution".into()))?;
         let kind = match self.precond.as_deref().unwrap_or("edm") {
             "edm" => ScheduleKind::Edm,
             "vp" => ScheduleKind::VpPrecond,
@@ -310,7 +317,10 @@ impl ImportArgs {
         extra.insert("training_data".into(), json!(self.training_data));
         extra.insert(
             "source_checkpoint".into(),
-            json!(self.checkpoint.file_name().map(|f| f.to_string_lossy().into_owned())),
+            json!(self
+                .checkpoint
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())),
         );
         Ok(ModelCard {
             format: crate::prior::card::CARD_FORMAT.into(),
@@ -403,7 +413,8 @@ pub fn run(a: &ImportArgs) -> Result<()> {
                 file: Some("model.safetensors".into()),
                 dtype: Some(a.dtype.clone()),
             };
-            card.extra.insert("training_data".into(), json!(a.training_data));
+            card.extra
+                .insert("training_data".into(), json!(a.training_data));
             (card, open_weights(&weights)?)
         }
         other => {

@@ -137,14 +137,24 @@ fn default_mid() -> Option<String> {
     Some("UNetMidBlock2D".into())
 }
 fn default_down() -> Vec<String> {
-    ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_up() -> Vec<String> {
-    ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_channels() -> Vec<usize> {
     vec![224, 448, 672, 896]
@@ -221,18 +231,29 @@ impl DiffusersUNetConfig {
             ));
         }
         if s.mid_block_scale_factor != 1.0 {
-            return Err(unsupported("mid_block_scale_factor", s.mid_block_scale_factor, "1"));
+            return Err(unsupported(
+                "mid_block_scale_factor",
+                s.mid_block_scale_factor,
+                "1",
+            ));
         }
         if s.downsample_padding != 1 {
             return Err(unsupported("downsample_padding", s.downsample_padding, "1"));
         }
         if s.downsample_type != "conv" {
-            return Err(unsupported("downsample_type", &s.downsample_type, "\"conv\""));
+            return Err(unsupported(
+                "downsample_type",
+                &s.downsample_type,
+                "\"conv\"",
+            ));
         }
         if s.upsample_type != "conv" {
             return Err(unsupported("upsample_type", &s.upsample_type, "\"conv\""));
         }
-        if !matches!(s.resnet_time_scale_shift.as_str(), "default" | "scale_shift") {
+        if !matches!(
+            s.resnet_time_scale_shift.as_str(),
+            "default" | "scale_shift"
+        ) {
             return Err(unsupported(
                 "resnet_time_scale_shift",
                 &s.resnet_time_scale_shift,
@@ -250,7 +271,11 @@ impl DiffusersUNetConfig {
                 ))
             }
             Some(g) if g != s.norm_num_groups => {
-                return Err(unsupported("attn_norm_num_groups", g, "norm_num_groups or null"))
+                return Err(unsupported(
+                    "attn_norm_num_groups",
+                    g,
+                    "norm_num_groups or null",
+                ))
             }
             _ => {}
         }
@@ -264,7 +289,11 @@ impl DiffusersUNetConfig {
             return Err(unsupported("num_class_embeds", n, "null (unconditional)"));
         }
         if s.freq_shift.fract() != 0.0 || s.freq_shift < 0.0 {
-            return Err(unsupported("freq_shift", s.freq_shift, "a non-negative integer"));
+            return Err(unsupported(
+                "freq_shift",
+                s.freq_shift,
+                "a non-negative integer",
+            ));
         }
         let levels = s.block_out_channels.len();
         if levels == 0 || s.down_block_types.len() != levels || s.up_block_types.len() != levels {
@@ -377,8 +406,14 @@ impl DiffusersUNetConfig {
         let boc = &self.block_out_channels;
         let levels = boc.len();
         let plain = |s: String| Target::Plain(s);
-        p.insert("time_embed.0".into(), plain("time_embedding.linear_1".into()));
-        p.insert("time_embed.2".into(), plain("time_embedding.linear_2".into()));
+        p.insert(
+            "time_embed.0".into(),
+            plain("time_embedding.linear_1".into()),
+        );
+        p.insert(
+            "time_embed.2".into(),
+            plain("time_embedding.linear_2".into()),
+        );
         p.insert("input_blocks.0.0".into(), plain("conv_in".into()));
         let attn = |prefix: String, c: usize| Target::Attn {
             prefix,
@@ -408,9 +443,18 @@ impl DiffusersUNetConfig {
             }
         }
         let top = boc[levels - 1];
-        p.insert("middle_block.0".into(), Target::Res("mid_block.resnets.0".into()));
-        p.insert("middle_block.1".into(), attn("mid_block.attentions.0".into(), top));
-        p.insert("middle_block.2".into(), Target::Res("mid_block.resnets.1".into()));
+        p.insert(
+            "middle_block.0".into(),
+            Target::Res("mid_block.resnets.0".into()),
+        );
+        p.insert(
+            "middle_block.1".into(),
+            attn("mid_block.attentions.0".into(), top),
+        );
+        p.insert(
+            "middle_block.2".into(),
+            Target::Res("mid_block.resnets.1".into()),
+        );
         let mut k = 0;
         for u in 0..levels {
             let level = levels - 1 - u;

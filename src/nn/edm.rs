@@ -90,7 +90,11 @@ impl DhariwalConfig {
     /// Checks what the engine computes: unconditional, no augmentation labels.
     pub fn check(&self) -> Result<()> {
         if self.label_dim != 0 {
-            return Err(unsupported("label_dim", self.label_dim, "0 (unconditional)"));
+            return Err(unsupported(
+                "label_dim",
+                self.label_dim,
+                "0 (unconditional)",
+            ));
         }
         if self.augment_dim != 0 {
             return Err(unsupported("augment_dim", self.augment_dim, "0"));
@@ -182,32 +186,62 @@ impl DhariwalConfig {
         };
         p.insert("time_embed.0".into(), Target::Plain("map_layer0".into()));
         p.insert("time_embed.2".into(), Target::Plain("map_layer1".into()));
-        p.insert("input_blocks.0.0".into(), Target::Plain(name("enc", 0, "conv")));
+        p.insert(
+            "input_blocks.0.0".into(),
+            Target::Plain(name("enc", 0, "conv")),
+        );
         let mut k = 1;
         for level in 0..levels {
             if level > 0 {
-                p.insert(format!("input_blocks.{k}.0"), Target::Res(name("enc", level, "down")));
+                p.insert(
+                    format!("input_blocks.{k}.0"),
+                    Target::Res(name("enc", level, "down")),
+                );
                 k += 1;
             }
             for i in 0..self.num_blocks {
                 let edm = name("enc", level, &format!("block{i}"));
-                block(&mut p, format!("input_blocks.{k}"), edm, level, self.attention_at(level));
+                block(
+                    &mut p,
+                    format!("input_blocks.{k}"),
+                    edm,
+                    level,
+                    self.attention_at(level),
+                );
                 k += 1;
             }
         }
         let top = levels - 1;
-        block(&mut p, "middle_block".into(), name("dec", top, "in0"), top, self.heads(top) > 0);
+        block(
+            &mut p,
+            "middle_block".into(),
+            name("dec", top, "in0"),
+            top,
+            self.heads(top) > 0,
+        );
         // Without middle attention the second residual block is still `middle_block.2`.
-        p.insert("middle_block.2".into(), Target::Res(name("dec", top, "in1")));
+        p.insert(
+            "middle_block.2".into(),
+            Target::Res(name("dec", top, "in1")),
+        );
         let mut k = 0;
         for level in (0..levels).rev() {
             for i in 0..=self.num_blocks {
                 let adm = format!("output_blocks.{k}");
                 let attention = self.attention_at(level);
-                block(&mut p, adm.clone(), name("dec", level, &format!("block{i}")), level, attention);
+                block(
+                    &mut p,
+                    adm.clone(),
+                    name("dec", level, &format!("block{i}")),
+                    level,
+                    attention,
+                );
                 if i == self.num_blocks && level > 0 {
                     let j = if attention { 2 } else { 1 };
-                    p.insert(format!("{adm}.{j}"), Target::Res(name("dec", level - 1, "up")));
+                    p.insert(
+                        format!("{adm}.{j}"),
+                        Target::Res(name("dec", level - 1, "up")),
+                    );
                 }
                 k += 1;
             }

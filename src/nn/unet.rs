@@ -595,7 +595,11 @@ impl UNet {
             UpDown::None,
         )?))];
         if cfg.middle_attention {
-            middle.push(Layer::Attn(Box::new(b.attn("middle_block.1", ch, false)?)));
+            middle.push(Layer::Attn(Box::new(b.attn(
+                "middle_block.1",
+                ch,
+                false,
+            )?)));
         }
         middle.push(Layer::Res(Box::new(b.res(
             "middle_block.2",

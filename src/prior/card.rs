@@ -50,6 +50,7 @@ pub const CARD_FILE: &str = "model.json";
 /// The network: a reference implementation's constructor arguments.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
+#[allow(clippy::large_enum_variant)] // one per prior: size does not matter
 pub enum Architecture {
     /// guided-diffusion's `UNetModel` (ADM), resolved arguments.
     #[serde(rename = "guided-diffusion-unet")]
@@ -250,7 +251,9 @@ impl ScheduleCard {
             }
             ScheduleKind::Edm | ScheduleKind::VePrecond => {
                 let (lo, hi) = self.sigma_range();
-                if self.kind == ScheduleKind::Edm && !(self.sigma_data() > 0.0) {
+                if self.kind == ScheduleKind::Edm
+                    && self.sigma_data().partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+                {
                     return bad(format!("sigma_data {} must be positive", self.sigma_data()));
                 }
                 Schedule::ve(lo, hi)

@@ -89,10 +89,13 @@ impl GuidedDiffusionFlags {
         self.channel_mult
             .split(',')
             .map(|m| {
-                m.trim()
-                    .parse::<u32>()
-                    .map(f64::from)
-                    .map_err(|_| flag_err("channel_mult", &self.channel_mult, "comma-separated integers"))
+                m.trim().parse::<u32>().map(f64::from).map_err(|_| {
+                    flag_err(
+                        "channel_mult",
+                        &self.channel_mult,
+                        "comma-separated integers",
+                    )
+                })
             })
             .collect()
     }
@@ -160,7 +163,11 @@ impl GuidedDiffusionFlags {
                 self.num_heads
             } else {
                 usize::try_from(self.num_heads_upsample).map_err(|_| {
-                    flag_err("num_heads_upsample", &self.num_heads_upsample.to_string(), "-1 or >= 1")
+                    flag_err(
+                        "num_heads_upsample",
+                        &self.num_heads_upsample.to_string(),
+                        "-1 or >= 1",
+                    )
                 })?
             },
             use_scale_shift_norm: self.use_scale_shift_norm,
@@ -239,7 +246,8 @@ pub fn write_prior_dir(
     crate::nn::safetensors::write(&out.join("model.safetensors"), &tensors, dtype)?;
     let text = card.to_json()?;
     crate::io::write_atomic(&card_path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| Error::file(&card_path, format!("cannot write: {e}")))
+        std::fs::write(tmp, &text)
+            .map_err(|e| Error::file(&card_path, format!("cannot write: {e}")))
     })?;
     Ok(n)
 }

@@ -10,9 +10,9 @@ pub mod import;
 pub mod network;
 pub mod schedule;
 
+pub use card::{Architecture, ModelCard, Output, ScheduleCard, ScheduleKind};
 pub use denoiser::{check_batch, Clipped, Denoiser, OnPath, PriorInfo, Pullback};
 pub use dense::{dense_matrix, DenseOperator};
 pub use gmm::{Covariance, Gmm};
-pub use card::{Architecture, ModelCard, Output, ScheduleCard, ScheduleKind};
 pub use network::{default_prior_for, prior_roots, resolve_prior, shipped_priors, NetworkPrior};
 pub use schedule::{Knot, Param, PathKind, Schedule};

@@ -117,7 +117,11 @@ pub fn build_from(card: &ModelCard, w: &mut Weights) -> Result<UNet> {
                 weights: w,
                 plan: e.plan(),
                 naming: EdmNaming,
-                prefix: if wrapped { "model.".into() } else { String::new() },
+                prefix: if wrapped {
+                    "model.".into()
+                } else {
+                    String::new()
+                },
             };
             let unet = UNet::build(cfg, &mut r)?;
             check_resample_filters(w)?;
@@ -247,10 +251,7 @@ pub fn schedule_from_diffusers(cfg: &serde_json::Value) -> Result<ScheduleCard> 
 
 /// The card of a diffusers directory (read in memory, nothing written) and its weights file;
 /// `schedule` overrides (or stands in for a missing) scheduler config.
-pub fn diffusers_card(
-    dir: &Path,
-    schedule: Option<ScheduleCard>,
-) -> Result<(ModelCard, PathBuf)> {
+pub fn diffusers_card(dir: &Path, schedule: Option<ScheduleCard>) -> Result<(ModelCard, PathBuf)> {
     let (unet_dir, sched_path) = diffusers_layout(dir).ok_or_else(|| {
         file_err(
             dir,
@@ -310,7 +311,8 @@ pub fn diffusers_card(
         },
         extra,
     };
-    card.check().map_err(|e| file_err(&cfg_path, e.to_string()))?;
+    card.check()
+        .map_err(|e| file_err(&cfg_path, e.to_string()))?;
     Ok((card, weights))
 }
 
@@ -461,7 +463,12 @@ impl Precond {
             Precond::Edm { sigma_data, floor } => {
                 let (sg, sd2) = (sigma(floor), sigma_data * sigma_data);
                 let r = (sg * sg + sd2).sqrt();
-                c(1.0 / (r * a), sg.ln() / 4.0, sd2 / (sg * sg + sd2) / a, sg * sigma_data / r)
+                c(
+                    1.0 / (r * a),
+                    sg.ln() / 4.0,
+                    sd2 / (sg * sg + sd2) / a,
+                    sg * sigma_data / r,
+                )
             }
             Precond::Vp {
                 beta_d,
@@ -469,11 +476,15 @@ impl Precond {
                 m,
             } => {
                 let sg = sigma(0.0);
-                let t_of_sigma = ((beta_min * beta_min + 2.0 * beta_d * (1.0 + sg * sg).ln())
-                    .sqrt()
-                    - beta_min)
-                    / beta_d;
-                c(1.0 / ((sg * sg + 1.0).sqrt() * a), (m - 1.0) * t_of_sigma, 1.0 / a, -sg)
+                let t_of_sigma =
+                    ((beta_min * beta_min + 2.0 * beta_d * (1.0 + sg * sg).ln()).sqrt() - beta_min)
+                        / beta_d;
+                c(
+                    1.0 / ((sg * sg + 1.0).sqrt() * a),
+                    (m - 1.0) * t_of_sigma,
+                    1.0 / a,
+                    -sg,
+                )
             }
             Precond::Ve { floor } => {
                 let sg = sigma(floor);
@@ -501,7 +512,12 @@ pub struct NetworkPrior {
 
 /// A checked batch, the network's input (scaled by `c_in` where that is not 1), its noise
 /// labels and the per-sample coefficients.
-type Prepared<'a> = (ArrayView4<'a, f32>, Option<ndarray::Array4<f32>>, Vec<f32>, Vec<Coef>);
+type Prepared<'a> = (
+    ArrayView4<'a, f32>,
+    Option<ndarray::Array4<f32>>,
+    Vec<f32>,
+    Vec<Coef>,
+);
 
 impl NetworkPrior {
     /// Opens a prior directory (or a shipped prior by name, see [`resolve_prior`]): a card
@@ -802,7 +818,11 @@ mod tests {
         let x = a * x0 + s * eps;
         let v = a * eps - s * x0;
         for (output, f) in [(Output::Eps, eps), (Output::X0, x0), (Output::V, v)] {
-            let k = Precond::Discrete { steps: 1000, output }.coef(0.5, a, s);
+            let k = Precond::Discrete {
+                steps: 1000,
+                output,
+            }
+            .coef(0.5, a, s);
             let got = k.c_x as f64 * x + k.c_out as f64 * f;
             assert!((got - x0).abs() < 1e-6, "{output:?}: {got} vs {x0}");
             assert_eq!(k.label, 499.0);
@@ -812,7 +832,11 @@ mod tests {
         let xt = x / a;
         let f = 0.7f64;
         let sd = 0.5f64;
-        let k = Precond::Edm { sigma_data: sd, floor: 0.002 }.coef(0.5, a, s);
+        let k = Precond::Edm {
+            sigma_data: sd,
+            floor: 0.002,
+        }
+        .coef(0.5, a, s);
         let want = sd * sd / (sigma * sigma + sd * sd) * xt
             + sigma * sd / (sigma * sigma + sd * sd).sqrt() * f;
         let got = k.c_x as f64 * x + k.c_out as f64 * f;
@@ -824,7 +848,12 @@ mod tests {
         let tt = 0.37f64;
         let sg = ((0.5 * bd * tt * tt + bm * tt).exp() - 1.0).sqrt();
         let a1 = 1.0 / (1.0 + sg * sg).sqrt();
-        let k = Precond::Vp { beta_d: bd, beta_min: bm, m: 1000.0 }.coef(0.0, a1, sg * a1);
+        let k = Precond::Vp {
+            beta_d: bd,
+            beta_min: bm,
+            m: 1000.0,
+        }
+        .coef(0.0, a1, sg * a1);
         assert!((k.label as f64 - 999.0 * tt).abs() < 1e-3, "{}", k.label);
         assert!((k.c_out as f64 + sg).abs() < 1e-5);
         // VE at s = 0 (another path's clean end): sigma floored, labels finite.
