@@ -23,6 +23,7 @@ edm/       an EDM DhariwalUNet under EDMPrecond: `edm.pt`, the wrapper's state d
            `model.json`, a posterior-card/2 naming it; golden x_in.npy, labels.npy (c_noise),
            out.npy = F(x_in, labels), v.npy, vjp.npy; x.npy, sigma.npy, denoised.npy =
            D(x; sigma).
+views/     tensor views and dtypes (`views.pt`, `views_deflated.pt`, expected `views.json`).
 bad/       small hostile checkpoints: `namespace.pt` (an argparse.Namespace beside the
            weights: a class outside the allowed set) and `code.pt` (a pickle that would call
            os.system when unpickled by Python).
@@ -208,6 +209,31 @@ def make_bad(out):
     open(os.path.join(d, "code.pt"), "wb").write(buf.getvalue())
 
 
+def make_views(out):
+    """Tensor views and element types: a transposed f64 matrix, a slice with a storage offset
+    (sharing its storage with a second tensor), f16 / bf16 / f32 values, a 0-d tensor; the
+    same archive again with deflated entries; the expected values as JSON."""
+    d = os.path.join(out, "views")
+    os.makedirs(d, exist_ok=True)
+    base = torch.arange(12, dtype=torch.float32) * 0.5 - 2.0
+    sd = {
+        "transposed": (torch.arange(6, dtype=torch.float64).reshape(2, 3) / 4).t(),
+        "offset": base[5:9].reshape(2, 2),
+        "shared": base,
+        "half": torch.tensor([1.5, -0.25, 65504.0], dtype=torch.float16),
+        "bf16": torch.tensor([3.0, -1.0 / 3.0], dtype=torch.bfloat16),
+        "scalar": torch.tensor(7.25),
+    }
+    torch.save(sd, os.path.join(d, "views.pt"))
+    with zipfile.ZipFile(os.path.join(d, "views.pt")) as src, zipfile.ZipFile(
+        os.path.join(d, "views_deflated.pt"), "w", zipfile.ZIP_DEFLATED
+    ) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    expect = {k: {"shape": list(v.shape), "values": v.double().flatten().tolist()} for k, v in sd.items()}
+    json.dump(expect, open(os.path.join(d, "views.json"), "w"), indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "ckpt"))
@@ -218,6 +244,7 @@ def main(argv=None):
     n_diff = make_diffusers(a.out)
     n_edm = make_edm(a.out)
     make_bad(a.out)
+    make_views(a.out)
     print(f"gd: ok; diffusers: {n_diff} parameters; edm: {n_edm} stored values")
     for root, _, files in os.walk(a.out):
         for f in sorted(files):

@@ -531,3 +531,25 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
         "nothing is written on failure"
     );
 }
+
+#[test]
+fn tensor_views_and_element_types_read_exactly_stored_or_deflated() {
+    let expect: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data("ckpt/views/views.json")).unwrap(),
+    )
+    .unwrap();
+    for file in ["views.pt", "views_deflated.pt"] {
+        let sd = StateDict::read_pt(&data(&format!("ckpt/views/{file}")), None).unwrap();
+        let names = sd.tensor_names();
+        assert_eq!(names.len(), 6, "{file}: {names:?}");
+        for (name, want) in expect.as_object().unwrap() {
+            let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
+            let values: Vec<f64> = serde_json::from_value(want["values"].clone()).unwrap();
+            assert_eq!(sd.tensor_shape(name), Some(shape), "{file} {name}");
+            let got = sd.tensor_f32(name).unwrap();
+            let want: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            // Every value is exact in its stored type and in f32: equality.
+            assert_eq!(got, want, "{file} {name}");
+        }
+    }
+}
