@@ -534,10 +534,9 @@ fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
 
 #[test]
 fn tensor_views_and_element_types_read_exactly_stored_or_deflated() {
-    let expect: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(data("ckpt/views/views.json")).unwrap(),
-    )
-    .unwrap();
+    let expect: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("ckpt/views/views.json")).unwrap())
+            .unwrap();
     for file in ["views.pt", "views_deflated.pt"] {
         let sd = StateDict::read_pt(&data(&format!("ckpt/views/{file}")), None).unwrap();
         let names = sd.tensor_names();
