@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
-use crate::nn::layout::{legacy_row, permute_rows, Naming, Plan, Target};
+use crate::nn::layout::{legacy_order, permute_rows, Naming, Plan, Target};
 use crate::nn::unet::UNetConfig;
 
 /// `UNet2DModel`'s constructor arguments (diffusers 0.2x-0.4x), as `config.json` stores them.
@@ -530,15 +530,7 @@ impl Naming for DiffusersNaming {
             stacked.extend(w.take(&format!("{prefix}.{n}.{param}"), &shape)?);
         }
         // Stacked rows: part p, head h, channel j at p c + h d + j.
-        let d = c / heads;
-        let mut order = vec![0; 3 * c];
-        for h in 0..heads {
-            for p in 0..3 {
-                for j in 0..d {
-                    order[legacy_row(h, p, j, d)] = p * c + h * d + j;
-                }
-            }
-        }
+        let order = legacy_order(c, heads, |h, p, j, d| p * c + h * d + j);
         Ok(permute_rows(&stacked, width, &order))
     }
 }

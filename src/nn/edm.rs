@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
-use crate::nn::layout::{legacy_row, permute_rows, Naming, Plan, Target};
+use crate::nn::layout::{legacy_order, permute_rows, Naming, Plan, Target};
 use crate::nn::unet::UNetConfig;
 
 /// `DhariwalUNet`'s constructor arguments (EDM's names and defaults; `img_resolution`,
@@ -311,15 +311,7 @@ impl Naming for EdmNaming {
         };
         let v = w.take(&format!("{prefix}.qkv.{param}"), &shape)?;
         // EDM's rows: head h, channel j, part p at h 3d + 3 j + p.
-        let d = c / heads;
-        let mut order = vec![0; 3 * c];
-        for h in 0..heads {
-            for p in 0..3 {
-                for j in 0..d {
-                    order[legacy_row(h, p, j, d)] = h * 3 * d + 3 * j + p;
-                }
-            }
-        }
+        let order = legacy_order(c, heads, |h, p, j, d| h * 3 * d + 3 * j + p);
         Ok(permute_rows(&v, width, &order))
     }
 }

@@ -67,9 +67,24 @@ pub(crate) fn permute_rows(v: &[f32], width: usize, order: &[usize]) -> Vec<f32>
         .collect()
 }
 
-/// The legacy row of head `h`, part `p` (q, k, v), channel `j`, for head width `d`.
-pub(crate) fn legacy_row(h: usize, p: usize, j: usize, d: usize) -> usize {
-    h * 3 * d + p * d + j
+/// The row order that puts `3c` stored `q, k, v` rows into the legacy order (head `h`,
+/// part `p`, channel `j` at `h 3d + p d + j`, `d = c / heads`): `order[legacy] = stored`,
+/// with `stored(h, p, j, d)` the layout's row of the same value.
+pub(crate) fn legacy_order(
+    c: usize,
+    heads: usize,
+    stored: impl Fn(usize, usize, usize, usize) -> usize,
+) -> Vec<usize> {
+    let d = c / heads;
+    let mut order = vec![0; 3 * c];
+    for h in 0..heads {
+        for p in 0..3 {
+            for j in 0..d {
+                order[h * 3 * d + p * d + j] = stored(h, p, j, d);
+            }
+        }
+    }
+    order
 }
 
 impl<N: Naming> Renamed<'_, '_, N> {
