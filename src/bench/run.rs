@@ -298,23 +298,28 @@ fn overrides(m: &super::suite::MethodSpec) -> Overrides {
         steps: m.steps,
         particles: m.particles,
         calibration: None,
+        set: m.set.clone(),
     }
 }
 
-fn dds_volume_settings(m: &super::suite::MethodSpec) -> (DdsSettings, SliceTv) {
+fn dds_volume_settings(m: &super::suite::MethodSpec) -> Result<(DdsSettings, SliceTv)> {
     let d = DdsSettings::default();
     let t = SliceTv::default();
-    (
+    let d = crate::sample::settings::apply_dds(
         DdsSettings {
             steps: m.steps.unwrap_or(d.steps),
             ..d
         },
+        &m.set,
+    )?;
+    Ok((
+        d,
         SliceTv {
             rho: m.rho.unwrap_or(t.rho),
             lambda: m.tv_lambda.unwrap_or(t.lambda),
             ..t
         },
-    )
+    ))
 }
 
 /// Builds the sampler on a zero measurement: checks that the operator fits the prior
@@ -341,7 +346,7 @@ fn check_sampler(
     }
     match kind {
         MethodKind::DdsVolume => {
-            let (s, tv) = dds_volume_settings(m);
+            let (s, tv) = dds_volume_settings(m)?;
             DdsVolume::new(vec![Arc::new(problem)], s, tv).map(|_| ())
         }
         _ => posterior::build(
@@ -623,7 +628,7 @@ fn reconstruct_volume(
             problem_in_prior_units(physics.operator, physics.embedding, y, sigma, units)?;
         problems.push(Arc::new(p));
     }
-    let (settings, tv) = dds_volume_settings(m);
+    let (settings, tv) = dds_volume_settings(m)?;
     let mut sampler = DdsVolume::new(problems, settings, tv)?;
     let label = crate::sample::Sampler::name(&sampler);
     let denoiser: &dyn Denoiser = &prior;

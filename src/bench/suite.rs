@@ -135,6 +135,10 @@ pub struct MethodSpec {
     /// dds-volume: slice-axis TV weight.
     #[serde(default)]
     pub tv_lambda: Option<f64>,
+    /// Sampler: its other settings by name, e.g. `set = { zeta = 0.5 }` (the keys of
+    /// `posterior reconstruct --set`; checked against the sampler before any work).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: crate::sample::SettingValues,
 }
 
 /// Volume mode settings.
@@ -166,6 +170,7 @@ impl MethodSpec {
                     (self.samples.is_some(), "samples"),
                     (self.rho.is_some(), "rho"),
                     (self.tv_lambda.is_some(), "tv_lambda"),
+                    (!self.set.is_empty(), "set"),
                 ] {
                     if given {
                         return Err(Error::Invalid(format!(
@@ -191,6 +196,9 @@ impl MethodSpec {
                         )));
                     }
                 }
+                crate::sample::settings::settings_of(s)
+                    .and_then(|_| crate::sample::settings::check(s, &self.set))
+                    .map_err(|e| Error::Invalid(format!("{who}: {e}")))?;
                 if s == "dds-volume" {
                     if self.particles.is_some() || self.samples.is_some() {
                         return Err(Error::Invalid(format!(

@@ -197,6 +197,11 @@ pub struct ReconstructArgs {
     /// SMC particles per posterior sample.
     #[arg(long)]
     pub particles: Option<usize>,
+    /// A sampler setting, KEY=VALUE (repeatable): dps zeta, eta; dds gamma, cg_iters, eta,
+    /// cg_tol; reddiff lambda, lr; flair weight, lr, t_end, dc_steps, dc_lr, cg_iters;
+    /// smc/tds/fps twist_scale, ess_fraction, clip, eta, cg_iters, cg_tol.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Independent posterior samples; the output is their mean, --std their spread.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,

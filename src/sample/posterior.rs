@@ -10,6 +10,7 @@ use ndarray::{ArrayD, Axis};
 use super::calibrate::CalibrationTable;
 use super::flair::{Flair, FlairSettings};
 use super::units::{problem_in_prior_units, PriorUnits};
+use super::settings::{self, SettingValues};
 use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
     SmcSettings,
@@ -55,6 +56,9 @@ pub struct Overrides {
     /// FLAIR's regulariser weights `lambda(t)` (the prior's calibration table); `None`
     /// keeps the uniform table.
     pub calibration: Option<CalibrationTable>,
+    /// The sampler's other settings by name (`zeta`, `gamma`, `twist_scale`, ...; see
+    /// [`super::settings`]); a key the sampler does not have is an error.
+    pub set: SettingValues,
 }
 
 /// The sampler called `name` for `problem`; `family` is the operator family (`blur`,
@@ -72,13 +76,14 @@ pub fn build(
         )));
     }
     Ok(match name {
-        "dps" => PosteriorSampler::Plain(Box::new(Dps::new(problem, dps_settings(family, o))?)),
+        "dps" => PosteriorSampler::Plain(Box::new(Dps::new(problem, dps_settings(family, o)?)?)),
         "reddiff" | "red-diff" => {
             let d = RedDiffSettings::default();
             let s = RedDiffSettings {
                 steps: steps(d.steps),
                 ..d
             };
+            let s = settings::apply_reddiff(s, &o.set)?;
             PosteriorSampler::Plain(Box::new(RedDiff::new(problem, s)?))
         }
         "flair" => {
@@ -88,9 +93,10 @@ pub fn build(
                 table: o.calibration.clone().unwrap_or(d.table.clone()),
                 ..d
             };
+            let s = settings::apply_flair(s, &o.set)?;
             PosteriorSampler::Plain(Box::new(Flair::new(problem, s)?))
         }
-        "dds" => PosteriorSampler::Plain(Box::new(Dds::new(problem, dds_settings(o))?)),
+        "dds" => PosteriorSampler::Plain(Box::new(Dds::new(problem, dds_settings(o)?)?)),
         "smc" | "tds" | "fps" => {
             let d = if name == "fps" {
                 SmcSettings::fps()
@@ -102,6 +108,7 @@ pub fn build(
                 particles: o.particles.unwrap_or(d.particles),
                 ..d
             };
+            let s = settings::apply_smc(s, &o.set)?;
             PosteriorSampler::Smc(Box::new(Smc::new(problem, s)?))
         }
         other => {
@@ -114,21 +121,27 @@ pub fn build(
 }
 
 /// DPS's settings for the operator `family` (its official step size) with `o`'s overrides.
-pub fn dps_settings(family: &str, o: &Overrides) -> DpsSettings {
+pub fn dps_settings(family: &str, o: &Overrides) -> Result<DpsSettings> {
     let d = DpsSettings::for_task(family);
-    DpsSettings {
-        steps: o.steps.unwrap_or(d.steps),
-        ..d
-    }
+    settings::apply_dps(
+        DpsSettings {
+            steps: o.steps.unwrap_or(d.steps),
+            ..d
+        },
+        &o.set,
+    )
 }
 
 /// DDS's settings with `o`'s overrides.
-pub fn dds_settings(o: &Overrides) -> DdsSettings {
+pub fn dds_settings(o: &Overrides) -> Result<DdsSettings> {
     let d = DdsSettings::default();
-    DdsSettings {
-        steps: o.steps.unwrap_or(d.steps),
-        ..d
-    }
+    settings::apply_dds(
+        DdsSettings {
+            steps: o.steps.unwrap_or(d.steps),
+            ..d
+        },
+        &o.set,
+    )
 }
 
 /// The Gaussian noise level per real measurement entry that a noise model implies:
@@ -192,15 +205,20 @@ pub fn reconstruct_with_prior(
     let mut sampler = build(name, problem.clone(), family, &o)?;
     // DPS and DDS run resident on the GPU when the prior does and the operator has a device
     // twin (no per-step host round trip, so no time limit and one report at the end).
-    let resident = if executor.has_time_limit() {
+    let resident = if executor.has_time_limit() || !matches!(name, "dps" | "dds") {
         None
     } else {
+        let (dds, dps) = if name == "dds" {
+            (dds_settings(&o)?, DpsSettings::default())
+        } else {
+            (DdsSettings::default(), dps_settings(family, &o)?)
+        };
         crate::gpu::sampler::resident_posterior(
             &prior,
             &problem,
             name,
-            &dds_settings(&o),
-            &dps_settings(family, &o),
+            &dds,
+            &dps,
             samples,
             executor.seed(),
         )?
