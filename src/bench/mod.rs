@@ -9,6 +9,7 @@
 //! PNG grid per image. [`run::merge`] joins the output directories of shards
 //! (`--shard K/N`) into the same results an unsharded run gives.
 
+pub mod coverage;
 pub mod data;
 pub mod results;
 pub mod run;

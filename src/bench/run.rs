@@ -19,6 +19,7 @@ use ndarray::{Array3, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::data::{load_images, BenchImage};
+use super::coverage::EnsembleStats;
 use super::results::{self, Appender, Record, SliceMetrics};
 use super::suite::{MethodKind, SuiteFile};
 use crate::error::{Error, Result};
@@ -543,8 +544,20 @@ fn measure(
     Ok((physics, y, mseed))
 }
 
-/// The reconstruction of one image by one method: (image, spread, nfe, vjps, detail).
-type Recon = (Array3<f32>, Option<Array3<f32>>, usize, usize, String);
+/// The reconstruction of one image by one method.
+struct Recon {
+    image: Array3<f32>,
+    /// The ensemble's pixelwise std, for methods that return one.
+    spread: Option<Array3<f32>>,
+    nfe: usize,
+    vjps: usize,
+    /// Network evaluations of one image, a VJP counted as 2.
+    work: f64,
+    detail: String,
+    /// Members of the ensemble (SMC particles, or samples).
+    members: usize,
+    smc: Option<crate::sample::posterior::SmcReport>,
+}
 
 fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
     let suite = &plan.file.suite;
@@ -570,7 +583,16 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 0 => method.name().to_string(),
                 _ => format!("{} ({} iterations)", method.name(), opts.iters()),
             };
-            Ok((to3(physics.extract(x.view(), false))?, None, 0, 0, detail))
+            Ok(Recon {
+                image: to3(physics.extract(x.view(), false))?,
+                spread: None,
+                nfe: 0,
+                vjps: 0,
+                work: 0.0,
+                detail,
+                members: 1,
+                smc: None,
+            })
         }
         MethodKind::Sampler => {
             let dir = plan
@@ -590,13 +612,20 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 m.samples.unwrap_or(1),
             )?;
             let spread = r.spread.map(to3).transpose()?;
-            Ok((
-                to3(r.image)?,
+            let members = r
+                .smc
+                .as_ref()
+                .map_or(m.samples.unwrap_or(1), |s| s.particles);
+            Ok(Recon {
+                image: to3(r.image)?,
                 spread,
-                r.outcome.nfe,
-                r.outcome.vjps,
-                r.label,
-            ))
+                nfe: r.outcome.nfe,
+                vjps: r.outcome.vjps,
+                work: ((r.outcome.nfe + 2 * r.outcome.vjps) * r.batch) as f64,
+                detail: r.label,
+                members,
+                smc: r.smc,
+            })
         }
         MethodKind::DdsVolume => Err(Error::Invalid(
             "dds-volume reconstructs whole volumes only".into(),
@@ -663,23 +692,29 @@ fn run_item(plan: &Plan, unit: &Unit, item: &Item, out: &Path) -> Result<Record>
     let span = (suite.range[1] - suite.range[0]) as f64;
     memory::reset_peak();
     let start = Instant::now();
-    let (slices, spreads, nfe, vjps, detail) = if m.kind()? == MethodKind::DdsVolume {
+    let mut members = 1;
+    let mut smc = None;
+    let (slices, spreads, nfe, vjps, work, detail) = if m.kind()? == MethodKind::DdsVolume {
         let (s, nfe, vjps, d) = reconstruct_volume(plan, unit, item)?;
-        (s, Vec::new(), nfe, vjps, d)
+        let work = (nfe * s.len()) as f64;
+        (s, Vec::new(), nfe, vjps, work, d)
     } else {
-        let (mut s, mut sp, mut nfe, mut vjps, mut detail) =
-            (Vec::new(), Vec::new(), 0, 0, String::new());
+        let (mut s, mut sp, mut nfe, mut vjps, mut work, mut detail) =
+            (Vec::new(), Vec::new(), 0, 0, 0.0, String::new());
         for &img in &unit.images {
-            let (x, spread, n, v, d) = reconstruct_image(plan, img, item)?;
-            s.push(x);
-            if let Some(x) = spread {
+            let r = reconstruct_image(plan, img, item)?;
+            s.push(r.image);
+            if let Some(x) = r.spread {
                 sp.push(x);
             }
-            nfe += n;
-            vjps += v;
-            detail = d;
+            nfe += r.nfe;
+            vjps += r.vjps;
+            work += r.work;
+            detail = r.detail;
+            members = r.members;
+            smc = r.smc;
         }
-        (s, sp, nfe, vjps, detail)
+        (s, sp, nfe, vjps, work, detail)
     };
     let seconds = start.elapsed().as_secs_f64();
     let peak_mib = memory::peak_mib();
@@ -709,6 +744,31 @@ fn run_item(plan: &Plan, unit: &Unit, item: &Item, out: &Path) -> Result<Record>
         let q = Quality::compare(slices[0].view(), truths[0].view(), span)?;
         (q.psnr, q.ssim, q.nrmse, None)
     };
+    // Calibration of the ensemble's std map (the mean over slices in volume mode; the SMC
+    // diagnostics of the last slice).
+    let ensemble = (spreads.len() == slices.len() && !spreads.is_empty()).then(|| {
+        let per: Vec<_> = slices
+            .iter()
+            .zip(&spreads)
+            .zip(&truths)
+            .map(|((x, sd), t)| EnsembleStats::new(members, x.view(), sd.view(), t.view()))
+            .collect();
+        let k = per.len() as f64;
+        let corr: Vec<f64> = per.iter().filter_map(|e| e.std_error_corr).collect();
+        let mut e = EnsembleStats {
+            coverage90: per.iter().map(|e| e.coverage90).sum::<f64>() / k,
+            std_error_corr: (corr.len() == per.len())
+                .then(|| corr.iter().sum::<f64>() / corr.len() as f64),
+            mean_std: per.iter().map(|e| e.mean_std).sum::<f64>() / k,
+            ..per[0].clone()
+        };
+        if let Some(r) = &smc {
+            e.ess_per_step = r.ess_per_step.clone();
+            e.resamples = Some(r.resamples);
+            e.nonfinite = Some(r.nonfinite);
+        }
+        e
+    });
     // Reconstructions for the grids (and for anyone who wants to look).
     let x = if suite.volume.is_some() {
         stack(&slices)?
@@ -747,6 +807,8 @@ fn run_item(plan: &Plan, unit: &Unit, item: &Item, out: &Path) -> Result<Record>
         peak_mib,
         detail,
         slices: per_slice,
+        work: Some(work),
+        ensemble,
     })
 }
 

@@ -227,6 +227,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         spread,
         label,
         outcome,
+        ..
     } = result?;
     let seconds = start.elapsed().as_secs_f64();
     write_output(&a.out, &image, &side)?;

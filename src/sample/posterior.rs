@@ -164,12 +164,33 @@ pub fn gaussian_level(noise: &NoiseModel, y: ndarray::ArrayViewD<f32>) -> f64 {
 pub struct PriorReconstruction {
     /// The estimate in image units: the mean of the samples (SMC: of the weighted means).
     pub image: ArrayD<f32>,
-    /// The pixelwise posterior standard deviation in image units: the SMC ensemble's, or
-    /// the spread of two or more samples; `None` otherwise.
+    /// The pixelwise posterior standard deviation in image units: the SMC ensemble's (with
+    /// two or more samples, within plus between their ensembles), or the spread of two or
+    /// more samples; `None` otherwise.
     pub spread: Option<ArrayD<f32>>,
     /// The sampler's description.
     pub label: String,
     pub outcome: Outcome,
+    /// Images per denoiser call: the samples, times the particles for SMC. A run evaluated
+    /// the network on `outcome.nfe * batch` images and back-propagated through it
+    /// `outcome.vjps * batch` times.
+    pub batch: usize,
+    /// The SMC ensemble's weight diagnostics (SMC samplers only).
+    pub smc: Option<SmcReport>,
+}
+
+/// What an SMC run's weights did (see [`super::smc::StepTrace`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SmcReport {
+    /// Particles per posterior sample.
+    pub particles: usize,
+    /// The mean ESS over samples at each step, before resampling (the last entry: the
+    /// final weights).
+    pub ess_per_step: Vec<f64>,
+    /// How many times some sample's particles were resampled.
+    pub resamples: usize,
+    /// Particles lost to non-finite values over the run.
+    pub nonfinite: usize,
 }
 
 /// Reconstructs the measurement `y` of `physics` (noise model `noise`, image range
@@ -251,9 +272,26 @@ pub fn reconstruct_with_prior(
         PosteriorSampler::Smc(s) => s.ensemble(),
         PosteriorSampler::Plain(_) => None,
     };
+    let (batch, smc) = match &sampler {
+        PosteriorSampler::Smc(s) => {
+            let k = s.settings().particles;
+            let report = ensemble.map(|e| SmcReport {
+                particles: k,
+                ess_per_step: e.trace.iter().map(|t| t.ess_mean).collect(),
+                resamples: e.resamples,
+                nonfinite: e.trace.iter().map(|t| t.nonfinite).sum(),
+            });
+            (samples * k, report)
+        }
+        PosteriorSampler::Plain(_) => (samples, None),
+    };
     let (mean, spread) = match ensemble {
         Some(ens) => {
-            let var = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
+            // The law of total variance over the independent samples' ensembles: the mean
+            // within-ensemble variance plus the variance of the ensembles' means.
+            let within = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
+            let between = ens.mean.var_axis(Axis(0), 0.0);
+            let var = within.map(|w| w + between);
             (ens.mean.mean_axis(Axis(0)), var.map(|v| v.mapv(f32::sqrt)))
         }
         None => (
@@ -267,6 +305,8 @@ pub fn reconstruct_with_prior(
         spread: spread.map(|s| s.mapv(|v| v * units.scale.abs())),
         label,
         outcome,
+        batch,
+        smc,
     })
 }
 
