@@ -684,7 +684,10 @@ fn reconstruct_runs_resident_for_masks_and_falls_back_otherwise() {
     // CPU reference first (the prior without a device copy).
     let mut cpu = Dds::new(problem.clone(), dds_settings(&o).unwrap()).unwrap();
     let want = Executor::new(6).run(&mut cpu, &prior, 1).unwrap();
-    let (dds, dps) = (dds_settings(&o).unwrap(), dps_settings("inpaint", &o).unwrap());
+    let (dds, dps) = (
+        dds_settings(&o).unwrap(),
+        dps_settings("inpaint", &o).unwrap(),
+    );
     // Without a device copy of the network: not resident.
     assert!(
         sampler::resident_posterior(&prior, &problem, "dds", &dds, &dps, 1, 6)

@@ -92,7 +92,8 @@ mod tests {
         // Truth = mean + sd * z with z ~ N(0, 1) and the std map equal to sd: coverage is
         // Binomial(4096, 0.9)/4096, sd 0.0047, so 0.90 +- 0.02 is a 4-sigma band.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let sd = Array3::from_shape_fn((1, 64, 64), |(_, i, j)| 0.01 + 0.001 * ((i + j) % 7) as f32);
+        let sd =
+            Array3::from_shape_fn((1, 64, 64), |(_, i, j)| 0.01 + 0.001 * ((i + j) % 7) as f32);
         let mean = Array3::<f32>::zeros((1, 64, 64));
         let normal = Normal::new(0.0f32, 1.0).unwrap();
         let truth = sd.mapv(|s| s * normal.sample(&mut rng));
@@ -107,6 +108,9 @@ mod tests {
         // A collapsed ensemble covers only exact pixels and has no correlation.
         let zero = Array3::<f32>::zeros((1, 64, 64));
         let z = EnsembleStats::new(4, mean.view(), zero.view(), truth.view());
-        assert_eq!((z.coverage90, z.std_error_corr, z.mean_std), (0.0, None, 0.0));
+        assert_eq!(
+            (z.coverage90, z.std_error_corr, z.mean_std),
+            (0.0, None, 0.0)
+        );
     }
 }

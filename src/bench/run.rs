@@ -18,8 +18,8 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::data::{load_images, BenchImage};
 use super::coverage::EnsembleStats;
+use super::data::{load_images, BenchImage};
 use super::results::{self, Appender, Record, SliceMetrics};
 use super::suite::{MethodKind, SuiteFile};
 use crate::error::{Error, Result};
@@ -275,6 +275,15 @@ fn build_physics(op: &str, shape: &[usize], seed: u64, base: &Path) -> Result<Ph
     spec::build(op, &BuildContext::new(shape, seed, base))
 }
 
+/// The data objective of `gd` and `lbfgs` for a task's noise: Poisson counts are fitted by
+/// their likelihood, everything else by least squares.
+fn likelihood_for(noise: &NoiseModel) -> crate::solve::Likelihood {
+    match noise {
+        NoiseModel::Poisson { .. } => crate::solve::Likelihood::Poisson,
+        _ => crate::solve::Likelihood::Gaussian,
+    }
+}
+
 fn check_classical(method: Method, physics: &Physics) -> Result<()> {
     let family = physics.family.name;
     match method {
@@ -286,7 +295,7 @@ fn check_classical(method: Method, physics: &Physics) -> Result<()> {
             "hio is for phase retrieval, not `{}`",
             physics.spec
         ))),
-        Method::Gd | Method::Hio => Ok(()),
+        Method::Gd | Method::Hio | Method::Lbfgs => Ok(()),
         _ if family == "phase" => Err(Error::Invalid(format!(
             "`{method}` needs a linear model; phase retrieval takes gd or hio"
         ))),
@@ -577,6 +586,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 filter: m.filter.clone().unwrap_or_else(|| "ramp".into()),
                 nonnegative: m.nonneg,
                 seed,
+                likelihood: likelihood_for(&plan.noises[item.task]),
             };
             let x = recon::reconstruct(&physics, y.view(), &opts, &mut |_, _| {})?;
             let detail = match method.default_iters() {

@@ -180,8 +180,9 @@ pub struct DegradeArgs {
 pub struct ReconstructArgs {
     /// The measurement (.npy) written by `posterior degrade`, with its .json sidecar beside it.
     pub measurement: PathBuf,
-    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | hio (phase retrieval). Default
-    /// cg; not combined with --sampler.
+    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | lbfgs | hio (phase retrieval).
+    /// Default cg; not combined with --sampler. gd and lbfgs fit Poisson counts by their
+    /// likelihood (Beer-Lambert CT), other data by least squares.
     #[arg(long, conflicts_with = "sampler")]
     pub method: Option<String>,
     /// Posterior sampler with a diffusion prior: dps | reddiff | dds | smc (= tds) | fps.

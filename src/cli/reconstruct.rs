@@ -58,6 +58,12 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         filter: a.filter.clone(),
         nonnegative: a.nonneg,
         seed: a.seed,
+        likelihood: match parse_noise(&side.noise)? {
+            posterior_operators::noise::NoiseModel::Poisson { .. } => {
+                crate::solve::Likelihood::Poisson
+            }
+            _ => crate::solve::Likelihood::Gaussian,
+        },
     };
     let truth = match &a.truth {
         Some(p) => Some(measurement::read_truth(p, &side)?),

@@ -9,8 +9,8 @@ use ndarray::{ArrayD, Axis};
 
 use super::calibrate::CalibrationTable;
 use super::flair::{Flair, FlairSettings};
-use super::units::{problem_in_prior_units, PriorUnits};
 use super::settings::{self, SettingValues};
+use super::units::{problem_in_prior_units, PriorUnits};
 use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
     SmcSettings,

@@ -155,7 +155,13 @@ const REDDIFF: &[SettingSpec] = &[
         (1e-3, 1e2),
         "regulariser weight (official 0.25)",
     ),
-    log_real("lr", 0.0, INF, (1e-3, 1.0), "Adam learning rate (official 0.1)"),
+    log_real(
+        "lr",
+        0.0,
+        INF,
+        (1e-3, 1.0),
+        "Adam learning rate (official 0.1)",
+    ),
 ];
 const FLAIR: &[SettingSpec] = &[
     log_real(
@@ -207,7 +213,12 @@ const SMC: &[SettingSpec] = &[
         "clip",
         "TDS: clip the proposal's x0 estimate to the prior's range (true)",
     ),
-    real("eta", 0.0, 1.0, "FPS: stochasticity of the measurement bridge (1)"),
+    real(
+        "eta",
+        0.0,
+        1.0,
+        "FPS: stochasticity of the measurement bridge (1)",
+    ),
     int(
         "cg_iters",
         1,
@@ -463,7 +474,10 @@ mod tests {
         // A setting the sampler does not have names the sampler's settings.
         let e = apply_dps(DpsSettings::default(), &vals(&["gamma=1"])).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("dps has no setting `gamma`") && m.contains("zeta"), "{m}");
+        assert!(
+            m.contains("dps has no setting `gamma`") && m.contains("zeta"),
+            "{m}"
+        );
         // Kinds and bounds.
         for (who, bad) in [
             ("dds", "cg_iters=2.5"),

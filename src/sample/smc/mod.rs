@@ -518,7 +518,9 @@ impl Smc {
             let e = ess(&w);
             trace.ess_mean += e / self.layout.n as f64;
             trace.ess_min = trace.ess_min.min(e);
-            let finite = self.logw[i * k..(i + 1) * k].iter().filter(|l| l.is_finite());
+            let finite = self.logw[i * k..(i + 1) * k]
+                .iter()
+                .filter(|l| l.is_finite());
             let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &l| {
                 (a.min(l), b.max(l))
             });
@@ -692,9 +694,7 @@ impl Sampler for Smc {
         let step = state.step;
         let (cur, nxt) = super::dps::knot_pair(&self.knots, step, "smc")?;
         let last = nxt.is_clean();
-        let mut tw = self
-            .proposal
-            .twist(cx, &self.layout, &state.x, cur, last)?;
+        let mut tw = self.proposal.twist(cx, &self.layout, &state.x, cur, last)?;
         if last {
             return self.finish(cx, state, tw, cur, nxt);
         }

@@ -103,7 +103,11 @@ impl Proposal for Tds {
                     }
                     // A non-finite gradient leaves the particle unguided (its weight is
                     // already zero when its estimate is non-finite).
-                    *d = if tw0.is_finite() { c_x0 * (tw0 - x0) } else { 0.0 };
+                    *d = if tw0.is_finite() {
+                        c_x0 * (tw0 - x0)
+                    } else {
+                        0.0
+                    };
                 });
         } else {
             d.fill(0.0);

@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 /// log-weight.
 pub fn normalise_log_weights(logw: &[f64]) -> Result<Vec<f64>> {
     let clean = |l: f64| if l.is_finite() { l } else { f64::NEG_INFINITY };
-    let mx = logw.iter().map(|&l| clean(l)).fold(f64::NEG_INFINITY, f64::max);
+    let mx = logw
+        .iter()
+        .map(|&l| clean(l))
+        .fold(f64::NEG_INFINITY, f64::max);
     if !mx.is_finite() {
         return Err(Error::NonFinite(format!(
             "smc: every particle has zero or non-finite weight ({} particles); \
