@@ -215,7 +215,7 @@ impl Plan {
                         let info = prior_info
                             .as_ref()
                             .ok_or_else(|| ctx(Error::Invalid("no prior was loaded".into())))?;
-                        check_sampler(m, kind, physics, &noises[ti], suite.range, info)
+                        check_sampler(m, kind, physics, &noises[ti], suite, info)
                             .map_err(ctx)?;
                     }
                 }
@@ -303,9 +303,19 @@ fn check_classical(method: Method, physics: &Physics) -> Result<()> {
     }
 }
 
-fn overrides(m: &super::suite::MethodSpec) -> Overrides {
+fn overrides(m: &super::suite::MethodSpec, work: Option<f64>) -> Overrides {
+    let name = m.sampler.as_deref().unwrap_or_default();
+    let steps = match work {
+        Some(w) => Some(posterior::steps_for_work(
+            name,
+            m.particles,
+            m.samples.unwrap_or(1),
+            w,
+        )),
+        None => m.steps,
+    };
     Overrides {
-        steps: m.steps,
+        steps,
         particles: m.particles,
         calibration: None,
         set: m.set.clone(),
@@ -339,9 +349,10 @@ fn check_sampler(
     kind: MethodKind,
     physics: Physics,
     noise: &NoiseModel,
-    range: [f32; 2],
+    suite: &super::suite::Suite,
     info: &PriorInfo,
 ) -> Result<()> {
+    let range = suite.range;
     let units = PriorUnits::new((range[0], range[1]), info.range)?;
     let family = physics.family.name;
     let y = ArrayD::zeros(physics.operator.range_shape());
@@ -363,7 +374,7 @@ fn check_sampler(
             m.sampler.as_deref().unwrap_or_default(),
             Arc::new(problem),
             family,
-            &overrides(m),
+            &overrides(m, suite.work),
         )
         .map(|_| ()),
     }
@@ -617,7 +628,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 (suite.range[0], suite.range[1]),
                 prior,
                 m.sampler.as_deref().unwrap_or_default(),
-                &overrides(m),
+                &overrides(m, suite.work),
                 Executor::new(seed),
                 m.samples.unwrap_or(1),
             )?;

@@ -39,6 +39,21 @@ pub struct Suite {
     /// Volume mode: consecutive images form volumes of `slices` slices.
     #[serde(default)]
     pub volume: Option<VolumeSpec>,
+    /// Equal-cost comparison: every sampler's steps are set so that it spends this much
+    /// network work per image (evaluations of the network on one image, a VJP counted 2,
+    /// particles and samples multiplied; see `posterior::sample::posterior::work_per_step`),
+    /// overriding its `steps`.
+    #[serde(default)]
+    pub work: Option<f64>,
+    /// Validation images for `posterior tune` (same form as `[[data]]`; never scored by
+    /// `bench`). A dataset source may read the `validation` split or disjoint indices of
+    /// the `test` split.
+    #[serde(default)]
+    pub validation: Vec<DataSource>,
+    /// Set by `posterior tune` on the copy of the suite it scores: its `data` are the
+    /// validation sources.
+    #[serde(skip)]
+    pub scoring_validation: bool,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -326,7 +341,7 @@ impl Suite {
                         ));
                     }
                     let split = d.split.as_deref().unwrap_or("test");
-                    if split != "test" {
+                    if split != "test" && !(self.scoring_validation && split == "validation") {
                         return bad(format!(
                             "data `{}`: split `{split}`: suites score held-out images only; use split = \"test\"",
                             d.name
@@ -358,6 +373,14 @@ impl Suite {
                         d.name
                     ));
                 }
+            }
+        }
+        self.check_validation()?;
+        if let Some(w) = self.work {
+            if !(w.is_finite() && w >= 1.0) {
+                return bad(format!(
+                    "work = {w}: expected the network work per image, a number >= 1"
+                ));
             }
         }
         for m in &self.methods {
@@ -397,6 +420,62 @@ impl Suite {
                 .any(|m| !matches!(m.kind(), Ok(MethodKind::Classical(_))))
         {
             return bad("the suite has sampler methods but names no `prior`".into());
+        }
+        Ok(())
+    }
+}
+
+impl Suite {
+    /// Checks the `[[validation]]` sources: datasets (split `test` or `validation`) or files,
+    /// named apart from the data sources, and no image that the suite scores.
+    fn check_validation(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        for v in &self.validation {
+            if self.data.iter().any(|d| d.name == v.name) {
+                return bad(format!(
+                    "validation `{}`: a data source has the same name; give it its own",
+                    v.name
+                ));
+            }
+            let split = v.split.as_deref().unwrap_or("test");
+            match v.kind.as_str() {
+                "dataset" if v.indices.is_empty() => {
+                    return bad(format!("validation `{}`: give `indices`", v.name))
+                }
+                "dataset" if !matches!(split, "test" | "validation") => {
+                    return bad(format!(
+                        "validation `{}`: split `{split}`: expected `validation` or `test`",
+                        v.name
+                    ))
+                }
+                "dataset" | "files" => {}
+                other => {
+                    return bad(format!(
+                        "validation `{}`: kind `{other}`: expected `dataset` or `files`",
+                        v.name
+                    ))
+                }
+            }
+            for d in &self.data {
+                let same_source = d.path == v.path
+                    && d.kind == v.kind
+                    && d.split.as_deref().unwrap_or("test") == split;
+                if !same_source {
+                    continue;
+                }
+                if let Some(i) = d.indices.iter().find(|i| v.indices.contains(i)) {
+                    return bad(format!(
+                        "validation `{}`: index {i} is also scored by data `{}`: validation images must never be test images",
+                        v.name, d.name
+                    ));
+                }
+                if let Some(f) = d.files.iter().find(|f| v.files.contains(f)) {
+                    return bad(format!(
+                        "validation `{}`: file `{f}` is also scored by data `{}`",
+                        v.name, d.name
+                    ));
+                }
+            }
         }
         Ok(())
     }

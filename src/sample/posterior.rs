@@ -120,6 +120,30 @@ pub fn build(
     })
 }
 
+/// Network work per step of sampler `name` for one posterior sample: evaluations of the
+/// network on one image, a VJP through it counted as 2 (a VJP reuses the forward pass and
+/// runs the backward pass, about twice a forward's cost; measured on the shipped U-Nets at
+/// 2.2-2.6x, see benches/README.md). DPS and TDS take one VJP per step (3), DDS, RED-diff,
+/// FLAIR and FPS none (1); SMC multiplies by its particles. The last step of DPS and TDS has
+/// no VJP for TDS only; this counts every step alike (an upper bound by 2 K).
+pub fn work_per_step(name: &str, particles: usize) -> f64 {
+    match name {
+        "dps" => 3.0,
+        "smc" | "tds" => 3.0 * particles as f64,
+        "fps" => particles as f64,
+        _ => 1.0,
+    }
+}
+
+/// The step count that spends `work` (see [`work_per_step`]) on `samples` posterior samples
+/// of sampler `name`, with `particles` for SMC (the sampler's default when `None`); at
+/// least 1.
+pub fn steps_for_work(name: &str, particles: Option<usize>, samples: usize, work: f64) -> usize {
+    let k = particles.unwrap_or(SmcSettings::default().particles);
+    let per = work_per_step(name, k) * samples.max(1) as f64;
+    ((work / per).floor() as usize).max(1)
+}
+
 /// DPS's settings for the operator `family` (its official step size) with `o`'s overrides.
 pub fn dps_settings(family: &str, o: &Overrides) -> Result<DpsSettings> {
     let d = DpsSettings::for_task(family);
