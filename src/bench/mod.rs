@@ -14,6 +14,7 @@ pub mod data;
 pub mod results;
 pub mod run;
 pub mod suite;
+pub mod tune;
 
 pub use results::Record;
 pub use run::{merge, parse_shard, run, Event, Plan, RunOptions};

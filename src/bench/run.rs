@@ -94,6 +94,8 @@ pub struct Plan {
     /// The prior's directory, when the suite has sampler methods.
     pub prior_dir: Option<PathBuf>,
     pub prior_info: Option<PriorInfo>,
+    /// The text of the `SUITE.tuned.toml` whose rows were added (`NAME-tuned` methods).
+    pub tuned_text: Option<String>,
     noises: Vec<NoiseModel>,
 }
 
@@ -101,9 +103,28 @@ impl Plan {
     /// Checks the suite and selects the work. Fails, naming the problem, on a missing data
     /// path, an unknown method, an operator that cannot act on the images or does not fit
     /// the prior, a method that does not apply to a task, and bad options.
-    pub fn new(file: SuiteFile, opts: &RunOptions) -> Result<Plan> {
+    pub fn new(mut file: SuiteFile, opts: &RunOptions) -> Result<Plan> {
+        file.suite.check_shape()?;
+        // Tuned rows: `NAME-tuned` methods from SUITE.tuned.toml beside the suite.
+        let mut tuned_text = None;
+        if !file.suite.scoring_validation {
+            let path = super::tune::tuned_path(&file.path);
+            if let Some((tuned, text)) = super::tune::read_tuned(&path)? {
+                if tuned.suite != file.suite.name {
+                    return Err(Error::file(
+                        &path,
+                        format!(
+                            "holds tuned settings of suite `{}`, not `{}`",
+                            tuned.suite, file.suite.name
+                        ),
+                    ));
+                }
+                let extra = super::tune::tuned_methods(&file, &tuned);
+                file.suite.methods.extend(extra);
+                tuned_text = Some(text);
+            }
+        }
         let suite = &file.suite;
-        suite.check_shape()?;
         if let Some(names) = &opts.methods {
             for n in names {
                 if !suite.methods.iter().any(|m| &m.name == n) {
@@ -215,7 +236,7 @@ impl Plan {
                         let info = prior_info
                             .as_ref()
                             .ok_or_else(|| ctx(Error::Invalid("no prior was loaded".into())))?;
-                        check_sampler(m, kind, physics, &noises[ti], suite, info)
+                        check_sampler(m, kind, physics, &noises[ti], suite, &task.name, info)
                             .map_err(ctx)?;
                     }
                 }
@@ -255,6 +276,7 @@ impl Plan {
             items,
             prior_dir,
             prior_info,
+            tuned_text,
             noises,
         })
     }
@@ -303,7 +325,7 @@ fn check_classical(method: Method, physics: &Physics) -> Result<()> {
     }
 }
 
-fn overrides(m: &super::suite::MethodSpec, work: Option<f64>) -> Overrides {
+fn overrides(m: &super::suite::MethodSpec, task: &str, work: Option<f64>) -> Overrides {
     let name = m.sampler.as_deref().unwrap_or_default();
     let steps = match work {
         Some(w) => Some(posterior::steps_for_work(
@@ -318,7 +340,14 @@ fn overrides(m: &super::suite::MethodSpec, work: Option<f64>) -> Overrides {
         steps,
         particles: m.particles,
         calibration: None,
-        set: m.set.clone(),
+        set: match m.per_task.get(task) {
+            Some((set, _)) => {
+                let mut all = m.set.clone();
+                all.extend(set.iter().map(|(k, v)| (k.clone(), *v)));
+                all
+            }
+            None => m.set.clone(),
+        },
     }
 }
 
@@ -350,6 +379,7 @@ fn check_sampler(
     physics: Physics,
     noise: &NoiseModel,
     suite: &super::suite::Suite,
+    task: &str,
     info: &PriorInfo,
 ) -> Result<()> {
     let range = suite.range;
@@ -374,7 +404,7 @@ fn check_sampler(
             m.sampler.as_deref().unwrap_or_default(),
             Arc::new(problem),
             family,
-            &overrides(m, suite.work),
+            &overrides(m, task, suite.work),
         )
         .map(|_| ()),
     }
@@ -388,6 +418,9 @@ pub struct RunInfo {
     pub suite_text: String,
     /// Where it was read from (relative data paths are taken from its directory).
     pub suite_path: PathBuf,
+    /// The text of `SUITE.tuned.toml` when the run added its tuned rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned_text: Option<String>,
 }
 
 const RUN_FORMAT: &str = "posterior-bench-run/1";
@@ -421,13 +454,16 @@ pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<R
         format: RUN_FORMAT.into(),
         suite_text: plan.file.text.clone(),
         suite_path: std::fs::canonicalize(&plan.file.path).unwrap_or(plan.file.path.clone()),
+        tuned_text: plan.tuned_text.clone(),
     };
     let info_path = out.join("suite.json");
     match read_run_info(out)? {
-        Some(prev) if prev.suite_text != info.suite_text => {
+        Some(prev)
+            if prev.suite_text != info.suite_text || prev.tuned_text != info.tuned_text =>
+        {
             return Err(Error::file(
                 out,
-                "holds results of a different suite (or an edited suite file): use a fresh --out directory",
+                "holds results of a different suite (or an edited suite file, or other tuned settings): use a fresh --out directory",
             ))
         }
         Some(_) => {}
@@ -590,10 +626,14 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
     };
     match m.kind()? {
         MethodKind::Classical(method) => {
+            let tuned_lambda = m
+                .per_task
+                .get(&suite.tasks[item.task].name)
+                .and_then(|(_, l)| *l);
             let opts = ReconOptions {
                 method,
                 iters: m.iters,
-                lambda: m.lambda,
+                lambda: tuned_lambda.or(m.lambda),
                 filter: m.filter.clone().unwrap_or_else(|| "ramp".into()),
                 nonnegative: m.nonneg,
                 seed,
@@ -628,7 +668,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 (suite.range[0], suite.range[1]),
                 prior,
                 m.sampler.as_deref().unwrap_or_default(),
-                &overrides(m, suite.work),
+                &overrides(m, &suite.tasks[item.task].name, suite.work),
                 Executor::new(seed),
                 m.samples.unwrap_or(1),
             )?;
@@ -652,6 +692,33 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
             "dds-volume reconstructs whole volumes only".into(),
         )),
     }
+}
+
+/// The mean PSNR of method `mi` on task `task` over the plan's images (first seed; a PSNR
+/// above 100 dB counts as 100): what `posterior tune` maximises.
+pub fn mean_psnr(plan: &Plan, task: usize, mi: usize) -> Result<f64> {
+    let suite = &plan.file.suite;
+    let span = (suite.range[1] - suite.range[0]) as f64;
+    let (mut total, mut n) = (0.0, 0usize);
+    for u in &plan.units {
+        for &img in &u.images {
+            let item = Item {
+                number: 0,
+                unit: u.index,
+                task,
+                seed: 0,
+                method: mi,
+            };
+            let r = reconstruct_image(plan, img, &item)?;
+            let q = Quality::compare(r.image.view(), plan.images[img].data.view(), span)?;
+            total += q.psnr.min(100.0);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(Error::Invalid("no image to score".into()));
+    }
+    Ok(total / n as f64)
 }
 
 /// DDS with the slice-axis TV step on a whole volume: (slices, nfe, vjps, detail).
@@ -1003,7 +1070,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
             )
         })?;
         if let Some(first) = &info {
-            if first.suite_text != i.suite_text {
+            if first.suite_text != i.suite_text || first.tuned_text != i.tuned_text {
                 return Err(Error::file(
                     d,
                     format!(
@@ -1018,8 +1085,18 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
         runs.push(results::read_lines(&d.join("results.jsonl"))?.0);
     }
     let info = info.ok_or_else(|| Error::Invalid("no runs".into()))?;
-    let suite = SuiteFile::parse(&info.suite_text)
+    let mut suite = SuiteFile::parse(&info.suite_text)
         .map_err(|e| Error::Invalid(format!("the recorded suite does not parse: {e}")))?;
+    if let Some(t) = &info.tuned_text {
+        let tuned: super::tune::TunedFile = toml::from_str(t)
+            .map_err(|e| Error::Invalid(format!("the recorded tuned settings do not parse: {e}")))?;
+        let file = SuiteFile {
+            suite: suite.clone(),
+            path: info.suite_path.clone(),
+            text: info.suite_text.clone(),
+        };
+        suite.methods.extend(super::tune::tuned_methods(&file, &tuned));
+    }
     let merged = results::merge_records(runs)?;
     let lines: Vec<String> = merged.iter().map(|(_, l)| l.clone()).collect();
     let records: Vec<Record> = merged.into_iter().map(|(r, _)| r).collect();

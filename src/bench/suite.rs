@@ -154,6 +154,10 @@ pub struct MethodSpec {
     /// `posterior reconstruct --set`; checked against the sampler before any work).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub set: crate::sample::SettingValues,
+    /// Per-task settings of a tuned row (`posterior tune`'s `SUITE.tuned.toml`): sampler
+    /// settings merged over `set`, and a classical `lambda`. Not part of the suite file.
+    #[serde(skip)]
+    pub per_task: std::collections::BTreeMap<String, (crate::sample::SettingValues, Option<f32>)>,
 }
 
 /// Volume mode settings.

@@ -21,6 +21,7 @@ mod priors;
 mod progress;
 mod reconstruct;
 mod sample;
+mod tune;
 
 pub use progress::Progress;
 
@@ -58,6 +59,10 @@ pub enum Command {
     /// (results.md), one JSON line per result (results.jsonl) and image grids; a rerun
     /// resumes. `bench merge DIR... --out DIR` joins shards.
     Bench(BenchArgs),
+    /// Tune methods' settings on a suite's validation images (never its test images) with
+    /// argmin, maximising mean PSNR; writes SUITE.tuned.toml beside the suite, whose rows
+    /// `bench` then adds.
+    Tune(TuneArgs),
     Priors {
         /// Print a JSON list of objects (name, domain, resolution, channels, range, ...).
         #[arg(long)]
@@ -87,6 +92,30 @@ pub struct BenchArgs {
     /// Only load and check the suite (data, methods, operators, prior); run nothing.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// The suite file; its [[validation]] images are scored.
+    pub suite: PathBuf,
+    /// The suite's methods to tune (comma-separated labels).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub methods: Vec<String>,
+    /// Settings to tune as METHOD:SETTING (comma-separated), e.g. dds:gamma,dps:zeta;
+    /// default: tv/cg lambda, dps zeta, dds gamma and cg_iters, reddiff lambda and lr, flair
+    /// weight, smc twist_scale.
+    #[arg(long, value_delimiter = ',')]
+    pub params: Option<Vec<String>>,
+    /// Only these tasks (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<String>>,
+    /// Evaluations per method and task (each reconstructs every validation image once; the
+    /// first scores the defaults).
+    #[arg(long)]
+    pub budget: usize,
+    /// Where to write (default: SUITE.tuned.toml beside the suite).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,5 +340,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Priors { json } => priors::run(json),
         Command::Calibrate(a) => calibrate::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Tune(a) => tune::run(&a),
     }
 }
