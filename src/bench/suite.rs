@@ -621,6 +621,38 @@ method = "cg"
                     .replace("method = \"cg\"", "sampler = \"dds-volume\""),
                 "add a [volume] section",
             ),
+            (
+                MINIMAL.replace("method = \"cg\"", "method = \"cg\"\nset = { zeta = 1 }"),
+                "`set` is a sampler setting",
+            ),
+            (
+                MINIMAL
+                    .replace("name = \"t\"", "name = \"t\"\nprior = \"p\"")
+                    .replace("method = \"cg\"", "sampler = \"dps\"\nset = { gamma = 1 }"),
+                "dps has no setting `gamma`",
+            ),
+            (
+                MINIMAL
+                    .replace("name = \"t\"", "name = \"t\"\nprior = \"p\"")
+                    .replace("method = \"cg\"", "sampler = \"dds\"\nset = { cg_iters = 2.5 }"),
+                "expected an integer",
+            ),
+            (
+                MINIMAL.replace("range = [0.0, 1.0]", "range = [0.0, 1.0]\nwork = 0"),
+                "work = 0",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[validation]]\nname = \"v\"\nkind = \"files\"\npath = \".\"\nfiles = [\"x.png\"]\n"
+                ),
+                "file `x.png` is also scored",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[validation]]\nname = \"a\"\nkind = \"files\"\npath = \".\"\nfiles = [\"y.png\"]\n"
+                ),
+                "a data source has the same name",
+            ),
         ];
         for (text, want) in &cases {
             let e = SuiteFile::parse(text).unwrap_err();

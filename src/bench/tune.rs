@@ -181,6 +181,15 @@ fn check_request(file: &SuiteFile, req: &TuneRequest) -> Result<Checked> {
             suite.name
         )));
     }
+    if let Some(p) = &req.params {
+        for (m, k) in p {
+            if !req.methods.contains(m) {
+                return Err(Error::Invalid(format!(
+                    "tune: --params names `{m}:{k}`, but `{m}` is not in --methods"
+                )));
+            }
+        }
+    }
     let mut methods = Vec::new();
     for name in &req.methods {
         let mi = suite
@@ -222,15 +231,6 @@ fn check_request(file: &SuiteFile, req: &TuneRequest) -> Result<Checked> {
             .map(|k| param_of(m, k))
             .collect::<Result<Vec<_>>>()?;
         methods.push((mi, params));
-    }
-    if let Some(p) = &req.params {
-        for (m, k) in p {
-            if !req.methods.contains(m) {
-                return Err(Error::Invalid(format!(
-                    "tune: --params names `{m}:{k}`, but `{m}` is not in --methods"
-                )));
-            }
-        }
     }
     let tasks = match &req.tasks {
         None => (0..suite.tasks.len()).collect(),
@@ -624,6 +624,83 @@ pub fn tuned_methods(file: &SuiteFile, tuned: &TunedFile) -> Vec<MethodSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SUITE: &str = r#"
+name = "t"
+prior = "fmnist-32"
+range = [0.0, 1.0]
+[[data]]
+name = "a"
+kind = "dataset"
+path = "/nonexistent"
+indices = [0, 1]
+[[validation]]
+name = "v"
+kind = "dataset"
+path = "/nonexistent"
+indices = [5]
+[[tasks]]
+name = "blur"
+op = "blur:sigma=1"
+[[methods]]
+name = "adjoint"
+method = "adjoint"
+[[methods]]
+name = "tv"
+method = "tv"
+[[methods]]
+name = "dps"
+sampler = "dps"
+"#;
+
+    fn file(text: &str) -> SuiteFile {
+        SuiteFile {
+            suite: SuiteFile::parse(text).unwrap(),
+            path: PathBuf::from("/p/t.toml"),
+            text: text.into(),
+        }
+    }
+
+    fn req(methods: &[&str], params: Option<&[(&str, &str)]>, budget: usize) -> TuneRequest {
+        TuneRequest {
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+            params: params.map(|p| {
+                p.iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect()
+            }),
+            tasks: None,
+            budget,
+        }
+    }
+
+    #[test]
+    fn bad_requests_fail_before_any_work_naming_the_problem() {
+        // The data path does not exist: each of these must fail on the request itself,
+        // before any image is read.
+        let f = file(SUITE);
+        for (r, want) in [
+            (req(&["magic"], None, 3), "unknown method `magic`"),
+            (req(&["dps"], Some(&[("dps", "gamma")]), 3), "dps has no setting `gamma`"),
+            (req(&["dps"], Some(&[("dps", "eta")]), 3), "not a tunable setting"),
+            (req(&["tv"], Some(&[("tv", "iters")]), 3), "no setting `iters`"),
+            (req(&["adjoint"], None, 3), "no setting to tune"),
+            (req(&["dps"], None, 0), "--budget must be at least 1"),
+            (req(&["dps"], Some(&[("tv", "lambda")]), 3), "not in --methods"),
+        ] {
+            let e = tune(&f, &r).unwrap_err().to_string();
+            assert!(e.contains(want), "expected `{want}` in: {e}");
+        }
+        let no_val = SUITE.replace(
+            "[[validation]]\nname = \"v\"\nkind = \"dataset\"\npath = \"/nonexistent\"\nindices = [5]\n",
+            "",
+        );
+        let e = tune(&file(&no_val), &req(&["dps"], None, 3)).unwrap_err().to_string();
+        assert!(e.contains("no [[validation]] images"), "{e}");
+        // A well-formed request gets as far as the data (then fails on the missing path).
+        let e = tune(&f, &req(&["dps", "tv"], None, 3)).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent"), "{e}");
+    }
 
     #[test]
     fn integer_grids_and_tuned_paths() {
