@@ -1088,14 +1088,17 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
     let mut suite = SuiteFile::parse(&info.suite_text)
         .map_err(|e| Error::Invalid(format!("the recorded suite does not parse: {e}")))?;
     if let Some(t) = &info.tuned_text {
-        let tuned: super::tune::TunedFile = toml::from_str(t)
-            .map_err(|e| Error::Invalid(format!("the recorded tuned settings do not parse: {e}")))?;
+        let tuned: super::tune::TunedFile = toml::from_str(t).map_err(|e| {
+            Error::Invalid(format!("the recorded tuned settings do not parse: {e}"))
+        })?;
         let file = SuiteFile {
             suite: suite.clone(),
             path: info.suite_path.clone(),
             text: info.suite_text.clone(),
         };
-        suite.methods.extend(super::tune::tuned_methods(&file, &tuned));
+        suite
+            .methods
+            .extend(super::tune::tuned_methods(&file, &tuned));
     }
     let merged = results::merge_records(runs)?;
     let lines: Vec<String> = merged.iter().map(|(_, l)| l.clone()).collect();

@@ -155,7 +155,9 @@ fn param_of(m: &MethodSpec, key: &str) -> Result<Param> {
                 range,
             })
         }
-        (_, None) => Err(Error::Invalid(format!("tune: method `{who}` has no sampler"))),
+        (_, None) => Err(Error::Invalid(format!(
+            "tune: method `{who}` has no sampler"
+        ))),
     }
 }
 
@@ -237,9 +239,11 @@ fn check_request(file: &SuiteFile, req: &TuneRequest) -> Result<Checked> {
         Some(names) => names
             .iter()
             .map(|n| {
-                suite.tasks.iter().position(|t| &t.name == n).ok_or_else(|| {
-                    Error::Invalid(format!("tune: unknown task `{n}`"))
-                })
+                suite
+                    .tasks
+                    .iter()
+                    .position(|t| &t.name == n)
+                    .ok_or_else(|| Error::Invalid(format!("tune: unknown task `{n}`")))
             })
             .collect::<Result<Vec<_>>>()?,
     };
@@ -263,7 +267,11 @@ struct Progress {
 }
 
 impl<I: State<Float = f64>> Observe<I> for Progress {
-    fn observe_iter(&mut self, state: &I, _kv: &KV) -> std::result::Result<(), argmin::core::Error> {
+    fn observe_iter(
+        &mut self,
+        state: &I,
+        _kv: &KV,
+    ) -> std::result::Result<(), argmin::core::Error> {
         eprintln!(
             "tune {}: iteration {}, best mean PSNR {:.2} dB",
             self.label,
@@ -425,14 +433,18 @@ pub fn tune(file: &SuiteFile, req: &TuneRequest) -> Result<TunedFile> {
         },
     )?;
     if plan.images.is_empty() {
-        return Err(Error::Invalid("tune: the validation split holds no image".into()));
+        return Err(Error::Invalid(
+            "tune: the validation split holds no image".into(),
+        ));
     }
     let split: Vec<String> = plan.images.iter().map(|i| i.id.clone()).collect();
     let mut slot = Some(plan);
     let mut tuned = Vec::new();
     for (mi, params) in &checked.methods {
         for &ti in &checked.tasks {
-            let plan = slot.take().ok_or_else(|| Error::Invalid("tune: internal".into()))?;
+            let plan = slot
+                .take()
+                .ok_or_else(|| Error::Invalid("tune: internal".into()))?;
             let base = plan.file.suite.methods[*mi].clone();
             let task = plan.file.suite.tasks[ti].clone();
             if !base.applies_to(&task.name) {
@@ -474,20 +486,42 @@ pub fn tune(file: &SuiteFile, req: &TuneRequest) -> Result<TunedFile> {
                     })
                     .collect();
             }
-            let per_point = (req.budget.saturating_sub(1) / grid.len()).max(1);
+            // At least 3 evaluations per grid point when there are real settings to
+            // search there: a longer grid is thinned evenly (ends kept).
+            let room = req.budget.saturating_sub(1);
+            let keep = if reals.is_empty() {
+                room.max(1)
+            } else {
+                (room / 3).max(1)
+            };
+            if grid.len() > keep {
+                let n = grid.len();
+                grid = (0..keep)
+                    .map(|i| {
+                        grid[if keep == 1 {
+                            0
+                        } else {
+                            i * (n - 1) / (keep - 1)
+                        }]
+                        .clone()
+                    })
+                    .collect();
+            }
             let real_defaults = &defaults[..reals.len()];
-            for point in grid {
+            let points = grid.len();
+            for (i, point) in grid.into_iter().enumerate() {
                 if score.spent() >= req.budget {
                     break;
                 }
+                // An equal share of what is left.
+                let left = req.budget - score.spent();
+                let share = left.div_ceil(points - i);
                 *score.ints.borrow_mut() = point;
-                score.cap.set((score.spent() + per_point).min(req.budget));
+                score.cap.set(score.spent() + share);
                 let refs: Vec<&Param> = reals.iter().collect();
                 search(&score, &refs, real_defaults, &label)?;
             }
-            let (best, cost) = score
-                .best()
-                .unwrap_or((defaults.clone(), -default_score));
+            let (best, cost) = score.best().unwrap_or((defaults.clone(), -default_score));
             let evaluations = score.spent();
             let mut entry = Tuned {
                 method: base.name.clone(),
@@ -542,7 +576,10 @@ fn search(score: &Score, reals: &[&Param], defaults: &[f64], label: &str) -> Res
         label: label.to_string(),
     };
     match reals.len() {
-        0 => score.eval(&score.fixed_ints()).map(|_| ()).or_else(budget_ok),
+        0 => score
+            .eval(&score.fixed_ints())
+            .map(|_| ())
+            .or_else(budget_ok),
         1 => {
             let (lo, hi) = (reals[0].range.0.log10(), reals[0].range.1.log10());
             let x0 = defaults[0].max(reals[0].range.0).log10().clamp(lo, hi);
@@ -560,13 +597,21 @@ fn search(score: &Score, reals: &[&Param], defaults: &[f64], label: &str) -> Res
             let start: Vec<f64> = reals
                 .iter()
                 .zip(defaults)
-                .map(|(p, d)| d.max(p.range.0).log10().clamp(p.range.0.log10(), p.range.1.log10()))
+                .map(|(p, d)| {
+                    d.max(p.range.0)
+                        .log10()
+                        .clamp(p.range.0.log10(), p.range.1.log10())
+                })
                 .collect();
             let mut simplex = vec![start.clone()];
             for (i, p) in reals.iter().enumerate() {
                 let mut v = start.clone();
                 let hi = p.range.1.log10();
-                v[i] = if v[i] + 0.5 <= hi { v[i] + 0.5 } else { v[i] - 0.5 };
+                v[i] = if v[i] + 0.5 <= hi {
+                    v[i] + 0.5
+                } else {
+                    v[i] - 0.5
+                };
                 simplex.push(v);
             }
             let solver = NelderMead::new(simplex)
@@ -681,12 +726,24 @@ sampler = "dps"
         let f = file(SUITE);
         for (r, want) in [
             (req(&["magic"], None, 3), "unknown method `magic`"),
-            (req(&["dps"], Some(&[("dps", "gamma")]), 3), "dps has no setting `gamma`"),
-            (req(&["dps"], Some(&[("dps", "eta")]), 3), "not a tunable setting"),
-            (req(&["tv"], Some(&[("tv", "iters")]), 3), "no setting `iters`"),
+            (
+                req(&["dps"], Some(&[("dps", "gamma")]), 3),
+                "dps has no setting `gamma`",
+            ),
+            (
+                req(&["dps"], Some(&[("dps", "eta")]), 3),
+                "not a tunable setting",
+            ),
+            (
+                req(&["tv"], Some(&[("tv", "iters")]), 3),
+                "no setting `iters`",
+            ),
             (req(&["adjoint"], None, 3), "no setting to tune"),
             (req(&["dps"], None, 0), "--budget must be at least 1"),
-            (req(&["dps"], Some(&[("tv", "lambda")]), 3), "not in --methods"),
+            (
+                req(&["dps"], Some(&[("tv", "lambda")]), 3),
+                "not in --methods",
+            ),
         ] {
             let e = tune(&f, &r).unwrap_err().to_string();
             assert!(e.contains(want), "expected `{want}` in: {e}");
@@ -695,10 +752,14 @@ sampler = "dps"
             "[[validation]]\nname = \"v\"\nkind = \"dataset\"\npath = \"/nonexistent\"\nindices = [5]\n",
             "",
         );
-        let e = tune(&file(&no_val), &req(&["dps"], None, 3)).unwrap_err().to_string();
+        let e = tune(&file(&no_val), &req(&["dps"], None, 3))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no [[validation]] images"), "{e}");
         // A well-formed request gets as far as the data (then fails on the missing path).
-        let e = tune(&f, &req(&["dps", "tv"], None, 3)).unwrap_err().to_string();
+        let e = tune(&f, &req(&["dps", "tv"], None, 3))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent"), "{e}");
     }
 

@@ -39,7 +39,7 @@ pub enum Command {
     /// JSON sidecar.
     Degrade(DegradeArgs),
     /// Reconstruct an image from a measurement written by `degrade`.
-    Reconstruct(ReconstructArgs),
+    Reconstruct(Box<ReconstructArgs>),
     /// List every operator with its parameters and defaults, and the noise models.
     Ops,
     /// Degrade the bundled example image with several operators, reconstruct each, write

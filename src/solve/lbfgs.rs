@@ -33,10 +33,13 @@ pub struct LbfgsReport {
 /// The history length `m` (argmin's recommendation is 3-20; 7 is common).
 pub const HISTORY: usize = 7;
 
+/// The last evaluation: point, value, gradient.
+type Evaluation = (Array1<f64>, f64, Array1<f64>);
+
 struct Problem<'a, 'o, 'y, 'b> {
     obj: &'a DataObjective<'o, 'y>,
     shape: Vec<usize>,
-    cache: RefCell<Option<(Array1<f64>, f64, Array1<f64>)>>,
+    cache: RefCell<Option<Evaluation>>,
     on_iter: RefCell<IterCallback<'b>>,
     error: RefCell<Option<Error>>,
 }

@@ -504,20 +504,11 @@ impl Smc {
     ) -> Result<()> {
         let k = self.layout.k;
         let mut index: Vec<usize> = (0..self.layout.rows()).collect();
-        let mut trace = StepTrace {
-            step,
-            t: cur.t,
-            ess_mean: 0.0,
-            ess_min: f64::INFINITY,
-            logw_spread: 0.0,
-            resampled: 0,
-            nonfinite: lost.iter().sum(),
-        };
+        let mut trace = StepTrace::new(step, cur.t, lost.iter().sum());
         for i in 0..self.layout.n {
             let w = self.weights_of(i, cur, step)?;
             let e = ess(&w);
-            trace.ess_mean += e / self.layout.n as f64;
-            trace.ess_min = trace.ess_min.min(e);
+            trace.add_ess(e, self.layout.n);
             let finite = self.logw[i * k..(i + 1) * k]
                 .iter()
                 .filter(|l| l.is_finite());
@@ -613,21 +604,12 @@ impl Smc {
         let mut weights = Array2::zeros((self.layout.n, k));
         let mut ess_v = Vec::with_capacity(self.layout.n);
         let mut pick = Vec::with_capacity(self.layout.n);
-        let mut trace = StepTrace {
-            step,
-            t: cur.t,
-            ess_mean: 0.0,
-            ess_min: f64::INFINITY,
-            logw_spread: 0.0,
-            resampled: 0,
-            nonfinite: lost.iter().sum(),
-        };
+        let mut trace = StepTrace::new(step, cur.t, lost.iter().sum());
         for i in 0..self.layout.n {
             let w = self.weights_of(i, cur, step)?;
             let e = ess(&w);
             ess_v.push(e);
-            trace.ess_mean += e / self.layout.n as f64;
-            trace.ess_min = trace.ess_min.min(e);
+            trace.add_ess(e, self.layout.n);
             let u: f64 = cx.rng().random::<f64>();
             pick.push(i * k + systematic(&w, 1, u)[0]);
             weights.row_mut(i).assign(&ndarray::Array1::from(w));

@@ -69,6 +69,27 @@ pub struct StepTrace {
     pub nonfinite: usize,
 }
 
+impl StepTrace {
+    /// An empty record of step `step` at time `t` with `nonfinite` lost particles.
+    pub fn new(step: usize, t: f64, nonfinite: usize) -> StepTrace {
+        StepTrace {
+            step,
+            t,
+            ess_mean: 0.0,
+            ess_min: f64::INFINITY,
+            logw_spread: 0.0,
+            resampled: 0,
+            nonfinite,
+        }
+    }
+
+    /// Adds one of `n` samples' ESS to the mean and the minimum.
+    pub fn add_ess(&mut self, e: f64, n: usize) {
+        self.ess_mean += e / n as f64;
+        self.ess_min = self.ess_min.min(e);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
