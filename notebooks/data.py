@@ -169,21 +169,21 @@ def save_json_atomic(path: str, obj):
     os.replace(tmp, path)
 
 
-def write_dataset(out: str, train: np.ndarray, test: np.ndarray, manifest: dict):
+def write_dataset(out: str, train: np.ndarray, test: np.ndarray, manifest: dict,
+                  validation: np.ndarray | None = None):
     os.makedirs(out, exist_ok=True)
-    for name, arr in (("train", train), ("test", test)):
+    splits = [("train", train), ("test", test)] + ([("validation", validation)] if validation is not None else [])
+    for name, arr in splits:
         if arr.ndim != 4 or arr.shape[1] != 1:
             raise AssertionError(f"{name} must be (N, 1, H, W), got {arr.shape}")
-    save_npy_atomic(os.path.join(out, "train.npy"), train)
-    save_npy_atomic(os.path.join(out, "test.npy"), test)
+    for name, arr in splits:
+        save_npy_atomic(os.path.join(out, f"{name}.npy"), arr)
     manifest = dict(manifest)
     manifest.update(
         format="posterior-dataset-v1",
-        files={
-            "train": {"file": "train.npy", "shape": list(train.shape), "dtype": str(train.dtype)},
-            "test": {"file": "test.npy", "shape": list(test.shape), "dtype": str(test.dtype)},
-        },
-        counts={"train": int(train.shape[0]), "test": int(test.shape[0])},
+        files={name: {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": str(arr.dtype)}
+               for name, arr in splits},
+        counts={name: int(arr.shape[0]) for name, arr in splits},
     )
     save_json_atomic(os.path.join(out, "manifest.json"), manifest)
     return manifest
@@ -471,6 +471,8 @@ def recipe_ct_ellipses(args):
     test_seed = args.seed + 1_000_003
     train = ellipse_set(args.seed, args.n_train, args.size)
     test = ellipse_set(test_seed, args.n_test, args.size)
+    val_seed = args.seed + 2_000_006
+    args.validation = ellipse_set(val_seed, args.n_val, args.size) if args.n_val > 0 else None
     man = {
         "name": f"ct-ellipses-{args.size}",
         "description": f"random ellipse phantoms, {args.size}x{args.size}",
@@ -478,11 +480,13 @@ def recipe_ct_ellipses(args):
         "intensity": "linear attenuation relative to water mu/mu_water (air 0, water 1, dense bone 2), "
         "clipped to [0, 2]; x = mu - 1 (HU = 1000 (mu - 1) = 1000 x)",
         "generator": {"function": "notebooks/data.py:ellipse_phantom", "supersample": 4,
-                      "train_seed": args.seed, "test_seed": test_seed},
+                      "train_seed": args.seed, "test_seed": test_seed,
+                      **({"validation_seed": val_seed} if args.n_val > 0 else {})},
         "sources": [],
         "split": f"train phantom i (i < {args.n_train}) from numpy default_rng([{args.seed}, i]); test phantom i "
-        f"(i < {args.n_test}) from default_rng([{test_seed}, i]): different seed sequences, independent "
-        "streams, so no held-out phantom can repeat a training one",
+        f"(i < {args.n_test}) from default_rng([{test_seed}, i]); validation phantom i (i < {args.n_val}, for "
+        f"tuning settings, never scored) from default_rng([{val_seed}, i]): different seed sequences, "
+        "independent streams, so no held-out phantom can repeat a training or validation one",
     }
     return train, test, man
 
@@ -498,20 +502,24 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64, help="brain / ct-ellipses image size (default 64)")
     p.add_argument("--n-train", type=int, default=20000, help="ct-ellipses: training phantoms")
     p.add_argument("--n-test", type=int, default=200, help="ct-ellipses: held-out phantoms")
+    p.add_argument("--n-val", type=int, default=0,
+                   help="ct-ellipses: validation phantoms (validation.npy, a third seed stream; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="ct-ellipses: training seed")
     a = p.parse_args(argv)
     if a.size < 8 or a.size > 1024:
         p.error(f"--size must be in [8, 1024], got {a.size}")
-    if a.n_train < 1 or a.n_test < 1:
-        p.error("--n-train and --n-test must be >= 1")
+    if a.n_train < 1 or a.n_test < 1 or a.n_val < 0:
+        p.error("--n-train and --n-test must be >= 1, --n-val >= 0")
+    a.validation = None
     try:
         os.makedirs(a.cache, exist_ok=True)
         train, test, man = RECIPES[a.recipe](a)
-        used = {"fmnist": [], "brain": ["size"], "ct-ellipses": ["size", "n_train", "n_test", "seed"]}[a.recipe]
+        used = {"fmnist": [], "brain": ["size"],
+                "ct-ellipses": ["size", "n_train", "n_test", "n_val", "seed"]}[a.recipe]
         man["recipe"] = {"command": " ".join(
             ["python notebooks/data.py", a.recipe] + [f"--{k.replace('_', '-')} {getattr(a, k)}" for k in used]
         )}
-        man = write_dataset(a.out, train, test, man)
+        man = write_dataset(a.out, train, test, man, a.validation)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

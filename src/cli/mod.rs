@@ -22,6 +22,7 @@ mod priors;
 mod progress;
 mod reconstruct;
 mod sample;
+mod tune;
 
 pub use progress::Progress;
 
@@ -39,7 +40,7 @@ pub enum Command {
     /// JSON sidecar.
     Degrade(DegradeArgs),
     /// Reconstruct an image from a measurement written by `degrade`.
-    Reconstruct(ReconstructArgs),
+    Reconstruct(Box<ReconstructArgs>),
     /// List every operator with its parameters and defaults, and the noise models.
     Ops,
     /// Degrade the bundled example image with several operators, reconstruct each, write
@@ -62,6 +63,10 @@ pub enum Command {
     /// (results.md), one JSON line per result (results.jsonl) and image grids; a rerun
     /// resumes. `bench merge DIR... --out DIR` joins shards.
     Bench(BenchArgs),
+    /// Tune methods' settings on a suite's validation images (never its test images) with
+    /// argmin, maximising mean PSNR; writes SUITE.tuned.toml beside the suite, whose rows
+    /// `bench` then adds.
+    Tune(TuneArgs),
     Priors {
         /// Print a JSON list of objects (name, domain, resolution, channels, range, ...).
         #[arg(long)]
@@ -91,6 +96,30 @@ pub struct BenchArgs {
     /// Only load and check the suite (data, methods, operators, prior); run nothing.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// The suite file; its [[validation]] images are scored.
+    pub suite: PathBuf,
+    /// The suite's methods to tune (comma-separated labels).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub methods: Vec<String>,
+    /// Settings to tune as METHOD:SETTING (comma-separated), e.g. dds:gamma,dps:zeta;
+    /// default: tv/cg lambda, dps zeta, dds gamma and cg_iters, reddiff lambda and lr, flair
+    /// weight, smc twist_scale.
+    #[arg(long, value_delimiter = ',')]
+    pub params: Option<Vec<String>>,
+    /// Only these tasks (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<String>>,
+    /// Evaluations per method and task (each reconstructs every validation image once; the
+    /// first scores the defaults).
+    #[arg(long)]
+    pub budget: usize,
+    /// Where to write (default: SUITE.tuned.toml beside the suite).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,8 +213,9 @@ pub struct DegradeArgs {
 pub struct ReconstructArgs {
     /// The measurement (.npy) written by `posterior degrade`, with its .json sidecar beside it.
     pub measurement: PathBuf,
-    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | hio (phase retrieval). Default
-    /// cg; not combined with --sampler.
+    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | lbfgs | hio (phase retrieval).
+    /// Default cg; not combined with --sampler. gd and lbfgs fit Poisson counts by their
+    /// likelihood (Beer-Lambert CT), other data by least squares.
     #[arg(long, conflicts_with = "sampler")]
     pub method: Option<String>,
     /// Posterior sampler with a diffusion prior: dps | reddiff | dds | smc (= tds) | fps.
@@ -201,6 +231,11 @@ pub struct ReconstructArgs {
     /// SMC particles per posterior sample.
     #[arg(long)]
     pub particles: Option<usize>,
+    /// A sampler setting, KEY=VALUE (repeatable): dps zeta, eta; dds gamma, cg_iters, eta,
+    /// cg_tol; reddiff lambda, lr; flair weight, lr, t_end, dc_steps, dc_lr, cg_iters;
+    /// smc/tds/fps twist_scale, ess_fraction, clip, eta, cg_iters, cg_tol.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Independent posterior samples; the output is their mean, --std their spread.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
@@ -310,5 +345,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => calibrate::run(&a),
         Command::Import(a) => import::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Tune(a) => tune::run(&a),
     }
 }

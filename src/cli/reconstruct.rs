@@ -29,6 +29,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         (a.prior.is_some(), "--prior"),
         (a.steps.is_some(), "--steps"),
         (a.particles.is_some(), "--particles"),
+        (!a.set.is_empty(), "--set"),
         (a.std.is_some(), "--std"),
         (a.samples != 1, "--samples"),
         (a.time_limit.is_some(), "--time-limit"),
@@ -57,6 +58,12 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         filter: a.filter.clone(),
         nonnegative: a.nonneg,
         seed: a.seed,
+        likelihood: match parse_noise(&side.noise)? {
+            posterior_operators::noise::NoiseModel::Poisson { .. } => {
+                crate::solve::Likelihood::Poisson
+            }
+            _ => crate::solve::Likelihood::Gaussian,
+        },
     };
     let truth = match &a.truth {
         Some(p) => Some(measurement::read_truth(p, &side)?),
@@ -129,6 +136,8 @@ fn check_image_ext(path: &std::path::Path, what: &str) -> Result<()> {
 /// `reconstruct --sampler`: posterior sampling with a diffusion prior.
 fn run_sampler(a: &ReconstructArgs) -> Result<()> {
     let name = a.sampler.as_deref().unwrap_or_default();
+    let set = crate::sample::settings::parse_assignments(&a.set)?;
+    crate::sample::settings::check(name, &set)?;
     check_image_ext(&a.out, "--out")?;
     if let Some(p) = &a.std {
         check_image_ext(p, "--std")?;
@@ -197,6 +206,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         steps: a.steps,
         particles: a.particles,
         calibration: None,
+        set,
     };
     let mut bar = Progress::new(name, 1);
     let mut snaps = Snapshots::new(a.snapshot_every.unwrap_or(0));
@@ -227,6 +237,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         spread,
         label,
         outcome,
+        ..
     } = result?;
     let seconds = start.elapsed().as_secs_f64();
     write_output(&a.out, &image, &side)?;
