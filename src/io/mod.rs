@@ -46,6 +46,8 @@
 
 mod cfl;
 mod dicom;
+pub mod fastmri;
+pub mod kspace;
 mod nii;
 mod npy;
 mod raster;
