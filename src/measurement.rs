@@ -49,6 +49,11 @@ pub struct Sidecar {
     pub data_range: f32,
     /// The image that was measured, and how it was read.
     pub source: Source,
+    /// `true` when written by `reconstruct --write-sidecar` for a measurement from
+    /// elsewhere: the file is read as data (image, sinogram, k-space) with the options this
+    /// sidecar saves; `false` for `degrade`'s simulated `.npy`.
+    #[serde(default)]
+    pub from_data: bool,
 }
 
 /// The measured image, and how it was read, so `--truth` can be read the same way.
@@ -88,23 +93,7 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
     }
     let side_path = Sidecar::path_for(path);
     let y = io::read_npy(path)?;
-    let text = std::fs::read_to_string(&side_path).map_err(|e| {
-        Error::file(
-            &side_path,
-            format!(
-                "cannot read the measurement's sidecar ({e}); `posterior degrade` writes it beside {}",
-                path.display()
-            ),
-        )
-    })?;
-    let side: Sidecar = serde_json::from_str(&text)
-        .map_err(|e| Error::file(&side_path, format!("malformed sidecar JSON: {e}")))?;
-    if side.format != FORMAT {
-        return Err(Error::file(
-            &side_path,
-            format!("sidecar format `{}`, expected `{FORMAT}`", side.format),
-        ));
-    }
+    let side = read_sidecar_for(&side_path, path)?;
     if y.shape() != side.measurement_shape.as_slice() {
         return Err(Error::file(
             path,
@@ -118,6 +107,38 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
     }
     posterior_operators::error::check_finite(&format!("measurement {}", path.display()), y.iter())?;
     Ok((y, side))
+}
+
+/// Reads and checks a sidecar file.
+pub fn read_sidecar(side_path: &Path) -> Result<Sidecar> {
+    let text = std::fs::read_to_string(side_path)
+        .map_err(|e| Error::file(side_path, format!("cannot read the sidecar: {e}")))?;
+    parse_sidecar(side_path, &text)
+}
+
+fn read_sidecar_for(side_path: &Path, path: &Path) -> Result<Sidecar> {
+    let text = std::fs::read_to_string(side_path).map_err(|e| {
+        Error::file(
+            side_path,
+            format!(
+                "cannot read the measurement's sidecar ({e}); `posterior degrade` writes it beside {}",
+                path.display()
+            ),
+        )
+    })?;
+    parse_sidecar(side_path, &text)
+}
+
+fn parse_sidecar(side_path: &Path, text: &str) -> Result<Sidecar> {
+    let side: Sidecar = serde_json::from_str(text)
+        .map_err(|e| Error::file(side_path, format!("malformed sidecar JSON: {e}")))?;
+    if side.format != FORMAT {
+        return Err(Error::file(
+            side_path,
+            format!("sidecar format `{}`, expected `{FORMAT}`", side.format),
+        ));
+    }
+    Ok(side)
 }
 
 /// Writes a measurement and its sidecar, each atomically; no sidecar-less measurement is left
@@ -284,9 +305,43 @@ impl Measurement {
     /// in `opts.op` must then agree with the sidecar's), otherwise from `opts.op` and the
     /// data (module docs).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Measurement> {
-        if io::extension(path) == "npy" && Sidecar::path_for(path).is_file() {
-            return open_with_sidecar(path, opts);
+        let side_path = Sidecar::path_for(path);
+        if side_path.is_file() && side_path != path {
+            let side = read_sidecar(&side_path)?;
+            if !side.from_data {
+                return open_with_sidecar(path, opts);
+            }
+            if let Some(op) = &opts.op {
+                if !specs_agree(op, &side.operator)? {
+                    return Err(Error::Spec(format!(
+                        "--op `{op}` disagrees with the operator `{}` saved in {}: leave --op out, \
+                         or move that file away",
+                        side.operator,
+                        side_path.display()
+                    )));
+                }
+            }
+            let saved = OpenOptions {
+                op: Some(side.operator.clone()),
+                image_shape: Some(opts.image_shape.clone().unwrap_or(side.image_shape.clone())),
+                slice: opts.slice.or(side.source.slice),
+                noise: opts.noise.clone().or(Some(side.noise.clone())),
+                image_range: opts
+                    .image_range
+                    .or(Some((side.display_range[0], side.display_range[1]))),
+                seed: side.seed,
+                magnitude_image: opts.magnitude_image,
+            };
+            let mut m = Self::open_data(path, &saved, Some(side.base_dir.clone()))?;
+            m.sidecar = Some(side);
+            return Ok(m);
         }
+        Self::open_data(path, opts, None)
+    }
+
+    /// Reads a measurement without a sidecar (relative paths in the spec resolved from
+    /// `base`, else from the measurement's directory).
+    fn open_data(path: &Path, opts: &OpenOptions, base: Option<PathBuf>) -> Result<Measurement> {
         let op = opts.op.as_deref().ok_or_else(|| {
             Error::file(
                 path,
@@ -298,11 +353,10 @@ impl Measurement {
         })?;
         let parsed = spec::Spec::parse(op)?;
         let family = spec::family(&parsed.family)?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = base.unwrap_or_else(|| match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        });
         let (y, physics, intensity, kspace, bit_depth) = if family.name == "mri" {
             let mut k = kspace::read(path, opts.slice)?;
             if let Some((rows, _)) = k.recon_size {
@@ -322,19 +376,30 @@ impl Measurement {
             }
             let ctx = BuildContext::new(&[c, h, w], opts.seed, base).with_kspace(k.clone());
             let physics = spec::build(op, &ctx)?;
-            (k.measurement(), physics, Intensity::scaled(1.0, "kspace"), Some(k), None)
+            (
+                k.measurement(),
+                physics,
+                Intensity::scaled(1.0, "kspace"),
+                Some(k),
+                None,
+            )
         } else {
-            let (y, intensity, bit_depth) = read_measured_array(path)?;
+            let (mut y, intensity, bit_depth) = read_measured_array(path)?;
+            if y.ndim() == 2 && matches!(family.name, "blur" | "inpaint" | "sr") {
+                y = y.insert_axis(ndarray::Axis(0));
+            }
             let shape = match &opts.image_shape {
                 Some(s) => s.clone(),
-                None => spec::image_shape_for(op, y.shape(), &base, opts.seed)?.ok_or_else(|| {
-                    Error::Invalid(format!(
+                None => {
+                    spec::image_shape_for(op, y.shape(), &base, opts.seed)?.ok_or_else(|| {
+                        Error::Invalid(format!(
                         "the image shape of a `{}` measurement of shape {:?} is not determined by \
                          the data: give --image-shape C,H,W",
                         family.name,
                         y.shape()
                     ))
-                })?,
+                    })?
+                }
             };
             let physics = spec::build(op, &BuildContext::new(&shape, opts.seed, base))?;
             (y, physics, intensity, None, bit_depth)
@@ -394,6 +459,7 @@ impl Measurement {
                 axis: SliceAxis::Axial,
                 to_grayscale: false,
             },
+            from_data: true,
         }
     }
 }
@@ -420,7 +486,11 @@ fn open_with_sidecar(path: &Path, opts: &OpenOptions) -> Result<Measurement> {
             )));
         }
     }
-    if opts.image_shape.as_ref().is_some_and(|s| *s != side.image_shape) {
+    if opts
+        .image_shape
+        .as_ref()
+        .is_some_and(|s| *s != side.image_shape)
+    {
         return Err(Error::Shape(format!(
             "--image-shape {:?} disagrees with the sidecar's image shape {:?}",
             opts.image_shape, side.image_shape
@@ -464,7 +534,8 @@ pub fn specs_agree(a: &str, b: &str) -> Result<bool> {
             .iter()
             .filter_map(|p| {
                 let v = s.raw(p.key).map(str::to_string).or_else(|| {
-                    (!p.default.is_empty() && !p.default.contains('|')).then(|| p.default.to_string())
+                    (!p.default.is_empty() && !p.default.contains('|'))
+                        .then(|| p.default.to_string())
                 })?;
                 Some((p.key.to_string(), v))
             })
@@ -475,7 +546,11 @@ pub fn specs_agree(a: &str, b: &str) -> Result<bool> {
         _ => x == y,
     };
     let (fa, fb) = (filled(&pa), filled(&pb));
-    Ok(fa.len() == fb.len() && fa.iter().zip(&fb).all(|((ka, va), (kb, vb))| ka == kb && same(va, vb)))
+    Ok(fa.len() == fb.len()
+        && fa
+            .iter()
+            .zip(&fb)
+            .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb)))
 }
 
 /// `--noise`: a number (Gaussian sigma per real entry) or a noise spec.
@@ -501,7 +576,9 @@ fn check_range((lo, hi): (f32, f32)) -> Result<(f32, f32)> {
 
 /// `[min(0, lo), max(1, hi)]` of an array.
 fn span_with_unit(y: ArrayViewD<f32>) -> (f32, f32) {
-    let (lo, hi) = y.iter().fold((0f32, 1f32), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = y
+        .iter()
+        .fold((0f32, 1f32), |(l, h), &v| (l.min(v), h.max(v)));
     (lo, hi)
 }
 
@@ -532,7 +609,8 @@ fn read_measured_array(path: &Path) -> Result<(ArrayD<f32>, Intensity, Option<(f
         }
         _ => {
             let img = io::read_image(path, &io::ReadOptions::default())?;
-            let depth = matches!(img.intensity.unit.as_str(), "8-bit" | "16-bit").then_some((0.0, 1.0));
+            let depth =
+                matches!(img.intensity.unit.as_str(), "8-bit" | "16-bit").then_some((0.0, 1.0));
             Ok((img.data.into_dyn(), img.intensity, depth))
         }
     }
@@ -576,7 +654,10 @@ pub fn estimate_noise(physics: &Physics, y: ArrayViewD<f32>, kspace: Option<&KSp
     }
     let (h, w) = (y.shape()[n - 2], y.shape()[n - 1]);
     let mut hh = Vec::new();
-    let Ok(planes) = y.view().into_shape_with_order((y.len() / (h * w).max(1), h, w)) else {
+    let Ok(planes) = y
+        .view()
+        .into_shape_with_order((y.len() / (h * w).max(1), h, w))
+    else {
         return 0.0;
     };
     for p in planes.outer_iter() {

@@ -583,13 +583,16 @@ impl Boundary {
 
     /// Parses a name.
     pub fn parse(name: &str) -> Result<Boundary> {
-        Boundary::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| {
-            Error::param(
-                OP,
-                "boundary",
-                format!("`{name}` is not one of circular, reflect, valid"),
-            )
-        })
+        Boundary::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                Error::param(
+                    OP,
+                    "boundary",
+                    format!("`{name}` is not one of circular, reflect, valid"),
+                )
+            })
     }
 
     /// The measurement shape of a blur of an image `(C, H, W)` by a `kh x kw` kernel.
@@ -685,13 +688,21 @@ impl LinearOperator for ValidBlur {
         let mut full = ArrayD::zeros(IxDyn(&self.blur.shape));
         self.blur.apply(x, full.view_mut());
         let (r0, c0) = self.offset;
-        y.assign(&full.slice(ndarray::s![.., r0..r0 + self.range[1], c0..c0 + self.range[2]]));
+        y.assign(&full.slice(ndarray::s![
+            ..,
+            r0..r0 + self.range[1],
+            c0..c0 + self.range[2]
+        ]));
     }
     fn adjoint(&self, y: ArrayViewD<f32>, x: ArrayViewMutD<f32>) {
         let mut full = ArrayD::zeros(IxDyn(&self.blur.shape));
         let (r0, c0) = self.offset;
-        full.slice_mut(ndarray::s![.., r0..r0 + self.range[1], c0..c0 + self.range[2]])
-            .assign(&y);
+        full.slice_mut(ndarray::s![
+            ..,
+            r0..r0 + self.range[1],
+            c0..c0 + self.range[2]
+        ])
+        .assign(&y);
         self.blur.adjoint(full.view(), x);
     }
 }
@@ -791,7 +802,11 @@ mod boundary_tests {
                             let fold = |p: i64, n: usize| {
                                 let period = 2 * n as i64;
                                 let q = p.rem_euclid(period);
-                                if q < n as i64 { q as usize } else { (period - 1 - q) as usize }
+                                if q < n as i64 {
+                                    q as usize
+                                } else {
+                                    (period - 1 - q) as usize
+                                }
                             };
                             let (a, b) = (fold(si, h), fold(sj, w));
                             if boundary == Boundary::Valid {
@@ -817,7 +832,9 @@ mod boundary_tests {
                 let op = with_boundary(&[c, h, w], kernel.clone(), "test", boundary).unwrap();
                 assert_eq!(
                     op.range_shape(),
-                    boundary.measurement_shape(&[c, h, w], kernel.dim()).as_slice()
+                    boundary
+                        .measurement_shape(&[c, h, w], kernel.dim())
+                        .as_slice()
                 );
                 let x = random_array(&[c, h, w], 5, "x");
                 let y = op.apply_to(x.view()).unwrap();

@@ -71,7 +71,10 @@ pub fn read(path: &Path, slice: Option<usize>) -> Result<FastMriSlice> {
             format!("--slice {s} is out of range: `kspace` has {slices} slice(s) (0..{slices})"),
         ));
     }
-    check_elements(&format!("{}: one kspace slice", path.display()), &[coils, h, w])?;
+    check_elements(
+        &format!("{}: one kspace slice", path.display()),
+        &[coils, h, w],
+    )?;
     let mut sel = vec![SliceInfoElem::Index(s as u64)];
     sel.extend(std::iter::repeat_n(all(), ds.ndim() - 1));
     let raw = ds
@@ -79,7 +82,10 @@ pub fn read(path: &Path, slice: Option<usize>) -> Result<FastMriSlice> {
         .map_err(|e| Error::file(path, format!("cannot read `kspace` slice {s}: {e}")))?;
     let values: Vec<Complex32> = raw.iter().map(|v| v.0).collect();
     let kspace = Array3::from_shape_vec((coils, h, w), values).map_err(|e| {
-        Error::file(path, format!("`kspace` slice {s} does not hold {coils} x {h} x {w} values: {e}"))
+        Error::file(
+            path,
+            format!("`kspace` slice {s} does not hold {coils} x {h} x {w} values: {e}"),
+        )
     })?;
     let mask = match file.dataset("mask") {
         Ok(m) => Some(read_mask(path, &m, h, w)?),
@@ -110,7 +116,9 @@ fn open(path: &Path) -> Result<hdf5_reader::Hdf5File> {
     hdf5_reader::Hdf5File::open(path).map_err(|e| {
         Error::file(
             path,
-            format!("cannot be read as HDF5 ({e}): expected a fastMRI .h5 file (truncated or corrupt?)"),
+            format!(
+                "cannot be read as HDF5 ({e}): expected a fastMRI .h5 file (truncated or corrupt?)"
+            ),
         )
     })
 }
@@ -134,7 +142,10 @@ fn all() -> SliceInfoElem {
 
 /// `(slices, [coils, H, W])` from `kspace`'s shape, rank 4 (multi-coil) or 3 (single-coil).
 fn kspace_shape(path: &Path, shape: &[u64]) -> Result<(usize, [usize; 3])> {
-    let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
     let (slices, chw) = match dims[..] {
         [s, c, h, w] => (s, [c, h, w]),
         [s, h, w] => (s, [1, h, w]),
@@ -148,7 +159,10 @@ fn kspace_shape(path: &Path, shape: &[u64]) -> Result<(usize, [usize; 3])> {
         }
     };
     if slices == 0 || chw.contains(&0) {
-        return Err(Error::file(path, format!("`kspace` of shape {dims:?} is empty")));
+        return Err(Error::file(
+            path,
+            format!("`kspace` of shape {dims:?} is empty"),
+        ));
     }
     check_elements(&format!("{}: kspace", path.display()), &dims)?;
     Ok((slices, chw))
@@ -211,10 +225,11 @@ impl H5Type for H5Complex {
     }
 
     fn from_bytes(bytes: &[u8], dtype: &Datatype) -> hdf5_reader::error::Result<Self> {
-        let fields = complex_fields(dtype).ok_or_else(|| hdf5_reader::error::Error::TypeMismatch {
-            expected: "complex compound {r, i}".into(),
-            actual: format!("{dtype:?}"),
-        })?;
+        let fields =
+            complex_fields(dtype).ok_or_else(|| hdf5_reader::error::Error::TypeMismatch {
+                expected: "complex compound {r, i}".into(),
+                actual: format!("{dtype:?}"),
+            })?;
         let part = |(offset, size, byte_order): (usize, u8, ByteOrder)| -> hdf5_reader::error::Result<f32> {
             let b = bytes.get(offset..offset + size as usize).ok_or_else(|| {
                 hdf5_reader::error::Error::InvalidData("complex element shorter than its fields".into())
@@ -226,7 +241,10 @@ impl H5Type for H5Complex {
                 f64::from_bytes(b, &dt)? as f32
             })
         };
-        Ok(H5Complex(Complex32::new(part(fields[0])?, part(fields[1])?)))
+        Ok(H5Complex(Complex32::new(
+            part(fields[0])?,
+            part(fields[1])?,
+        )))
     }
 
     fn element_size(dtype: &Datatype) -> usize {
@@ -262,9 +280,10 @@ fn read_mask(path: &Path, ds: &hdf5_reader::Dataset, h: usize, w: usize) -> Resu
             .chunks_exact(8)
             .map(|c| f64::from_ne_bytes(c.try_into().unwrap_or([0; 8])) != 0.0)
             .collect(),
-        (Datatype::FixedPoint { .. } | Datatype::Enum { .. }, s) if s >= 1 => {
-            bytes.chunks_exact(s).map(|c| c.iter().any(|&b| b != 0)).collect()
-        }
+        (Datatype::FixedPoint { .. } | Datatype::Enum { .. }, s) if s >= 1 => bytes
+            .chunks_exact(s)
+            .map(|c| c.iter().any(|&b| b != 0))
+            .collect(),
         (dt, _) => {
             return Err(Error::file(
                 path,
@@ -272,15 +291,25 @@ fn read_mask(path: &Path, ds: &hdf5_reader::Dataset, h: usize, w: usize) -> Resu
             ))
         }
     };
-    Ok(Array2::from_shape_fn((h, w), |(_, j)| f32::from(u8::from(on[j]))))
+    Ok(Array2::from_shape_fn((h, w), |(_, j)| {
+        f32::from(u8::from(on[j]))
+    }))
 }
 
-fn read_reference(path: &Path, ds: &hdf5_reader::Dataset, s: usize, slices: usize) -> Result<Array2<f32>> {
+fn read_reference(
+    path: &Path,
+    ds: &hdf5_reader::Dataset,
+    s: usize,
+    slices: usize,
+) -> Result<Array2<f32>> {
     let shape: Vec<usize> = ds.shape().iter().map(|&d| d as usize).collect();
     let [n, h, w] = shape[..] else {
         return Err(Error::file(
             path,
-            format!("`{}` has shape {shape:?}; expected (slices, h, w)", ds.name()),
+            format!(
+                "`{}` has shape {shape:?}; expected (slices, h, w)",
+                ds.name()
+            ),
         ));
     };
     if n != slices {
@@ -294,7 +323,10 @@ fn read_reference(path: &Path, ds: &hdf5_reader::Dataset, s: usize, slices: usiz
         selections: vec![SliceInfoElem::Index(s as u64), all(), all()],
     };
     let raw = ds.read_slice::<f32>(&sel).map_err(|e| {
-        Error::file(path, format!("cannot read `{}` slice {s} as float32: {e}", ds.name()))
+        Error::file(
+            path,
+            format!("cannot read `{}` slice {s} as float32: {e}", ds.name()),
+        )
     })?;
     Array2::from_shape_vec((h, w), raw.iter().copied().collect())
         .map_err(|e| Error::file(path, format!("`{}` slice {s}: {e}", ds.name())))

@@ -93,7 +93,11 @@ impl KSpace {
             return Ok(());
         }
         let columns: Vec<f32> = (0..w).map(|j| self.mask[[0, j]]).collect();
-        if self.mask.outer_iter().any(|r| r.iter().zip(&columns).any(|(a, b)| a != b)) {
+        if self
+            .mask
+            .outer_iter()
+            .any(|r| r.iter().zip(&columns).any(|(a, b)| a != b))
+        {
             return Err(Error::Unsupported(
                 "the readout crop needs whole sampled phase-encode columns (a 1-D Cartesian mask); \
                  this mask varies along the readout"
@@ -104,7 +108,8 @@ impl KSpace {
         let r0 = (h - rows) / 2;
         let mut out = Array3::<Complex32>::zeros((c, rows, w));
         for ci in 0..c {
-            let mut buf: Vec<Complex32> = self.data.index_axis(Axis(0), ci).iter().copied().collect();
+            let mut buf: Vec<Complex32> =
+                self.data.index_axis(Axis(0), ci).iter().copied().collect();
             big.inverse_centered(&mut buf);
             let mut cropped: Vec<Complex32> = buf[r0 * w..(r0 + rows) * w].to_vec();
             small.forward_centered(&mut cropped);
@@ -170,7 +175,10 @@ pub fn read(path: &Path, slice: Option<usize>) -> Result<KSpace> {
 
 fn read_npy_kspace(path: &Path, slice: Option<usize>) -> Result<KSpace> {
     if slice.is_some_and(|s| s > 0) {
-        return Err(Error::file(path, "a .npy k-space holds one slice: leave out --slice"));
+        return Err(Error::file(
+            path,
+            "a .npy k-space holds one slice: leave out --slice",
+        ));
     }
     let data = match read_npy(path) {
         Ok(y) => {
@@ -201,7 +209,9 @@ fn read_npy_kspace(path: &Path, slice: Option<usize>) -> Result<KSpace> {
                 _ => {
                     return Err(Error::file(
                         path,
-                        format!("complex k-space of shape {shape:?}; expected (coils, H, W) or (H, W)"),
+                        format!(
+                            "complex k-space of shape {shape:?}; expected (coils, H, W) or (H, W)"
+                        ),
                     ))
                 }
             }

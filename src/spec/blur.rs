@@ -85,7 +85,11 @@ fn reject(spec: &Spec, key: &str, kernel: &str) -> Result<()> {
 
 pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
     let (c, h, w) = ctx.chw()?;
-    let boundary = Boundary::parse(&spec.choice("boundary", &["circular", "reflect", "valid"], "circular")?)?;
+    let boundary = Boundary::parse(&spec.choice(
+        "boundary",
+        &["circular", "reflect", "valid"],
+        "circular",
+    )?)?;
     let (k, label, path) = kernel(spec, ctx)?;
     let op = blur::with_boundary(&[c, h, w], k, &label, boundary).map_err(|e| match path {
         Some(p) => Error::file(p, format!("not a usable blur kernel: {e}")),
@@ -97,7 +101,11 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
 /// The image shape `(C, H, W)` whose blur has `measured` shape `(C, h, w)`: the same for
 /// circular and reflect boundaries, larger by the kernel size minus one for `valid`.
 pub fn image_shape(spec: &Spec, measured: &[usize], ctx: &BuildContext) -> Result<Vec<usize>> {
-    let boundary = Boundary::parse(&spec.choice("boundary", &["circular", "reflect", "valid"], "circular")?)?;
+    let boundary = Boundary::parse(&spec.choice(
+        "boundary",
+        &["circular", "reflect", "valid"],
+        "circular",
+    )?)?;
     if boundary != Boundary::Valid {
         return Ok(measured.to_vec());
     }
@@ -113,7 +121,10 @@ pub fn image_shape(spec: &Spec, measured: &[usize], ctx: &BuildContext) -> Resul
 }
 
 /// The kernel a spec describes for the image of `ctx`, its label, and its file if any.
-fn kernel(spec: &Spec, ctx: &BuildContext) -> Result<(Array2<f32>, String, Option<std::path::PathBuf>)> {
+fn kernel(
+    spec: &Spec,
+    ctx: &BuildContext,
+) -> Result<(Array2<f32>, String, Option<std::path::PathBuf>)> {
     let (_, h, w) = ctx.chw()?;
     let kernel = spec.choice("kernel", &KERNELS, "gaussian")?;
     let fit = largest_odd_at_most(h.min(w));
@@ -173,7 +184,11 @@ fn kernel(spec: &Spec, ctx: &BuildContext) -> Result<(Array2<f32>, String, Optio
         _ => {
             let p: String = spec.require("path")?;
             let path = ctx.resolve(&p);
-            (crate::io::read_gray(&path)?, format!("file {p}"), Some(path))
+            (
+                crate::io::read_gray(&path)?,
+                format!("file {p}"),
+                Some(path),
+            )
         }
     })
 }

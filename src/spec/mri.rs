@@ -46,8 +46,8 @@ use ndarray::{Array2, Array3, ArrayD, Ix3};
 use num_complex::Complex32;
 use posterior_operators::fft::Fft2;
 use posterior_operators::mri::{
-    calibration_region, check_sensitivities, espirit, make_mask, walsh, CoilMaps,
-    EspiritSettings, MaskKind, MultiCoilMri, SingleCoilMri, WalshSettings,
+    calibration_region, check_sensitivities, espirit, make_mask, walsh, CoilMaps, EspiritSettings,
+    MaskKind, MultiCoilMri, SingleCoilMri, WalshSettings,
 };
 use posterior_operators::Operator;
 

@@ -354,7 +354,7 @@ pub(crate) fn top_eigenpair(a: &[c64], n: usize) -> (f64, Vec<c64>) {
 }
 
 /// The first principal component over coils of calibration data `(coils, rows, cols)`: the
-/// dominant eigenvector of `sum_k y(k) y(k)^H`.
+/// dominant eigenvector of `sum_k y(k) y(k)^H`, its largest entry real and positive.
 pub(crate) fn principal_coil_component(cal: ArrayView3<Complex32>) -> Vec<c64> {
     let coils = cal.dim().0;
     let flat: Vec<Vec<c64>> = cal
@@ -375,7 +375,20 @@ pub(crate) fn principal_coil_component(cal: ArrayView3<Complex32>) -> Vec<c64> {
                 .sum();
         }
     }
-    top_eigenpair(&cov, coils).1
+    // The eigenvector's global phase is arbitrary: fix it (largest entry real positive) so
+    // the maps' phase does not depend on the eigen-solver.
+    let mut u = top_eigenpair(&cov, coils).1;
+    if let Some(big) = u
+        .iter()
+        .copied()
+        .max_by(|a, b| a.norm().total_cmp(&b.norm()))
+    {
+        if big.norm() > 0.0 {
+            let rot = big.conj() / big.norm();
+            u.iter_mut().for_each(|v| *v *= rot);
+        }
+    }
+    u
 }
 
 /// Multiplies `map` by the phase that makes `<map, reference> = sum_c map_c conj(ref_c)`
