@@ -87,6 +87,8 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     let m = last.ok_or_else(|| Error::Invalid("nothing was reconstructed".into()))?;
     let volume = slices.len() > 1;
     let image = stack(&images, volume)?;
+    // Compared before anything is written, so a truth of the wrong shape leaves no output.
+    let quality = quality(a, &m, &image, &references, volume)?;
     write_output(&a.out, &image, &m, a.complex)?;
     if let (Some(p), false) = (&a.std, spreads.is_empty()) {
         let spread = stack(&spreads, volume)?;
@@ -106,7 +108,10 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
             p.display()
         );
     }
-    report_quality(a, &m, &image, &references, volume)
+    if let Some(line) = quality {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn check_flags(a: &ReconstructArgs) -> Result<()> {
@@ -489,13 +494,13 @@ fn write_output(path: &Path, image: &ArrayD<f32>, m: &Measurement, complex: bool
 
 /// PSNR / SSIM / NRMSE against `--truth` (read in the measurement's units), else against
 /// the file's reference (fastMRI `reconstruction_rss`, data range its maximum).
-fn report_quality(
+fn quality(
     a: &ReconstructArgs,
     m: &Measurement,
     image: &ArrayD<f32>,
     references: &[ndarray::Array2<f32>],
     volume: bool,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let (truth, range, what) = match (&a.truth, &m.sidecar) {
         (Some(p), Some(side)) if !side.from_data => {
             let t = crate::measurement::read_truth(p, side)?;
@@ -521,7 +526,7 @@ fn report_quality(
             let hi = t.iter().fold(0f32, |h, &v| h.max(v));
             (t, hi, "the file's reference")
         }
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let x = if image.shape()[0] == 2 && truth.shape()[0] == 1 {
         m.physics.extract(image.view(), false)
@@ -536,11 +541,10 @@ fn report_quality(
         )));
     }
     let r = recon::Quality::compare(to_chw(x)?.view(), to_chw(truth)?.view(), range as f64)?;
-    println!(
+    Ok(Some(format!(
         "PSNR {:.2} dB  SSIM {:.4}  NRMSE {:.4} (against {what}, data range {range:.4})",
         r.psnr, r.ssim, r.nrmse
-    );
-    Ok(())
+    )))
 }
 
 /// The denoised estimate of the first sample at every snapshot, left to right, in the

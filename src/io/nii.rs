@@ -269,11 +269,24 @@ pub fn write_volume(path: &Path, volume: ArrayView3<f32>, voxel_mm: [f32; 3]) ->
     header.srow_z = [0.0, 0.0, voxel_mm[2], 0.0];
     let gz = super::extension(path) == "nii.gz";
     super::write_atomic(path, |tmp| {
-        ::nifti::writer::WriterOptions::new(tmp)
+        // The writer picks its file names from the extension: write `TMP.nii[.gz]`, then
+        // move it onto the temporary name.
+        let mut named = tmp.as_os_str().to_owned();
+        named.push(if gz { ".nii.gz" } else { ".nii" });
+        let named = std::path::PathBuf::from(named);
+        let written = ::nifti::writer::WriterOptions::new(&named)
             .reference_header(&header)
             .write_header_file(false)
             .compress(gz)
             .write_nifti(&xyz)
             .map_err(|e| Error::file(path, format!("could not write NIfTI: {e}")))
+            .and_then(|()| {
+                std::fs::rename(&named, tmp)
+                    .map_err(|e| Error::file(path, format!("could not write NIfTI: {e}")))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&named);
+        }
+        written
     })
 }

@@ -7,7 +7,7 @@
   (slice 0) and the same scaled by 0.5 and mirrored left-right (slice 1, whose zero pattern
   is then mirrored too); `mask` bool (64,) = the sampled columns of slice 0 (the file's mask
   wins over the zero pattern); `reconstruction_rss` float32 (2, 64, 64), the RSS of the
-  fully sampled coil images of the first 4 coils (slice 1 mirrored, halved);
+  fully sampled coil images of the first 4 coils (slice 1 mirrored about column 32, halved);
   `ismrmrd_header` an XML string with encodedSpace and reconSpace 64 x 64 (no readout crop).
 - wrong_dtype.h5: `kspace` float32 (1, 2, 8, 8) (not complex).
 - no_kspace.h5: only `reconstruction_rss`.
@@ -51,7 +51,8 @@ def main():
         full = k
     img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(full, axes=(1, 2)), norm="ortho"), axes=(1, 2))
     rss = np.sqrt((np.abs(img) ** 2).sum(axis=0)).astype(np.float32)
-    refs = np.stack([rss, 0.5 * rss[:, ::-1]]).astype(np.float32)
+    # Mirroring k-space columns j -> 63 - j mirrors the image about column 32: p -> (64 - p) % 64.
+    refs = np.stack([rss, 0.5 * np.roll(rss[:, ::-1], 1, axis=1)]).astype(np.float32)
     with h5py.File(os.path.join(HERE, "brain_2slice.h5"), "w") as f:
         f.create_dataset("kspace", data=kspace, compression="gzip", chunks=(1, 4, 64, 64))
         f.create_dataset("mask", data=sampled)
