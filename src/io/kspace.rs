@@ -65,6 +65,26 @@ impl KSpace {
         }
     }
 
+    /// Wraps a simulated measurement `(coils, 2, H, W)` (or `(2, H, W)`), unsampled entries
+    /// exactly zero (as [`posterior_operators::LinearOperator::restrict_to_measured`] leaves
+    /// them), the mask detected from the zeros.
+    pub fn from_measurement(y: ndarray::ArrayViewD<f32>) -> Result<KSpace> {
+        let y4 = match y.ndim() {
+            4 if y.shape()[1] == 2 => y,
+            3 if y.shape()[0] == 2 => y.insert_axis(Axis(0)),
+            _ => {
+                return Err(Error::Shape(format!(
+                    "k-space measurement of shape {:?}; expected (coils, 2, H, W) or (2, H, W)",
+                    y.shape()
+                )))
+            }
+        };
+        let (c, h, w) = (y4.shape()[0], y4.shape()[2], y4.shape()[3]);
+        Ok(KSpace::from_data(Array3::from_shape_fn((c, h, w), |(ci, i, j)| {
+            Complex32::new(y4[[ci, 0, i, j]], y4[[ci, 1, i, j]])
+        })))
+    }
+
     /// The number of coils.
     pub fn coils(&self) -> usize {
         self.data.dim().0
