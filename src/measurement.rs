@@ -598,9 +598,12 @@ fn check_measurement(y: &ArrayD<f32>, physics: &Physics, what: &str) -> Result<(
     Ok(())
 }
 
+/// A measured array, how its units map back to the file's, and its bit depth's range.
+type MeasuredArray = (ArrayD<f32>, Intensity, Option<(f32, f32)>);
+
 /// A measured array that is not k-space: an image file in working units (with its bit
 /// depth's range), or a `.npy` array as stored (an image, a sinogram).
-fn read_measured_array(path: &Path) -> Result<(ArrayD<f32>, Intensity, Option<(f32, f32)>)> {
+fn read_measured_array(path: &Path) -> Result<MeasuredArray> {
     match io::extension(path).as_str() {
         "npy" => {
             let y = io::read_npy(path)?;

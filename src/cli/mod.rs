@@ -37,6 +37,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum Command {
     /// Simulate a measurement of an image: apply an operator and noise, write Y.npy and its
     /// JSON sidecar.

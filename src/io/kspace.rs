@@ -80,9 +80,10 @@ impl KSpace {
             }
         };
         let (c, h, w) = (y4.shape()[0], y4.shape()[2], y4.shape()[3]);
-        Ok(KSpace::from_data(Array3::from_shape_fn((c, h, w), |(ci, i, j)| {
-            Complex32::new(y4[[ci, 0, i, j]], y4[[ci, 1, i, j]])
-        })))
+        Ok(KSpace::from_data(Array3::from_shape_fn(
+            (c, h, w),
+            |(ci, i, j)| Complex32::new(y4[[ci, 0, i, j]], y4[[ci, 1, i, j]]),
+        )))
     }
 
     /// The number of coils.

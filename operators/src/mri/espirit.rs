@@ -212,7 +212,7 @@ fn signal_space(cal: ArrayView3<Complex32>, k: usize, threshold: f64) -> Result<
         .rev()
         .map(|i| evd.S()[i].re.max(0.0).sqrt())
         .collect();
-    if !(vals[0] > 0.0) {
+    if vals[0].is_nan() || vals[0] <= 0.0 {
         return Err(Error::param(
             OP,
             "kspace",
@@ -267,6 +267,7 @@ fn phase_table(k: usize, n: usize) -> Vec<Vec<c64>> {
         .collect()
 }
 
+#[allow(clippy::needless_range_loop)] // `n` indexes the phase table and the output row
 /// Evaluates `G(m)` (`coils x coils`, row-major) at every pixel of `h x w` from its
 /// coefficients and turns it into `(eigenvalue, map)` with `per_pixel`; rows in parallel.
 fn pointwise_maps(

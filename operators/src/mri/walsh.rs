@@ -47,7 +47,7 @@ impl Default for WalshSettings {
 
 /// Walsh maps of multi-coil k-space `(coils, H, W)` (see the module docs).
 pub fn walsh(kspace: ArrayView3<Complex32>, settings: &WalshSettings) -> Result<CoilMaps> {
-    if settings.window == 0 || settings.window % 2 == 0 {
+    if settings.window == 0 || settings.window.is_multiple_of(2) {
         return Err(Error::param(
             "walsh",
             "window",
