@@ -197,7 +197,14 @@ impl Plan {
         for task in &suite.tasks {
             let ctx = |e: Error| Error::Invalid(format!("task `{}`: {e}", task.name));
             noises.push(parse_noise(&task.noise).map_err(ctx)?);
-            build_physics(&task.op, &shape, 0, &base).map_err(ctx)?;
+            let physics = build_physics(&task.op, &shape, 0, &base).map_err(ctx)?;
+            if let (Some(_), Some(first)) = (&task.maps, images.first()) {
+                // Estimated maps: try them on the first image's noise-free measurement.
+                let y = physics
+                    .measure(first.data.view().into_dyn(), &NoiseModel::None, 0)
+                    .map_err(ctx)?;
+                estimated_maps_physics(task, &shape, &base, y.view()).map_err(ctx)?;
+            }
         }
         // The prior, when needed.
         let needs_prior = suite
@@ -304,6 +311,31 @@ fn likelihood_for(noise: &NoiseModel) -> crate::solve::Likelihood {
         NoiseModel::Poisson { .. } => crate::solve::Likelihood::Poisson,
         _ => crate::solve::Likelihood::Gaussian,
     }
+}
+
+/// The model a task's methods reconstruct with: the simulation's own, or (a task with
+/// `maps`) one with coil maps estimated from the measurement `y`, as for real data.
+fn estimated_maps_physics(
+    task: &super::suite::Task,
+    shape: &[usize],
+    base: &Path,
+    y: ndarray::ArrayViewD<f32>,
+) -> Result<Physics> {
+    let maps = task.maps.as_deref().unwrap_or("espirit");
+    if !matches!(maps, "espirit" | "walsh") {
+        return Err(Error::Invalid(format!(
+            "`maps = \"{maps}\"`: expected \"espirit\" or \"walsh\""
+        )));
+    }
+    if spec::Spec::parse(&task.op)?.family != "mri" {
+        return Err(Error::Invalid(format!(
+            "`maps` applies to mri tasks, not `{}`",
+            task.op
+        )));
+    }
+    let k = crate::io::kspace::KSpace::from_measurement(y)?;
+    let ctx = BuildContext::new(shape, 0, base).with_kspace(Arc::new(k));
+    spec::build(&format!("mri:maps={maps}"), &ctx)
 }
 
 fn check_classical(method: Method, physics: &Physics) -> Result<()> {
@@ -597,6 +629,15 @@ fn measure(
         &plan.file.base_dir(),
     )?;
     let y = physics.measure(truth.view().into_dyn(), &plan.noises[task], mseed)?;
+    let physics = match suite.tasks[task].maps {
+        Some(_) => estimated_maps_physics(
+            &suite.tasks[task],
+            truth.shape(),
+            &plan.file.base_dir(),
+            y.view(),
+        )?,
+        None => physics,
+    };
     Ok((physics, y, mseed))
 }
 
@@ -661,11 +702,15 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("no prior".into()))?;
             let prior = NetworkPrior::open(&dir.to_string_lossy())?;
+            // The image range comes from the measurement (MRI, CT), never the truth; other
+            // families keep the suite's range (the files' bit depth).
+            let range = crate::sample::units::measured_range(&physics, y.view())?
+                .unwrap_or((suite.range[0], suite.range[1]));
             let r = reconstruct_with_prior(
                 physics,
                 y,
                 &plan.noises[item.task],
-                (suite.range[0], suite.range[1]),
+                range,
                 prior,
                 m.sampler.as_deref().unwrap_or_default(),
                 &overrides(m, &suite.tasks[item.task].name, suite.work),
@@ -736,10 +781,23 @@ fn reconstruct_volume(
         .ok_or_else(|| Error::Invalid("no prior".into()))?;
     let prior = NetworkPrior::open(&dir.to_string_lossy())?;
     let info = prior.info().clone();
-    let units = PriorUnits::new((suite.range[0], suite.range[1]), info.range)?;
+    // One range for the volume, from its measurements (MRI, CT: the largest slice range),
+    // never the truth.
+    let measured: Vec<_> = unit
+        .images
+        .iter()
+        .map(|&img| measure(plan, img, item.task, seed))
+        .collect::<Result<_>>()?;
+    let mut hi = None::<f32>;
+    for (physics, y, _) in &measured {
+        if let Some((_, h)) = crate::sample::units::measured_range(physics, y.view())? {
+            hi = Some(hi.map_or(h, |m| m.max(h)));
+        }
+    }
+    let range = hi.map_or((suite.range[0], suite.range[1]), |h| (0.0, h));
+    let units = PriorUnits::new(range, info.range)?;
     let mut problems = Vec::new();
-    for &img in &unit.images {
-        let (physics, y, _) = measure(plan, img, item.task, seed)?;
+    for (physics, y, _) in measured {
         let sigma = gaussian_level(&plan.noises[item.task], y.view());
         let p: Problem =
             problem_in_prior_units(physics.operator, physics.embedding, y, sigma, units)?;

@@ -101,6 +101,11 @@ pub struct Task {
     pub op: String,
     #[serde(default = "default_noise")]
     pub noise: String,
+    /// MRI only: reconstruct with coil maps estimated from each simulated measurement
+    /// (`espirit` or `walsh`) instead of the true maps the measurement was simulated with.
+    /// ESPIRiT needs a fully sampled centre larger than its 6 x 6 kernel.
+    #[serde(default)]
+    pub maps: Option<String>,
 }
 
 fn default_noise() -> String {
