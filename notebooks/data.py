@@ -384,7 +384,7 @@ BRAIN_SOURCES = [
          kind="volume", role="train", what="Colin27 T1 (one subject, 27 scans averaged), 1 mm, with skull"),
     dict(id="colin27-hires", registry="debian", package="mricron-data",
          path="usr/share/mricron/templates/ch2better.nii.gz", kind="volume", role="train",
-         what="Colin27 T1, 0.5 mm resampling with enhanced contrast, with skull"),
+         what="Colin27 T1, 0.5 mm, brain only, enhanced contrast (mricron's ch2better)"),
     dict(id="colin27-brain", registry="debian", package="mricron-data",
          path="usr/share/mricron/templates/ch2bet.nii.gz", kind="volume", role="train",
          what="Colin27 T1, brain only (skull stripped)"),

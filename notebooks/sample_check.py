@@ -251,9 +251,7 @@ def main(argv=None):
         if list(arr.shape[1:]) != [card["channels"], *card["resolution"]]:
             raise CheckError(f"dataset {a.data!r} holds images {tuple(arr.shape[1:])}, the prior makes "
                              f"{(card['channels'], *card['resolution'])}")
-        s = man["to_model_range"]
-        scaled = _Scaled(arr, float(s["scale"]), float(s["offset"]))
-        rec = check(model, card, scaled, a.n, a.steps, a.seed, a.device)
+        rec = check(model, card, ModelRange(arr, man), a.n, a.steps, a.seed, a.device)
     except (CheckError, datamod.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -268,11 +266,13 @@ def main(argv=None):
     return 0
 
 
-class _Scaled:
-    """A stored array seen in the model's range, chunk by chunk (`len` and slicing only)."""
+class ModelRange:
+    """A stored dataset array seen in the model's range (its manifest's `to_model_range`), chunk
+    by chunk (`len` and slicing only)."""
 
-    def __init__(self, arr, scale, offset):
-        self.arr, self.scale, self.offset = arr, scale, offset
+    def __init__(self, arr, manifest):
+        s = manifest["to_model_range"]
+        self.arr, self.scale, self.offset = arr, float(s["scale"]), float(s["offset"])
 
     def __len__(self):
         return len(self.arr)

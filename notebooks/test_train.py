@@ -112,44 +112,163 @@ def synthetic_head(shape, zooms, seed):
     return nib.Nifti1Image(vol.astype(np.float32), np.diag(list(zooms) + [1.0]))
 
 
-def test_brain_recipe_on_stand_ins(tmp_path, monkeypatch):
-    pytest.importorskip("nibabel")
+def brain_stand_ins(tmp_path, monkeypatch):
+    """Synthetic heads at every brain source's path (the fetchers return their roots)."""
     import nibabel as nib
 
     roots = {}
-    layout = {
-        "mricron-data": ("usr/share/mricron/templates/ch2.nii.gz", (40, 48, 40), (1.0, 1.0, 1.0), 1),
-        "nilearn": ("nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                    (44, 52, 42), (1.0, 1.0, 1.0), 2),
-        "insighttoolkit5-examples": (
-            "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
-            (32, 16, 32), (2.0, 3.0, 2.0), 3),
+    shapes = {  # id -> (shape, zooms, seed)
+        "colin27": ((40, 48, 40), (1.0, 1.0, 1.0), 1),
+        "colin27-hires": ((72, 88, 72), (0.5, 0.5, 0.5), 4),
+        "colin27-brain": ((40, 48, 40), (1.0, 1.0, 1.0), 5),
+        "mni152": ((44, 52, 42), (1.0, 1.0, 1.0), 2),
+        "itk-kmeans": ((32, 16, 32), (2.0, 3.0, 2.0), 3),
     }
-    for pkg, (rel, shape, zooms, seed) in layout.items():
-        root = tmp_path / pkg
-        (root / os.path.dirname(rel)).mkdir(parents=True)
-        nib.save(synthetic_head(shape, zooms, seed), str(root / rel))
-        roots[pkg] = str(root)
+    for src in data.BRAIN_SOURCES:
+        root = tmp_path / src["package"]
+        rel = root / src["path"]
+        rel.parent.mkdir(parents=True, exist_ok=True)
+        if src["kind"] == "slice":
+            img = np.asarray(synthetic_head((48, 3, 48), (1.0, 1.0, 1.0), 6).get_fdata())[:, 1, :]
+            np.save(str(rel), np.flipud(img.T))
+        else:
+            shape, zooms, seed = shapes[src["id"]]
+            nib.save(synthetic_head(shape, zooms, seed), str(rel))
+        roots[src["package"]] = str(root)
     monkeypatch.setattr(data, "fetch_deb", lambda pkg, cache: roots[pkg])
     monkeypatch.setattr(data, "fetch_wheel", lambda pkg, cache: roots[pkg])
+    return roots
+
+
+def test_brain_recipe_on_stand_ins(tmp_path, monkeypatch):
+    pytest.importorskip("nibabel")
+    brain_stand_ins(tmp_path, monkeypatch)
     out = tmp_path / "out"
-    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--size", "32"]) == 0
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--size", "32",
+                      "--augment", "40", "--workers", "1"]) == 0
     tr, man = data.load_dataset(str(out), "train")
     te, _ = data.load_dataset(str(out), "test")
     assert tr.shape[1:] == (1, 32, 32) and te.shape[1:] == (1, 32, 32) and tr.dtype == np.float16
     for a in (tr, te):
         x = data.to_model(a, man)
         assert x.min() >= -1 and x.max() <= 1
-        # near-empty slices were skipped
+        # near-empty slices were skipped (and augmented ones redrawn)
         assert ((x > -0.8).reshape(len(x), -1).mean(1) >= 0.15 - 0.02).all()
-    kept = {s["package"]: sum(s["slices_kept"].values()) for s in man["sources"]}
-    assert kept["mricron-data"] + kept["nilearn"] == len(tr) and kept["insighttoolkit5-examples"] == len(te)
-    assert kept["mricron-data"] < 40 + 48 + 40  # edge slices skipped
-    roles = {s["package"]: s["role"] for s in man["sources"]}
-    assert roles == {"mricron-data": "train", "nilearn": "train", "insighttoolkit5-examples": "test"}
+    src = {s["id"]: s for s in man["sources"]}
+    base = sum(sum(s["slices_kept"].values()) for s in man["sources"] if s["role"] == "train")
+    assert man["base_slices"] == base and base + 40 == len(tr)
+    assert sum(s["augmented_slices"] for s in man["sources"] if s["role"] == "train") == 40
+    assert sum(src["itk-kmeans"]["slices_kept"].values()) == len(te)
+    assert sum(src["colin27"]["slices_kept"].values()) < 40 + 48 + 40  # edge slices skipped
+    # the 0.5 mm volume is sliced 1 mm apart: at most its extent in mm per view
+    assert sum(src["colin27-hires"]["slices_kept"].values()) <= 36 + 44 + 36
+    assert src["dipy-coronal"]["slices_kept"] == {"coronal": 1}
+    assert {k: v["role"] for k, v in src.items()}["itk-kmeans"] == "test"
+    assert [k for k, v in src.items() if v["role"] == "train"] == data.BRAIN_TRAIN_DEFAULT.split(",")
     # no held-out slice appears among the training slices
     trs = {a.tobytes() for a in tr}
     assert not any(a.tobytes() in trs for a in te)
+    # augmented slices differ from every base slice
+    assert not any(tr[i].tobytes() in {b.tobytes() for b in tr[:base]} for i in range(base, len(tr)))
+    # the set does not depend on how many processes render it
+    out2 = tmp_path / "out2"
+    assert data.main(["brain", "--out", str(out2), "--cache", str(tmp_path / "c"), "--size", "32",
+                      "--augment", "40", "--workers", "2"]) == 0
+    assert np.array_equal(data.load_dataset(str(out2), "train")[0], tr)
+
+
+def test_brain_recipe_sources_and_errors(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("nibabel")
+    brain_stand_ins(tmp_path, monkeypatch)
+    out = tmp_path / "v1"
+    # the shipped brain-mri's sources, no augmentation
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--size", "32",
+                      "--volumes", data.BRAIN_V1, "--augment", "0"]) == 0
+    tr, man = data.load_dataset(str(out), "train")
+    assert [s["id"] for s in man["sources"]] == ["colin27", "mni152", "itk-kmeans"]
+    assert len(tr) == man["base_slices"]
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--volumes", "colin27,nope"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--volumes", "itk-kmeans"]) == 1
+
+
+def asymmetric_volume():
+    """A head with a bright blob right-anterior-superior of centre: any orientation slip shows."""
+    shape, z = (40, 48, 44), (1.0, 1.0, 1.0)
+    g = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
+    r = sum((gi / (0.4 * n)) ** 2 for gi, n in zip(g, shape))
+    vol = np.where(r < 1, 0.4, 0.0)
+    blob = (g[0] - 6) ** 2 + (g[1] - 8) ** 2 + (g[2] - 5) ** 2 < 16
+    vol[blob] = 1.0
+    return vol.astype(np.float32), z
+
+
+@pytest.mark.parametrize("view,axis", [("sagittal", 0), ("coronal", 1), ("axial", 2)])
+def test_augment_identity_cut_matches_the_base_slices(view, axis):
+    """With no jitter, augment.render cuts the same slice as volume_slices shows (orientation,
+    field of view, centring), up to the two resamplers' difference."""
+    import torch
+
+    import augment
+
+    vol, z = asymmetric_volume()
+    size = 32
+    base, _, kept = data.volume_slices(vol, z, size, min_fraction=0.0)
+    t = torch.from_numpy(vol)[None, None]
+    through_blob = vol.shape[axis] // 2 + (6, 8, 5)[axis]
+    sl = base[kept.index((view, through_blob))]
+    got = augment.render(t, vol.shape, z, view, through_blob, size, augment.Jitter.identity(), 4)
+    err = np.abs(got - sl).mean()
+    assert err < 0.01, (view, err)
+    # a cut mirrored up-down or left-right (an orientation slip) differs by far more
+    assert np.abs(got[::-1] - sl).mean() > 3 * err and np.abs(got[:, ::-1] - sl).mean() > 3 * err
+
+
+def test_augment_flip_mirrors_left_right():
+    import torch
+
+    import augment
+
+    vol, z = asymmetric_volume()
+    t = torch.from_numpy(vol)[None, None]
+    j = augment.Jitter.identity()
+    a = augment.render(t, vol.shape, z, "axial", 27, 32, j, 2)
+    j.flip = True
+    b = augment.render(t, vol.shape, z, "axial", 27, 32, j, 2)
+    assert np.allclose(a[:, ::-1], b, atol=1e-5)
+
+
+def test_augment_draws_are_seeded_and_bounded():
+    import augment
+
+    cfg = augment.DEFAULTS
+    a = augment.draw(np.random.default_rng([0, 5]), cfg)
+    b = augment.draw(np.random.default_rng([0, 5]), cfg)
+    assert a.angle == b.angle and np.array_equal(a.elastic, b.elastic)
+    for i in range(200):
+        j = augment.draw(np.random.default_rng([1, i]), cfg)
+        assert abs(j.angle) <= np.radians(cfg["rotate_deg"]) and abs(j.tilt_row) <= np.radians(cfg["tilt_deg"])
+        assert cfg["zoom_min"] <= j.zoom <= cfg["zoom_max"] and abs(j.slice_offset) <= 0.5
+        assert cfg["gamma_min"] <= j.gamma <= cfg["gamma_max"]
+    flat = augment.draw(np.random.default_rng([1, 0]), cfg, three_d=False)
+    assert flat.tilt_row == flat.tilt_col == flat.slice_offset == 0.0
+
+
+def test_pack_sources_makes_an_offline_cache(tmp_path, monkeypatch):
+    pytest.importorskip("nibabel")
+    roots = brain_stand_ins(tmp_path, monkeypatch)
+    cache = tmp_path / "c"
+    for src in data.BRAIN_SOURCES:  # the markers fetch_* leaves
+        kind = "deb" if src["registry"] == "debian" else "wheel"
+        (cache / kind / src["package"]).mkdir(parents=True, exist_ok=True)
+        (cache / kind / src["package"] / "done").write_text("x\n")
+    packed = tmp_path / "packed"
+    assert data.main(["pack", "brain", "--out", str(packed), "--cache", str(cache)]) == 0
+    monkeypatch.undo()  # real fetchers: they must find everything in the packed cache
+    out = tmp_path / "out"
+    assert data.main(["brain", "--out", str(out), "--cache", str(packed), "--size", "16", "--augment", "4",
+                      "--workers", "1"]) == 0
+    del roots
 
 
 def test_square_resample_respects_spacing():
