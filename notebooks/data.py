@@ -636,7 +636,8 @@ def recipe_files(recipe: str) -> list:
 
 def pack_sources(recipes: list, cache: str, out: str) -> int:
     """Copies just the files the recipes read (and the cache's `done` markers) into `out`, laid
-    out as a cache: `data.py RECIPE --cache OUT` then runs with no network (a GPU machine)."""
+    out as a cache: `data.py RECIPE --cache OUT` then runs with no network (a GPU machine).
+    For `brain`, nibabel's wheel comes along (unpacked: put OUT/wheel/nibabel/root on PYTHONPATH)."""
     total = 0
     for recipe in recipes:
         for registry, pkg, rel in recipe_files(recipe):
@@ -649,6 +650,13 @@ def pack_sources(recipes: list, cache: str, out: str) -> int:
             os.replace(dst + ".tmp", dst)
             shutil.copyfile(os.path.join(cache, kind, pkg, "done"), os.path.join(out, kind, pkg, "done"))
             total += os.path.getsize(dst)
+    if "brain" in recipes:  # its NIfTI reader, for a machine without nibabel (pure Python)
+        root = fetch_wheel("nibabel", cache)
+        dst = os.path.join(out, "wheel", "nibabel", "root")
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(root, dst, ignore=shutil.ignore_patterns("tests", "*.pyc", "__pycache__"))
+        shutil.copyfile(os.path.join(cache, "wheel", "nibabel", "done"), os.path.join(out, "wheel", "nibabel", "done"))
+        total += sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dst) for f in fs)
     return total
 
 

@@ -124,6 +124,9 @@ def build_parser():
     p.add_argument("--init-from", default=None,
                    help="a fresh run starts from these weights (an exported model.safetensors, e.g. a prior "
                         "trained on another machine) instead of a random initialisation")
+    p.add_argument("--init-if-compatible", default=None, metavar="DIR",
+                   help="like --init-from DIR when DIR's card has this configuration's architecture flags; "
+                        "otherwise a fresh start (said on stdout)")
     p.add_argument("--steps", type=int, default=None, help="stop (and export) when this many steps are done in total")
     p.add_argument("--max-minutes", type=float, default=None, help="stop this invocation after this long (resumable)")
     p.add_argument("--ckpt-minutes", type=float, default=10.0, help="checkpoint interval (default 10)")
@@ -201,6 +204,18 @@ def hardware(threads: int, device: str = "cpu") -> dict:
     return info
 
 
+def compatible(prior_dir: str, flags: dict) -> str | None:
+    """None when the prior directory's card has the same architecture flags as `flags`, else why not."""
+    card = os.path.join(prior_dir, "model.json")
+    if not os.path.isfile(card):
+        return f"no model card at {card}; starting fresh"
+    with open(card) as f:
+        theirs = json.load(f).get("flags", {})
+    diff = [f"{k}: {theirs.get(k)!r} vs {flags[k]!r}" for k in cc.MODEL_KEYS
+            if k in flags and str(theirs.get(k)) != str(flags[k])]
+    return f"different architecture ({'; '.join(diff)}); starting fresh" if diff else None
+
+
 def speed_options(a) -> dict:
     return {"bf16": a.bf16, "channels_last": a.channels_last, "compile": a.compile, "batch_size": a.batch_size}
 
@@ -268,6 +283,12 @@ class Trainer:
         abar = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
         self.model.to(self.dev)
         self.init_info = None
+        if a.init_if_compatible and not a.init_from:
+            why = compatible(a.init_if_compatible, self.flags)
+            print(f"--init-if-compatible {a.init_if_compatible}: {why or 'same architecture, continuing from it'}",
+                  flush=True)
+            if why is None:
+                a.init_from = a.init_if_compatible
         if a.init_from:
             self.init_weights(a.init_from)
         self.sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32, device=self.dev)
