@@ -185,10 +185,11 @@ def compare(samples_stats: dict, train: dict) -> dict:
     return {"samples": s, "passes": bool(frac < MAX_OUTSIDE)}
 
 
-def check(model, card, train_model_range, n=32, steps=50, seed=0, device="cpu") -> dict:
-    """The card's `sanity.samples` record."""
+def check(model, card, train_model_range, n=32, steps=50, seed=0, device="cpu", train=None) -> dict:
+    """The card's `sanity.samples` record (`train`: the training set's statistics, when already
+    computed by `train_reference`)."""
     lo, hi = (float(v) for v in card["intensity_range"])
-    train = train_reference(train_model_range, lo, hi)
+    train = train or train_reference(train_model_range, lo, hi)
     x = ddim_samples(model, card, n, steps, seed, device=device)
     res = compare(image_stats(x, lo, hi), train)
     return {

@@ -35,13 +35,13 @@ import sample_check  # noqa: E402
 MIN_GAIN_T250_DB = 8.0
 
 
-def measure(prior_dir, train, test_x, man, a) -> dict:
+def measure(prior_dir, train, test_x, man, a, train_ref) -> dict:
     import export_prior
 
     model, card = sample_check.load_prior(prior_dir)
     rows = export_prior.denoise_sanity(model, card["flags"], test_x)
     rec = sample_check.check(model, card, sample_check.ModelRange(train, man), a.sample_n, a.sample_steps,
-                             device=a.device)
+                             device=a.device, train=train_ref)
     model.to("cpu")
     score = sum(r["psnr_tweedie_db"] for r in rows) / len(rows)
     gain250 = next((r["psnr_tweedie_db"] - r["psnr_noisy_db"] for r in rows if r["t"] == 250), None)
@@ -86,8 +86,9 @@ def main(argv=None):
         n = min(a.sanity_n, len(test))
         idx = [round(i * (len(test) - 1) / max(n - 1, 1)) for i in range(n)]
         test_x = datamod.to_model(test[idx], man)
-        new = measure(a.new, train, test_x, man, a)
-        old = measure(a.old, train, test_x, man, a) if a.old and os.path.isdir(a.old) else None
+        ref = sample_check.train_reference(sample_check.ModelRange(train, man), -1.0, 1.0)
+        new = measure(a.new, train, test_x, man, a, ref)
+        old = measure(a.old, train, test_x, man, a, ref) if a.old and os.path.isdir(a.old) else None
     except (sample_check.CheckError, datamod.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -439,3 +439,79 @@ def test_init_from_an_exported_prior(tmp_path):
     r = run_py("train.py", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "third"), *other,
                "--steps", "1", "--init-from", first)
     assert r.returncode == 1 and "does not fit this configuration" in r.stderr, r.stderr
+
+
+def test_train_gpu_sh_runs_end_to_end_on_the_cpu(tmp_path):
+    """The GPU run's one command, on the CPU with a tiny budget: renders the data from a packed
+    source cache, continues the shipped fmnist-32 (same architecture), exports a card with steps,
+    minutes and both checks, and the gate keeps the shipped prior (a few steps on noise images do
+    not improve it). Slow: 2-5 minutes (the budget is 5; the run may end early)."""
+    cache = tmp_path / "src"
+    d = cache / "deb" / "dataset-fashion-mnist" / "root" / "usr/share/datasets/fashion-mnist"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (64, 28, 28)))
+    write_idx(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (16, 28, 28)))
+    (cache / "deb" / "dataset-fashion-mnist" / "done").write_text("stand-in\n")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        ["bash", os.path.join(HERE, "train_gpu.sh"), "--device", "cpu", "--minutes", "5", "--priors", "fmnist-32",
+         "--sources", str(cache), "--out", str(out), "--sample-steps", "2", "--sample-n", "4", "--sanity-n", "4",
+         "--overhead-s", "100", "--threads", "1"],
+        env={**os.environ, "PYTHON": PY, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| fmnist-32 | fmnist-32, " in report, report
+    card = json.load(open(out / "runs" / "fmnist-32" / "model.json"))
+    tr = card["training"]
+    assert tr["steps"] >= 1 and tr["train_minutes"] > 0
+    shipped = json.load(open(os.path.join(HERE, "..", "priors", "fmnist-32", "model.json")))["training"]
+    assert tr["initialised_from"]["steps"] == shipped["steps"]  # continued from the shipped weights
+    assert card["sanity"]["samples"]["sampler"]["steps"] == 2 and len(card["sanity"]["rows"]) == 6
+    gate = json.load(open(out / "runs" / "fmnist-32" / "gate.json"))
+    assert gate["old"] is not None and gate["settings"]["sample_steps"] == 2
+    assert (out / "priors" / "fmnist-32" / "model.json").exists() == gate["ship"]
+    assert not gate["ship"], gate["why"]
+
+
+def test_ship_gate_verdicts():
+    import ship_gate
+
+    old = {"mean_tweedie_psnr_db": 25.0, "outside": 5, "samples": 32, "passes": False}
+    better = {"mean_tweedie_psnr_db": 25.5, "outside": 1, "samples": 32, "passes": True, "gain_t250_db": 12.0}
+    assert ship_gate.verdict(better, old)[0]
+    assert not ship_gate.verdict({**better, "mean_tweedie_psnr_db": 24.9}, old)[0]  # denoising worse
+    assert not ship_gate.verdict({**better, "outside": 6, "passes": False}, old)[0]  # samples worse
+    assert not ship_gate.verdict({**better, "outside": 5, "passes": False}, old)[0]  # as bad, still failing
+    assert ship_gate.verdict(better, None)[0]  # a new preset that passes
+    assert not ship_gate.verdict({**better, "gain_t250_db": 5.0}, None)[0]
+    assert not ship_gate.verdict({**better, "passes": False}, None)[0]
+
+
+def test_loss_weights():
+    abar = np.array([0.999, 0.5, 0.01])
+    assert np.allclose(train.loss_weights("eps", abar), 1.0)
+    w = train.loss_weights("min-snr", abar, 5.0)
+    snr = abar / (1 - abar)
+    # clean steps (SNR 999) weighted 5 / 999; SNR <= 5 weighted 1
+    assert np.allclose(w, [5 / snr[0], 1.0, 1.0])
+    with pytest.raises(ValueError):
+        train.loss_weights("nope", abar)
+
+
+def test_sample_check_grid_matches_the_rust_knots():
+    """sample_check.ddim_grid reproduces the Rust Schedule::knots for the discrete linear VP path:
+    t from 1 to 1/T, a(1/T)^2 = abar_0 = 1 - beta_0 exactly, a(1)^2 = abar_{T-1}, then clean."""
+    import adm
+    import sample_check
+
+    card = {"schedule": {"noise_schedule": "linear", "diffusion_steps": 1000}}
+    la = sample_check.log_abar_knots(card)
+    grid = sample_check.ddim_grid(la, 5)
+    betas = np.asarray(adm.named_beta_schedule("linear", 1000), dtype=np.float64)
+    abar = np.cumprod(1 - betas)
+    assert grid[0][0] == 1.0 and abs(grid[0][1] ** 2 - abar[-1]) < 1e-12
+    assert abs(grid[4][0] - 1e-3) < 1e-15 and abs(grid[4][1] ** 2 - abar[0]) < 1e-12
+    assert grid[-1] == (0.0, 1.0, 0.0)
+    for t, a, s in grid[:-1]:
+        assert abs(a * a + s * s - 1) < 1e-12
