@@ -431,6 +431,7 @@ def _augment_chunk(job):
     import augment
 
     seed, start, stop, size, cfg, bases, paths = job
+    torch.set_num_threads(1)  # one process per CPU already
     out, which = [], []
     for i in range(start, stop):
         rng = np.random.default_rng([seed, i])

@@ -157,6 +157,8 @@ def run(kind, train_x, test_x, abar, a):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            print(f"  {kind} step {step + 1}: loss {np.mean(losses[-50:]):.4f}, {time.time() - t0:.0f} s", flush=True)
         with torch.no_grad():
             cur = model.state_dict()
             for r, e in emas.items():

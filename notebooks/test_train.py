@@ -515,3 +515,47 @@ def test_sample_check_grid_matches_the_rust_knots():
     assert grid[-1] == (0.0, 1.0, 0.0)
     for t, a, s in grid[:-1]:
         assert abs(a * a + s * s - 1) < 1e-12
+
+
+STUB_PYTHON = r'''#!/usr/bin/env bash
+# Stands in for python in train_gpu.sh: renders take STUB_DELAY_<set> seconds, training and the
+# gate are instant; every script call is logged to $STUB_LOG.
+if [ "$1" = -c ]; then exec "$REAL_PY" "$@"; fi
+script=$(basename "$1"); shift
+echo "$script $*" >>"$STUB_LOG"
+arg() { local k=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$k" ] && { echo "$2"; return; }; shift; done; }
+case $script in
+  data.py)
+    out=$(arg --out "$@"); set_=$(basename "$out"); d=STUB_DELAY_${set_//-/_}
+    sleep "${!d:-0}"; mkdir -p "$out"; echo '{}' >"$out/manifest.json" ;;
+  train.py)
+    out=$(arg --out "$@"); mkdir -p "$out"; : >"$out/model.safetensors"; : >"$out/train.jsonl"
+    echo '{"training": {"steps": 3, "train_minutes": 0.1}}' >"$out/model.json" ;;
+  ship_gate.py) echo "KEEP the old prior: stub"; exit 3 ;;
+esac
+'''
+
+
+def test_train_gpu_sh_trains_whichever_prior_is_ready_first(tmp_path):
+    """Queue order with stand-in scripts: brain-mri comes first by priority but its data takes
+    longer to render, so fmnist-32 trains first and brain-mri next; every prior gets a report
+    line and a gate run, and nothing is shipped when the gate says keep."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(stub), "REAL_PY": PY, "STUB_LOG": str(log), "TMPDIR": str(tmp_path),
+           "STUB_DELAY_brain_64": "4", "STUB_DELAY_fmnist": "0"}
+    r = subprocess.run(["bash", os.path.join(HERE, "train_gpu.sh"), "--device", "cpu", "--minutes", "3",
+                        "--priors", "brain-mri fmnist-32", "--sources", str(tmp_path), "--out", str(out),
+                        "--overhead-s", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trains = [line.split("--name ")[1].split()[0] for line in log.read_text().splitlines()
+              if line.startswith("train.py")]
+    assert trains == ["fmnist-32", "brain-mri"], trains
+    report = (out / "report.md").read_text()
+    assert report.count("KEEP the old prior: stub") == 2, report
+    assert not any((out / "priors").iterdir())
+    # each continues from the shipped weights when compatible
+    assert all("--init-if-compatible" in line for line in log.read_text().splitlines() if line.startswith("train.py"))

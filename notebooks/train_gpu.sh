@@ -156,13 +156,28 @@ run_prior() {  # gpu name share_left_total share
   echo "[$(date +%T)] $name: $verdict"
 }
 
-run_queue() {  # gpu names...
+run_queue() {  # gpu names... (priority order)
+  # Next is the first pending prior whose data is ready (the GPU never waits for a render while
+  # another prior could train); when none is, wait for one.
   local gpu=$1; shift
-  local total=0 n
-  for n in "$@"; do total=$(( total + SHARE[$n] )); done
-  for n in "$@"; do
-    run_prior "$gpu" "$n" "$total" "${SHARE[$n]}"
-    total=$(( total - SHARE[$n] ))
+  local pending=("$@") total=0 n pick alive rest
+  for n in "${pending[@]}"; do total=$(( total + SHARE[$n] )); done
+  while [ ${#pending[@]} -gt 0 ]; do
+    pick=""
+    for n in "${pending[@]}"; do
+      if [ -f "$WORK/data/${DATA[$n]}/manifest.json" ]; then pick=$n; break; fi
+    done
+    if [ -z "$pick" ]; then
+      alive=0
+      for n in "${pending[@]}"; do kill -0 "${RENDER[${DATA[$n]}]}" 2>/dev/null && alive=1; done
+      if [ $alive = 1 ]; then sleep 2; continue; fi
+      pick=${pending[0]}  # every render has ended without data: run_prior reports it
+    fi
+    run_prior "$gpu" "$pick" "$total" "${SHARE[$pick]}"
+    total=$(( total - SHARE[$pick] ))
+    rest=()
+    for n in "${pending[@]}"; do [ "$n" = "$pick" ] || rest+=("$n"); done
+    pending=("${rest[@]+"${rest[@]}"}")
   done
 }
 
