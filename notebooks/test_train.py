@@ -559,3 +559,32 @@ def test_train_gpu_sh_trains_whichever_prior_is_ready_first(tmp_path):
     assert not any((out / "priors").iterdir())
     # each continues from the shipped weights when compatible
     assert all("--init-if-compatible" in line for line in log.read_text().splitlines() if line.startswith("train.py"))
+
+
+def test_speed_flags_and_min_snr_train_and_resume(tmp_path):
+    """--bf16 and --channels-last train (on the CPU too) to the same neighbourhood as f32: after
+    the same 6 steps from the same start, the weights differ only by bf16 rounding; the speed flags
+    are not part of the resume configuration; min-snr is, and its loss is the weighted one."""
+    import torch
+
+    toy_dataset(tmp_path / "d")
+    common = ["--data", str(tmp_path / "d"), *TINY, "--no-export", "--steps", "6"]
+    assert train.main([*common, "--out", str(tmp_path / "f32")]) == 0
+    assert train.main([*common, "--out", str(tmp_path / "fast"), "--bf16", "--channels-last"]) == 0
+    a, b = ckpt(str(tmp_path / "f32")), ckpt(str(tmp_path / "fast"))
+    va = torch.cat([v.flatten() for v in a["model"].values()])
+    vb = torch.cat([v.flatten() for v in b["model"].values()])
+    rel = ((va - vb).norm() / va.norm()).item()
+    assert 0 < rel < 1e-3, rel  # bf16 changes the rounding, not the training
+    # the same losses up to bf16 rounding (relative 2^-8 per op; 2% is generous, a wrong loss is not)
+    assert all(abs(x - y) < 0.02 * abs(x) for x, y in zip(a["recent_losses"], b["recent_losses"]))
+    # resuming the bf16 run without the speed flags is allowed
+    assert train.main([*common[:-1], "8", "--out", str(tmp_path / "fast")]) == 0
+    # min-snr: a different configuration for resume purposes
+    assert train.main([*common, "--out", str(tmp_path / "f32"), "--loss_weight", "min-snr"]) == 1
+    assert train.main([*common, "--out", str(tmp_path / "snr"), "--loss_weight", "min-snr"]) == 0
+    c = ckpt(str(tmp_path / "snr"))
+    assert c["config"]["loss_weight"] == "min-snr"
+    # weighted losses are smaller than plain ones (every weight <= 1, most clean steps << 1)
+    assert sum(c["recent_losses"]) < sum(a["recent_losses"])
+    del torch
