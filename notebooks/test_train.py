@@ -578,8 +578,12 @@ def test_speed_flags_and_min_snr_train_and_resume(tmp_path):
     assert 0 < rel < 1e-3, rel  # bf16 changes the rounding, not the training
     # the same losses up to bf16 rounding (relative 2^-8 per op; 2% is generous, a wrong loss is not)
     assert all(abs(x - y) < 0.02 * abs(x) for x, y in zip(a["recent_losses"], b["recent_losses"]))
-    # resuming the bf16 run without the speed flags is allowed
-    assert train.main([*common[:-1], "8", "--out", str(tmp_path / "fast")]) == 0
+    # resuming the bf16 run without the speed flags is allowed; the held-out curve is logged
+    assert train.main([*common[:-1], "8", "--out", str(tmp_path / "fast"), "--heldout-every", "1"]) == 0
+    with open(tmp_path / "fast" / "train.jsonl") as f:
+        pts = [json.loads(line) for line in f if '"heldout"' in line]
+    assert [p["step"] for p in pts] == [7, 8] and all(p["heldout_eps_mse"] > 0 and p["train_eps_mse"] > 0
+                                                      for p in pts)
     # min-snr: a different configuration for resume purposes
     assert train.main([*common, "--out", str(tmp_path / "f32"), "--loss_weight", "min-snr"]) == 1
     assert train.main([*common, "--out", str(tmp_path / "snr"), "--loss_weight", "min-snr"]) == 0

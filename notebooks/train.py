@@ -131,6 +131,9 @@ def build_parser():
     p.add_argument("--max-minutes", type=float, default=None, help="stop this invocation after this long (resumable)")
     p.add_argument("--ckpt-minutes", type=float, default=10.0, help="checkpoint interval (default 10)")
     p.add_argument("--log-every", type=int, default=50, help="log every N steps (default 50)")
+    p.add_argument("--heldout-every", type=int, default=0,
+                   help="every N steps log the eps-MSE on 64 fixed held-out and 64 fixed training images "
+                        "(the held-out curve: a growing gap means overfitting; default 0 = never)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start from step 0")
     p.add_argument("--export-now", action="store_true", help="export the EMA weights at the end even if --steps is not reached")
     p.add_argument("--no-export", action="store_true", help="never export")
@@ -156,6 +159,7 @@ def parse_args(argv=None):
         (a.max_minutes is None or a.max_minutes > 0, "--max-minutes must be > 0"),
         (a.ckpt_minutes > 0, "--ckpt-minutes must be > 0"),
         (a.log_every >= 1, "--log-every must be >= 1"),
+        (a.heldout_every >= 0, "--heldout-every must be >= 0"),
         (a.lr_warmup >= 0, "--lr_warmup must be >= 0"),
         (a.in_channels >= 1, "--in_channels must be >= 1"),
         (a.loss_weight in LOSS_WEIGHTS, f"--loss_weight must be one of {LOSS_WEIGHTS}"),
@@ -435,6 +439,38 @@ class Trainer:
         # The loss stays on the device (no synchronisation per step); `flush_losses` reads it.
         self.pending.append(loss.detach())
 
+    def curve_batches(self, n=64, seed=4321):
+        """Fixed (x0, t, eps) batches of the test and the training split for the held-out curve."""
+        import numpy as np
+
+        import data as datamod
+
+        torch = self.torch
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for split in ("test", "train"):
+            try:
+                arr, _ = datamod.load_dataset(self.a.data, split)
+            except datamod.DataError:
+                continue
+            idx = np.linspace(0, len(arr) - 1, min(n, len(arr))).round().astype(int)
+            x0 = torch.from_numpy(datamod.to_model(arr[idx], self.manifest))
+            t = torch.linspace(0, self.T - 1, len(x0)).round().long()
+            eps = torch.randn(x0.shape, generator=g)
+            out[split] = tuple(v.to(self.dev) for v in (x0, t, eps))
+        return out
+
+    def curve_point(self, batches) -> dict:
+        """eps-MSE (plain, mean over the batch) of the online weights on each fixed batch."""
+        torch = self.torch
+        rec = {}
+        with torch.no_grad():
+            for split, (x0, t, eps) in batches.items():
+                xt = self.sqrt_abar[t][:, None, None, None] * x0 + self.sqrt_1m_abar[t][:, None, None, None] * eps
+                rec[f"{'heldout' if split == 'test' else 'train'}_eps_mse"] = round(
+                    torch.mean((self.model(xt, t).float() - eps) ** 2).item(), 6)
+        return rec
+
     def flush_losses(self):
         """Moves the pending per-step losses to `recent`; returns their sum and count."""
         if not self.pending:
@@ -485,6 +521,7 @@ def run(a) -> int:
     t_ckpt = t_start
     t_log, step_log, acc, nacc = t_start, tr.step, 0.0, 0
     reason = None
+    curve = tr.curve_batches() if a.heldout_every else None
     try:
         while True:
             if a.steps is not None and tr.step >= a.steps:
@@ -511,6 +548,8 @@ def run(a) -> int:
                 print(f"step {tr.step:7d}  loss {acc / nacc:.5f}  {rate:.2f} steps/s  "
                       f"{tr.seconds / 60:.1f} min", flush=True)
                 t_log, step_log, acc, nacc = now, tr.step, 0.0, 0
+            if curve and tr.step % a.heldout_every == 0:  # (not counted as training time)
+                log_line(log, {"event": "heldout", "step": tr.step, **tr.curve_point(curve)})
             if now - t_ckpt >= 60 * a.ckpt_minutes:
                 tr.save()
                 t_ckpt = time.time()

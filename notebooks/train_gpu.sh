@@ -129,7 +129,7 @@ run_prior() {  # gpu name share_left_total share
   CUDA_VISIBLE_DEVICES=$gpu $PY "$HERE/train.py" --preset "${PRESET[$name]}" --name "$name" \
       --data "$WORK/data/$d" --out "$run" --init-if-compatible "$REPO/priors/$name" \
       --device "$dev" --batch_size $(( ${BATCH[$name]} * BATCH_SCALE )) --loss_weight "$LOSS_WEIGHT" \
-      --max-minutes "$mins" --ckpt-minutes 1000 --log-every 100 --export-now --threads "$THREADS" \
+      --max-minutes "$mins" --ckpt-minutes 1000 --log-every 100 --heldout-every 250 --export-now --threads "$THREADS" \
       --sample-n "$SAMPLE_N" --sample-steps "$SAMPLE_STEPS" --sanity-n "$SANITY_N" "${SPEED[@]}" \
       >"$run/train.log" 2>&1 || { echo "train.py failed for $name:"; tail -n 20 "$run/train.log"; }
   cp "$run/train.log" "$run/train.jsonl" "$res/" 2>/dev/null || true
