@@ -11,6 +11,9 @@ the run is short.  Objectives:
 
 * `eps`: eps-prediction MSE, t uniform (what the shipped priors used);
 * `min-snr`: eps-MSE weighted by min(SNR, 5) / SNR, t uniform (train.py --loss_weight min-snr);
+* `v`: v-prediction (Salimans & Ho 2022), v = sqrt(abar) eps - sqrt(1 - abar) x0, MSE on v,
+  t uniform; x0 = sqrt(abar) x_t - sqrt(1 - abar) v (the same ADM network; the Rust engine
+  would need `output: v` in the card: eps = sqrt(abar) v + sqrt(1 - abar) x_t);
 * `edm`: Karras et al. 2022 preconditioning (sigma_data 0.5): the network F sees
   c_in(sigma) x and c_noise, D = c_skip x + c_out F, loss lambda(sigma) |D - x0|^2 with
   sigma = sqrt(1 - abar) / sqrt(abar) drawn log-normal (P_mean -1.2, P_std 1.2) and
@@ -83,6 +86,8 @@ class Objective:
             c_out = sig * SIGMA_DATA / torch.sqrt(sig ** 2 + SIGMA_DATA ** 2)
             # c_noise: the step index, as the ADM network expects (a monotone map of log sigma)
             return c_skip * x + c_out * model(c_in * x, step)
+        if self.kind == "v":
+            return a * xt - s * model(xt, step)  # v = a eps - s x0, so x0 = a x_t - s v
         return (xt - s * model(xt, step)) / a
 
     def draw_t(self, g, n):
@@ -99,6 +104,8 @@ class Objective:
             lam = (sig ** 2 + SIGMA_DATA ** 2) / (sig * SIGMA_DATA) ** 2
             err = ((self.x0(model, xt, t) - x0) ** 2).flatten(1).mean(1)
             return (lam * err).mean()
+        if self.kind == "v":
+            return ((model(xt, t) - (sa * eps - s1 * x0)) ** 2).flatten(1).mean(1).mean()
         err = ((model(xt, t) - eps) ** 2).flatten(1).mean(1)
         return (self.w[t] * err).mean()
 

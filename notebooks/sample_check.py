@@ -100,8 +100,12 @@ def ddim_grid(log_abar, steps: int):
     return out
 
 
-def ddim_samples(model, card, n: int, steps: int, seed: int = 0, batch: int = 32, device: str = "cpu"):
-    """`n` DDIM samples (eta 0), (n, C, H, W) float32 on the CPU, unclipped."""
+def ddim_samples(model, card, n: int, steps: int, seed: int = 0, batch: int = 32, device: str = "cpu",
+                 clip: bool = False):
+    """`n` DDIM samples (eta 0), (n, C, H, W) float32 on the CPU; with `clip` every Tweedie
+    estimate is clipped to the intensity range (guided-diffusion's clip_denoised, the CLI's
+    `posterior sample --clip`), otherwise none is."""
+    lo, hi = (float(v) for v in card.get("intensity_range", (-1.0, 1.0)))
     import torch
 
     T = int(card["schedule"]["diffusion_steps"])
@@ -120,6 +124,8 @@ def ddim_samples(model, card, n: int, steps: int, seed: int = 0, batch: int = 32
             with torch.no_grad():
                 eps = model(x, step)[:, :c].float()
             x0 = (x - s * eps) / a
+            if clip:
+                x0 = x0.clamp(lo, hi)
             if s2 == 0.0:
                 x = x0
             else:
@@ -185,12 +191,12 @@ def compare(samples_stats: dict, train: dict) -> dict:
     return {"samples": s, "passes": bool(frac < MAX_OUTSIDE)}
 
 
-def check(model, card, train_model_range, n=32, steps=50, seed=0, device="cpu", train=None) -> dict:
+def check(model, card, train_model_range, n=32, steps=50, seed=0, device="cpu", train=None, clip=False) -> dict:
     """The card's `sanity.samples` record (`train`: the training set's statistics, when already
     computed by `train_reference`)."""
     lo, hi = (float(v) for v in card["intensity_range"])
     train = train or train_reference(train_model_range, lo, hi)
-    x = ddim_samples(model, card, n, steps, seed, device=device)
+    x = ddim_samples(model, card, n, steps, seed, device=device, clip=clip)
     res = compare(image_stats(x, lo, hi), train)
     return {
         "what": "unconditional samples vs the training set: per-image mean intensity (quantiles; fraction "
@@ -198,7 +204,8 @@ def check(model, card, train_model_range, n=32, steps=50, seed=0, device="cpu", 
         f"pixels within {SATURATION_BAND:.0%} of either end of the intensity range; samples clipped to "
         "the range first. Passes when under 5% of samples are outside the training mean range.",
         "sampler": {"name": "ddim", "eta": 0.0, "steps": steps, "grid": "uniform in t from 1 to 1/T "
-                    "(the Rust Ddim's knots)", "samples": n, "seed": seed, "weights": card["weights"].get("dtype")},
+                    "(the Rust Ddim's knots)", "samples": n, "seed": seed, "weights": card["weights"].get("dtype"),
+                    "clip_x0": clip},
         "threshold": MAX_OUTSIDE,
         "train": train,
         **res,
@@ -236,6 +243,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clip", action="store_true", help="clip every Tweedie estimate to the intensity range (for "
+                   "information: the recorded check is unclipped, as tests/priors.rs runs it)")
     p.add_argument("--write-card", action="store_true", help="store the result as sanity.samples in model.json")
     p.add_argument("--json", default=None, help="also write the record to this file")
     a = p.parse_args(argv)
@@ -252,7 +261,7 @@ def main(argv=None):
         if list(arr.shape[1:]) != [card["channels"], *card["resolution"]]:
             raise CheckError(f"dataset {a.data!r} holds images {tuple(arr.shape[1:])}, the prior makes "
                              f"{(card['channels'], *card['resolution'])}")
-        rec = check(model, card, ModelRange(arr, man), a.n, a.steps, a.seed, a.device)
+        rec = check(model, card, ModelRange(arr, man), a.n, a.steps, a.seed, a.device, clip=a.clip)
     except (CheckError, datamod.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -263,6 +272,9 @@ def main(argv=None):
             json.dump(rec, f, indent=1)
         os.replace(a.json + ".tmp", a.json)
     if a.write_card:
+        if a.clip:
+            print("error: --write-card records the unclipped check only", file=sys.stderr)
+            return 2
         write_card_samples(a.prior, rec)
     return 0
 

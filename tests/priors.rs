@@ -94,11 +94,12 @@ fn every_shipped_prior_generates_and_denoises_held_out_images() {
     }
 }
 
-/// Shipped priors whose samples fail the sample check today (see the module docs). Measured
-/// with this test (20 DDIM steps, seed 0): brain-mri 25/32 outside (white and empty fields),
-/// fmnist-32 2/32 (two bright fields; 2/32 with PyTorch's DDIM at 50 steps too, both near-empty):
-/// just over the 5% line. Remove a name when a retrained prior passes.
-const KNOWN_BROKEN: &[&str] = &["brain-mri", "fmnist-32"];
+/// Shipped priors whose samples fail the sample check today (see the module docs): every one.
+/// Measured with this test (20 DDIM steps, seed 0): brain-mri 25/32 outside (white and empty
+/// fields), fmnist-32 2/32 (two bright fields; 2/32 with PyTorch's DDIM at 50 steps too, both
+/// near-empty): just over the 5% line; ct-ellipses 22/32 with PyTorch's DDIM (20 steps: 14
+/// bright, 8 empty; its Rust run is the heavy test). Remove a name when a retrained prior passes.
+const KNOWN_BROKEN: &[&str] = &["brain-mri", "fmnist-32", "ct-ellipses"];
 
 /// Fraction of samples allowed outside the training mean range (notebooks/sample_check.py).
 const MAX_OUTSIDE: f64 = 0.05;
