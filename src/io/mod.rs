@@ -46,6 +46,7 @@
 
 mod cfl;
 mod dicom;
+mod guard;
 mod nii;
 mod npy;
 mod raster;
