@@ -168,7 +168,7 @@ mod tests {
         assert!(check_magnitude("x", [1.0f32, -2.0, 1e15]).is_ok());
         let e = check_magnitude("x", [1.0f32, 3e38]).unwrap_err();
         assert_eq!(e.kind(), "non-finite");
-        assert!(e.to_string().contains("3e38"), "{e}");
+        assert!(e.to_string().contains("e38"), "{e}");
         assert!(check_magnitude("x", [f32::NAN]).is_err());
         assert!(check_number("sod", 1e30).is_err());
         assert!(check_number("sod", f64::INFINITY).is_err());

@@ -391,6 +391,7 @@ pub struct RunSummary {
 pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<RunSummary> {
     std::fs::create_dir_all(out)
         .map_err(|e| Error::file(out, format!("cannot create the output directory: {e}")))?;
+    let _lock = results::DirLock::acquire(out)?;
     let info = RunInfo {
         format: RUN_FORMAT.into(),
         suite_text: plan.file.text.clone(),
@@ -559,6 +560,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 filter: m.filter.clone().unwrap_or_else(|| "ramp".into()),
                 nonnegative: m.nonneg,
                 seed,
+                allow_nonfinite: false,
             };
             let x = recon::reconstruct(&physics, y.view(), &opts, &mut |_, _| {})?;
             let detail = match method.default_iters() {
@@ -584,6 +586,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 Executor::new(seed),
                 m.samples.unwrap_or(1),
             )?;
+            recon::check_output(&r.label, r.image.view(), false)?;
             let spread = r.spread.map(to3).transpose()?;
             Ok((
                 to3(r.image)?,
@@ -628,6 +631,7 @@ fn reconstruct_volume(
     let label = crate::sample::Sampler::name(&sampler);
     let denoiser: &dyn Denoiser = &prior;
     let outcome = Executor::new(seed).run(&mut sampler, denoiser, unit.images.len())?;
+    recon::check_output(&label, outcome.samples.view().into_dyn(), false)?;
     let slices = outcome
         .samples
         .axis_iter(Axis(0))
@@ -939,6 +943,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
         failures.remove(&r.item);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    let _lock = results::DirLock::acquire(out)?;
     if let Some(prev) = read_run_info(out)? {
         if prev.suite_text != info.suite_text {
             return Err(Error::file(

@@ -242,6 +242,10 @@ pub struct ReconstructArgs {
     /// The original image: print PSNR / SSIM / NRMSE against it.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// Write a result holding NaN or infinite values (with a warning) instead of failing;
+    /// for debugging a method that diverges.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 #[derive(Args, Debug)]

@@ -57,6 +57,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         filter: a.filter.clone(),
         nonnegative: a.nonneg,
         seed: a.seed,
+        allow_nonfinite: a.allow_nonfinite,
     };
     let truth = match &a.truth {
         Some(p) => Some(measurement::read_truth(p, &side)?),
@@ -146,6 +147,20 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
             a.device
         ))
     })?;
+    if let Some(steps) = a.steps {
+        if steps == 0 {
+            return Err(Error::Invalid("--steps 0: a sampler needs at least 1 step".into()));
+        }
+        crate::limits::check_steps("--steps", steps)?;
+    }
+    if let Some(p) = a.particles {
+        if p < 2 {
+            return Err(Error::Invalid(format!(
+                "--particles {p}: an SMC ensemble needs at least 2 particles to resample"
+            )));
+        }
+        crate::limits::check_steps("--particles", p)?;
+    }
     if a.samples == 0 || a.samples > 256 {
         return Err(Error::Invalid(format!(
             "--samples must be between 1 and 256, got {}",
@@ -225,24 +240,33 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         outcome,
     } = result?;
     let seconds = start.elapsed().as_secs_f64();
-    write_output(&a.out, &image, &side)?;
-    if let Some(path) = &a.snapshots {
-        write_snapshots(path, &snaps, prior_range)?;
+    recon::check_output(&label, image.view(), a.allow_nonfinite)?;
+    if let Some(s) = &spread {
+        recon::check_output(&format!("{label} (spread)"), s.view(), a.allow_nonfinite)?;
     }
-    if let Some(p) = &a.std {
-        let spread = spread.ok_or_else(|| {
-            Error::Invalid(
-                "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more".into(),
-            )
-        })?;
-        if io::extension(p) == "png" {
-            let chw = to_chw(spread)?;
-            let hi = chw.iter().fold(0f32, |m, v| m.max(*v)).max(1e-12);
-            io::write_image(p, chw.view(), (0.0, hi))?;
-        } else {
-            io::write_npy(p, spread.view())?;
+    // The estimate, its uncertainty map and the snapshots are committed together.
+    io::write_together(|| {
+        write_output(&a.out, &image, &side)?;
+        if let Some(path) = &a.snapshots {
+            write_snapshots(path, &snaps, prior_range)?;
         }
-    }
+        if let Some(p) = &a.std {
+            let spread = spread.clone().ok_or_else(|| {
+                Error::Invalid(
+                    "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more"
+                        .into(),
+                )
+            })?;
+            if io::extension(p) == "png" {
+                let chw = to_chw(spread)?;
+                let hi = chw.iter().fold(0f32, |m, v| m.max(*v)).max(1e-12);
+                io::write_image(p, chw.view(), (0.0, hi))?;
+            } else {
+                io::write_npy(p, spread.view())?;
+            }
+        }
+        Ok(())
+    })?;
     println!(
         "{}: {label} with prior {} ({} sample(s)) in {:.2} s, {} NFE, {} VJP",
         a.out.display(),

@@ -107,7 +107,13 @@ pub fn parse_gmm_spec(text: &str) -> Result<Gmm> {
             }
             Gmm::demo2d()
         }
-        _ => Gmm::random(components, dim, seed, cov == "diag")?,
+        _ => {
+            crate::limits::check_elements(
+                "gmm: the covariances (components, dim, dim)",
+                &[components, dim, dim],
+            )?;
+            Gmm::random(components, dim, seed, cov == "diag")?
+        }
     };
     Ok(gmm.with_schedule(Schedule::from_name(&path)?))
 }
@@ -199,6 +205,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
             format!("cannot write samples as `.{ext}`: expected .png (image grid or 2-D scatter plot) or .npy"),
         ));
     }
+    crate::limits::check_steps("--steps", a.steps)?;
     let prior = load_prior(&a.prior)?;
     let gmm = match &prior {
         LoadedPrior::Mixture(g) => Some(g.clone()),

@@ -103,6 +103,12 @@ impl ModelCard {
     /// The card's fields agree with each other.
     pub fn check(&self) -> Result<()> {
         let a = &self.architecture;
+        // Caps before anything is sized from the card (crate::limits).
+        crate::limits::check_elements(
+            "the card's image (channels, resolution)",
+            &[self.channels, self.resolution[0], self.resolution[1]],
+        )?;
+        crate::limits::check_steps("schedule.diffusion_steps", self.schedule.diffusion_steps)?;
         a.validate()?;
         let bad = |m: String| Err(Error::Invalid(m));
         if self.channels != a.in_channels {

@@ -5,7 +5,7 @@ use posterior_operators::linear::dot;
 use posterior_operators::{LinearOperator, LinearOperatorExt, Operator};
 
 use super::IterCallback;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `argmin_x 1/2 ||A(x) - y||^2` by gradient descent from `x0` (zeros when `None`), the
 /// gradient `J_A(x)^T (A(x) - y)` coming from the operator's VJP, with an Armijo
@@ -63,8 +63,24 @@ fn descend(
     on_iter: IterCallback,
 ) -> Result<ArrayD<f32>> {
     let mut x = x0.unwrap_or_else(|| ArrayD::zeros(IxDyn(op.domain_shape)));
+    if x.shape() != op.domain_shape {
+        return Err(Error::Shape(format!(
+            "gradient descent: the start has shape {:?}, the model's domain is {:?}",
+            x.shape(),
+            op.domain_shape
+        )));
+    }
     let loss = |x: &ArrayD<f32>| -> Result<(f64, ArrayD<f32>)> {
-        let r = (op.forward)(x.view())? - &y;
+        let fx = (op.forward)(x.view())?;
+        if fx.shape() != y.shape() {
+            return Err(Error::Shape(format!(
+                "gradient descent: the model gives measurements of shape {:?}, but the \
+                 measurement has shape {:?}",
+                fx.shape(),
+                y.shape()
+            )));
+        }
+        let r = fx - &y;
         Ok((0.5 * dot(r.view(), r.view()), r))
     };
     let (mut f, mut r) = loss(&x)?;
@@ -108,6 +124,15 @@ fn descend(
 mod tests {
     use super::*;
     use posterior_operators::{Identity, Scaled};
+
+    #[test]
+    fn a_measurement_of_the_wrong_shape_is_an_error_not_a_panic() {
+        let op = Operator::Linear(Box::new(Identity::new(&[4])));
+        let y = ndarray::arr1(&[1.0f32, 2.0, 3.0]).into_dyn();
+        let e = gradient_descent(&op, y.view(), None, 10, false, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e.kind(), "shape", "{e}");
+        assert!(e.to_string().contains("[3]") && e.to_string().contains("[4]"), "{e}");
+    }
 
     #[test]
     fn recovers_the_solution_of_a_scaled_identity() {

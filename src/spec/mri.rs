@@ -84,6 +84,12 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
             "mri: `coils=0` is not allowed: expected at least 1 coil".into(),
         ));
     }
+    if let Some(n) = coils {
+        crate::limits::check_elements(
+            &format!("mri: the k-space of `coils={n}` (coils, 2, H, W)"),
+            &[n, 2, h, w],
+        )?;
+    }
     let kind = MaskKind::parse(&mask_name)?;
     let mask = make_mask(kind, h, w, accel, acs, ctx.seed)?;
     let op: Operator = match sens_path {
@@ -93,6 +99,7 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
             let sens = sens_to_chw(raw, &crate::io::extension(&path))
                 .map_err(|m| Error::file(&path, m))?;
             check_sensitivities(&sens, h, w).map_err(|e| Error::file(&path, e))?;
+            check_coil_maps(&path, &sens)?;
             let found = sens.dim().0;
             if let Some(n) = coils {
                 if n != found {
@@ -110,6 +117,22 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
         },
     };
     Ok((op, Embedding::RealToComplex))
+}
+
+/// Refuses coil maps with non-finite or huge values, and maps that are zero everywhere
+/// (every k-space sample would be zero and nothing could be reconstructed).
+fn check_coil_maps(path: &std::path::Path, sens: &Array3<Complex32>) -> Result<()> {
+    crate::limits::check_magnitude(
+        &format!("coil maps {}", path.display()),
+        sens.iter().flat_map(|c| [c.re, c.im]),
+    )?;
+    if sens.iter().all(|c| c.re == 0.0 && c.im == 0.0) {
+        return Err(Error::file(
+            path,
+            "the coil maps are zero everywhere: expected coil sensitivities (e.g. from ESPIRiT or `bart ecalib`)",
+        ));
+    }
+    Ok(())
 }
 
 /// Brings coil maps read from a file to `(coils, H, W)`: `.cfl` arrays come in BART's order
