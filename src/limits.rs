@@ -135,7 +135,17 @@ where
 
 /// Checks one number (a header field, a spec parameter) like [`check_magnitude`].
 pub fn check_number(what: &str, value: f64) -> Result<()> {
-    check_magnitude(what, [value])
+    if !value.is_finite() {
+        Err(Error::NonFinite(format!(
+            "{what}: {value} is not a finite number"
+        )))
+    } else if value.abs() > MAX_MAGNITUDE {
+        Err(Error::NonFinite(format!(
+            "{what}: {value:e} is beyond {MAX_MAGNITUDE:e}: f32 arithmetic on it would overflow"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

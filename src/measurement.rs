@@ -113,12 +113,14 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
         ("display_range[1]", side.display_range[1]),
         ("data_range", side.data_range),
     ];
-    for (name, v) in numbers.into_iter().chain(i.clip_min.map(|c| ("intensity.clip_min", c))) {
+    for (name, v) in numbers
+        .into_iter()
+        .chain(i.clip_min.map(|c| ("intensity.clip_min", c)))
+    {
         crate::limits::check_number(name, v as f64)
             .map_err(|e| Error::file(&side_path, format!("sidecar field {e}")))?;
     }
-    if i.scale == 0.0 || side.display_range[1] <= side.display_range[0] || side.data_range <= 0.0
-    {
+    if i.scale == 0.0 || side.display_range[1] <= side.display_range[0] || side.data_range <= 0.0 {
         return Err(Error::file(
             &side_path,
             format!(
@@ -128,7 +130,10 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
             ),
         ));
     }
-    crate::limits::check_magnitude(&format!("measurement {}", path.display()), y.iter().copied())?;
+    crate::limits::check_magnitude(
+        &format!("measurement {}", path.display()),
+        y.iter().copied(),
+    )?;
     Ok((y, side))
 }
 

@@ -343,6 +343,12 @@ impl Suite {
             if d.size == Some(0) {
                 return bad(format!("data `{}`: size must be at least 1", d.name));
             }
+            if let Some(n) = d.size {
+                crate::limits::check_elements(
+                    &format!("data `{}`: size {n} x {n}", d.name),
+                    &[n, n],
+                )?;
+            }
             if let Some([a, b]) = d.clip {
                 if !(a.is_finite() && b.is_finite() && a < b) {
                     return bad(format!(
@@ -354,6 +360,16 @@ impl Suite {
         }
         for m in &self.methods {
             let kind = m.kind()?;
+            for (key, v) in [
+                ("iters", m.iters),
+                ("steps", m.steps),
+                ("particles", m.particles),
+                ("samples", m.samples),
+            ] {
+                if let Some(n) = v {
+                    crate::limits::check_steps(&format!("method `{}`: {key}", m.name), n)?;
+                }
+            }
             for t in &m.tasks {
                 if !self.tasks.iter().any(|x| &x.name == t) {
                     return bad(format!(

@@ -149,7 +149,9 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
     })?;
     if let Some(steps) = a.steps {
         if steps == 0 {
-            return Err(Error::Invalid("--steps 0: a sampler needs at least 1 step".into()));
+            return Err(Error::Invalid(
+                "--steps 0: a sampler needs at least 1 step".into(),
+            ));
         }
         crate::limits::check_steps("--steps", steps)?;
     }
@@ -253,8 +255,7 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         if let Some(p) = &a.std {
             let spread = spread.clone().ok_or_else(|| {
                 Error::Invalid(
-                    "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more"
-                        .into(),
+                    "--std needs an ensemble: use --sampler smc|fps, or --samples 2 or more".into(),
                 )
             })?;
             if io::extension(p) == "png" {

@@ -46,6 +46,129 @@ struct Attributes {
     rescale: (f64, f64),
 }
 
+/// The value length that means "undefined" (a sequence or item closed by a delimiter).
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+/// Walks the element headers of a part-10 file and refuses any element whose declared
+/// length runs past the end of the file. dicom-parser reserves and zero-fills the declared
+/// length before reading it, so 21 stray bytes at the end of a 133 KB file can make it
+/// touch 3.6 GB; this walk bounds every claim by the file's size first. Sequences (and, in
+/// implicit VR, values that start with an item tag) are walked into; encapsulated pixel
+/// fragments are skipped over. A deflated data set is not walked (its lengths are inside
+/// the compressed stream).
+fn check_element_lengths(path: &Path, b: &[u8]) -> Result<()> {
+    if b.len() < 132 || &b[128..132] != b"DICM" {
+        return Ok(()); // the parser says what is wrong
+    }
+    let n = b.len();
+    let u16_at = |i: usize, big: bool| {
+        let v = [b[i], b[i + 1]];
+        if big {
+            u16::from_be_bytes(v)
+        } else {
+            u16::from_le_bytes(v)
+        }
+    };
+    let u32_at = |i: usize, big: bool| {
+        let v = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        if big {
+            u32::from_be_bytes(v)
+        } else {
+            u32::from_le_bytes(v)
+        }
+    };
+    let (mut pos, mut in_meta, mut fragments) = (132usize, true, false);
+    let (mut explicit, mut big) = (true, false);
+    let mut syntax = String::new();
+    while pos + 8 <= n {
+        if in_meta && u16_at(pos, false) != 0x0002 {
+            in_meta = false;
+            match syntax.as_str() {
+                "1.2.840.10008.1.2" => explicit = false,
+                "1.2.840.10008.1.2.2" => big = true,
+                "1.2.840.10008.1.2.1.99" => return Ok(()),
+                _ => {}
+            }
+        }
+        let be = big && !in_meta;
+        let (group, elem) = (u16_at(pos, be), u16_at(pos + 2, be));
+        if group == 0xFFFE {
+            // Item or delimiter: tag and a 4-byte length, no VR.
+            let len = u32_at(pos + 4, be);
+            pos += 8;
+            if elem == 0xE0DD {
+                fragments = false;
+            } else if elem == 0xE000 && len != UNDEFINED {
+                if pos.saturating_add(len as usize) > n {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "corrupt DICOM: an item at byte {} claims {len} bytes, but only {} remain",
+                            pos - 8,
+                            n - pos
+                        ),
+                    ));
+                }
+                if fragments {
+                    pos += len as usize;
+                }
+            }
+            continue;
+        }
+        let ex = explicit || in_meta;
+        let vr = [b[pos + 4], b[pos + 5]];
+        // As dicom-parser reads them: the short-form VRs have a 2-byte length; every other
+        // VR, unknown ones included (read as UN), has 2 reserved bytes and a 4-byte length.
+        const SHORT: [&[u8; 2]; 21] = [
+            b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+            b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+        ];
+        let long = ex && !SHORT.contains(&&vr);
+        let (len, header) = if !ex {
+            (u32_at(pos + 4, be), 8)
+        } else if long {
+            if pos + 12 > n {
+                break;
+            }
+            (u32_at(pos + 8, be), 12)
+        } else {
+            (u16_at(pos + 6, be) as u32, 8)
+        };
+        let start = pos;
+        pos += header;
+        if len == UNDEFINED {
+            fragments = (group, elem) == (0x7FE0, 0x0010);
+            continue; // walk into the sequence (or the fragments)
+        }
+        let len = len as usize;
+        if pos.saturating_add(len) > n {
+            return Err(Error::file(
+                path,
+                format!(
+                    "corrupt DICOM: element ({group:04X},{elem:04X}) at byte {start} claims {len} \
+                     bytes, but only {} remain in the file",
+                    n - pos
+                ),
+            ));
+        }
+        if in_meta && (group, elem) == (0x0002, 0x0010) {
+            syntax = String::from_utf8_lossy(&b[pos..pos + len])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        let item_tag: [u8; 4] = if be {
+            [0xFF, 0xFE, 0xE0, 0x00]
+        } else {
+            [0xFE, 0xFF, 0x00, 0xE0]
+        };
+        let sequence = (ex && &vr == b"SQ") || (!ex && b[pos..].starts_with(&item_tag));
+        if !sequence {
+            pos += len;
+        }
+    }
+    Ok(())
+}
+
 /// Reads and checks the image attributes before any pixel data is decoded.
 fn check_attributes(path: &Path, obj: &DefaultDicomObject) -> Result<Attributes> {
     let bad = |m: String| Error::file(path, m);
@@ -162,6 +285,9 @@ pub(super) fn read(path: &Path, opts: &ReadOptions) -> Result<LoadedImage> {
 }
 
 fn read_guarded(path: &Path, opts: &ReadOptions) -> Result<LoadedImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    check_element_lengths(path, &bytes)?;
+    drop(bytes);
     let obj = dicom_object::open_file(path).map_err(|e| {
         Error::file(path, format!("not a readable DICOM file (expected a DICOM part-10 file with the DICM preamble): {e}"))
     })?;

@@ -522,7 +522,9 @@ mod tests {
         let target = dir.path().join("out.npy");
         // A pid that cannot exist (above the kernel's pid_max of 2^22) and our own.
         let dead = dir.path().join(".out.npy.tmp-2147483600-0");
-        let ours = dir.path().join(format!(".out.npy.tmp-{}-999", std::process::id()));
+        let ours = dir
+            .path()
+            .join(format!(".out.npy.tmp-{}-999", std::process::id()));
         let other = dir.path().join(".other.npy.tmp-2147483600-0");
         for p in [&dead, &ours, &other] {
             std::fs::write(p, b"partial").unwrap();
@@ -550,7 +552,11 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "\"old x\"");
         assert!(!b.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temps left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temps left"
+        );
         // Both succeed: both are in place.
         write_together(|| {
             write_json(&a, &"new x")?;

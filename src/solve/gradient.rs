@@ -131,7 +131,10 @@ mod tests {
         let y = ndarray::arr1(&[1.0f32, 2.0, 3.0]).into_dyn();
         let e = gradient_descent(&op, y.view(), None, 10, false, &mut |_, _| {}).unwrap_err();
         assert_eq!(e.kind(), "shape", "{e}");
-        assert!(e.to_string().contains("[3]") && e.to_string().contains("[4]"), "{e}");
+        assert!(
+            e.to_string().contains("[3]") && e.to_string().contains("[4]"),
+            "{e}"
+        );
     }
 
     #[test]
