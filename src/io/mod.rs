@@ -426,6 +426,12 @@ where
             format!("directory {} does not exist", dir.display()),
         ));
     }
+    if path.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a directory, expected a file to write",
+        ));
+    }
     remove_stale_temps(&dir, name);
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let guard = TmpGuard {
@@ -458,6 +464,14 @@ pub fn write_together(writes: impl FnOnce() -> Result<()>) -> Result<()> {
     let staged = STAGED.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
     let mut staged = staged.unwrap_or_default();
     result?;
+    // What could still make a rename fail (a directory put in place meanwhile) is checked
+    // for all targets before the first rename.
+    if let Some(g) = staged.iter().find(|g| g.target.is_dir()) {
+        return Err(Error::file(
+            &g.target,
+            "is a directory, expected a file to write",
+        ));
+    }
     for guard in &mut staged {
         guard.commit()?;
     }

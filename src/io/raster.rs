@@ -35,6 +35,12 @@ fn decode(path: &Path) -> Result<Decoded> {
             format!("cannot decode as {fmt} (truncated or malformed file?): {e}"),
         )
     };
+    if format == Some(ImageFormat::Tiff) {
+        // Before the `image` crate, which refuses float gray TIFFs even for their size.
+        if let Some(gray) = guard::no_panic(path, &fmt, || float_gray_tiff(path, &bytes))? {
+            return Ok(Decoded::FloatGray(gray));
+        }
+    }
     let (w, h) = guard::no_panic(path, &fmt, || {
         reader()?.into_dimensions().map_err(|e| malformed(&e))
     })?;
@@ -42,11 +48,6 @@ fn decode(path: &Path) -> Result<Decoded> {
         &format!("{} ({fmt}, {w} x {h} pixels)", path.display()),
         &[h as usize, w as usize],
     )?;
-    if format == Some(ImageFormat::Tiff) {
-        if let Some(gray) = guard::no_panic(path, &fmt, || float_gray_tiff(path, &bytes))? {
-            return Ok(Decoded::FloatGray(gray));
-        }
-    }
     let mut r = reader()?;
     r.limits(limits());
     let img = guard::no_panic(path, &fmt, || r.decode().map_err(|e| malformed(&e)))?;
@@ -105,14 +106,14 @@ fn float_gray_tiff(path: &Path, bytes: &[u8]) -> Result<Option<Array2<f32>>> {
     use tiff::decoder::{Decoder, DecodingResult};
     let bad = |e: tiff::TiffError| Error::file(path, format!("cannot decode as TIFF: {e}"));
     let mut d = Decoder::new(std::io::Cursor::new(bytes)).map_err(bad)?;
-    let is_float = matches!(
-        d.find_tag(tiff::tags::Tag::SampleFormat),
-        Ok(Some(v)) if v.clone().into_u16().ok() == Some(3)
-    );
-    if !is_float || !matches!(d.colortype().map_err(bad)?, tiff::ColorType::Gray(32 | 64)) {
+    if !matches!(d.colortype().map_err(bad)?, tiff::ColorType::Gray(32 | 64)) {
         return Ok(None);
     }
     let (w, h) = d.dimensions().map_err(bad)?;
+    crate::limits::check_elements(
+        &format!("{} (TIFF, {w} x {h} pixels)", path.display()),
+        &[h as usize, w as usize],
+    )?;
     let cap = crate::limits::max_elements() as usize;
     let mut limits = tiff::decoder::Limits::default();
     limits.decoding_buffer_size = cap.saturating_mul(8);
