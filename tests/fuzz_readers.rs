@@ -6,7 +6,8 @@
 //! An allocation abort or a hang fails the test binary by itself (the process dies or the
 //! test times out), so a green run also means none happened.
 //!
-//! Cases per reader: 48 by default (about 1-10 s per reader in the debug test profile on
+//! The element cap is 2^22 here unless `POSTERIOR_MAX_ELEMENTS` is set (see `set_cap`).
+//! Cases per reader: 256 by default (a few seconds per reader in the debug test profile on
 //! 2 busy cores, well inside the 20 s budget); `POSTERIOR_FUZZ_CASES=N` runs N (e.g. 2000
 //! for a campaign). `POSTERIOR_FUZZ_SEED=S` varies the mutations from run to run (the
 //! default is fixed so CI is reproducible).
@@ -249,7 +250,7 @@ fn cases() -> u32 {
     std::env::var("POSTERIOR_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(48)
+        .unwrap_or(256)
 }
 
 /// Outcome counts of one reader's campaign, printed at the end (`--nocapture`).
@@ -263,6 +264,19 @@ struct Tally {
 
 /// Runs `check` on mutated copies of `seed`; `check` returns `Ok(true)` for a sane read,
 /// `Ok(false)` for a refused input, and `Err(why)` for an insane result. A panic fails.
+/// The element cap the campaign runs under: `POSTERIOR_MAX_ELEMENTS` if set (a campaign at
+/// the default cap sets it to 268435456), else 2^22, so a mutation that claims a size just
+/// under the cap costs milliseconds, not the tens of seconds a 2^28-element image takes to
+/// resample. Set once, before any reader runs (std's environment access is locked).
+fn set_cap() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("POSTERIOR_MAX_ELEMENTS").is_none() {
+            std::env::set_var("POSTERIOR_MAX_ELEMENTS", (1u64 << 22).to_string());
+        }
+    });
+}
+
 fn fuzz(
     name: &str,
     kind: Kind,
@@ -271,6 +285,7 @@ fn fuzz(
     check: impl Fn(&[u8]) -> Result<bool, String>,
 ) {
     quiet_panics();
+    set_cap();
     let fixed = std::env::var("POSTERIOR_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -534,31 +549,31 @@ fn a_nii_gz_with_a_bad_crc_or_length_is_refused() {
     for (what, at) in [("CRC", n - 8), ("length", n - 4)] {
         let mut bad = gz.clone();
         bad[at] ^= 0x01;
-        let e = with_file("x.nii.gz", &bad, |p| io::read_volume(p))
+        let e = with_file("x.nii.gz", &bad, io::read_volume)
             .expect_err(what)
             .to_string();
         assert!(e.contains("CRC or length"), "{what}: {e}");
     }
     // The intact file reads.
-    with_file("x.nii.gz", &gz, |p| io::read_volume(p)).unwrap();
+    with_file("x.nii.gz", &gz, io::read_volume).unwrap();
 }
 
 #[test]
 fn nifti_vox_offset_is_honoured_and_bitpix_checked() {
     let seed = nifti_seed();
-    let good = with_file("x.nii", &seed, |p| io::read_volume(p)).unwrap();
+    let good = with_file("x.nii", &seed, io::read_volume).unwrap();
     // Move the voxels 16 bytes further (vox_offset 352 -> 368, 16 bytes of padding):
     // the same volume must come back.
     let mut moved = seed[..352].to_vec();
     moved[108..112].copy_from_slice(&368f32.to_le_bytes());
     moved.extend_from_slice(&[0u8; 16]);
     moved.extend_from_slice(&seed[352..]);
-    let v = with_file("x.nii", &moved, |p| io::read_volume(p)).unwrap();
+    let v = with_file("x.nii", &moved, io::read_volume).unwrap();
     assert_eq!(v, good);
     // bitpix 16 with datatype float32: refused, naming both.
     let mut bad = seed.clone();
     bad[72..74].copy_from_slice(&16i16.to_le_bytes());
-    let e = with_file("x.nii", &bad, |p| io::read_volume(p))
+    let e = with_file("x.nii", &bad, io::read_volume)
         .unwrap_err()
         .to_string();
     assert!(e.contains("bitpix 16") && e.contains("Float32"), "{e}");

@@ -48,7 +48,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 /// A `.npy` whose header claims `shape` of `descr` followed by `data`.
 fn npy(dir: &Path, name: &str, descr: &str, shape: &str, data: &[u8]) {
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');

@@ -207,7 +207,7 @@ mod tests {
 
     fn npy_with_header(dir: &Path, name: &str, header: &str, data: &[u8]) -> std::path::PathBuf {
         let mut h = header.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');
