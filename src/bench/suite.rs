@@ -370,6 +370,12 @@ impl Suite {
                     crate::limits::check_steps(&format!("method `{}`: {key}", m.name), n)?;
                 }
             }
+            if m.particles.is_some_and(|p| p < 2) {
+                return bad(format!(
+                    "method `{}`: particles must be at least 2 (an SMC ensemble resamples)",
+                    m.name
+                ));
+            }
             for t in &m.tasks {
                 if !self.tasks.iter().any(|x| &x.name == t) {
                     return bad(format!(
