@@ -106,6 +106,7 @@ fn small_config() -> UNetConfig {
         group_norm_groups: 32,
         group_norm_eps: 1e-5,
         num_parameters: None,
+        ..UNetConfig::guided_diffusion_defaults()
     }
 }
 

@@ -23,7 +23,7 @@ import sys
 
 import adm
 
-CARD_FORMAT = "posterior-adm-v1"
+CARD_FORMAT = "posterior-card/2"
 
 # guided-diffusion's script_util.model_and_diffusion_defaults (the model and
 # schedule part), plus in_channels.
@@ -114,7 +114,6 @@ def model_card(flags: dict, model: "adm.UNetModel", dtype: str, source: str | No
     nhu = flags["num_heads_upsample"]
     in_ch = int(flags.get("in_channels", 3))
     adm.named_beta_schedule(flags["noise_schedule"], int(flags["diffusion_steps"]))  # validates
-    learn_sigma = bool(flags["learn_sigma"])
     n_params = sum(p.numel() for p in model.state_dict().values())
     card = {
         "format": CARD_FORMAT,
@@ -146,11 +145,9 @@ def model_card(flags: dict, model: "adm.UNetModel", dtype: str, source: str | No
             "diffusion_steps": int(flags["diffusion_steps"]),
             "noise_schedule": flags["noise_schedule"],
             "timestep_input": "integer step index t in [0, diffusion_steps), fed as float",
-            "output": (
-                "eps in channels [0, C), variance interpolation v in channels [C, 2C) (learned range)"
-                if learn_sigma
-                else "eps"
-            ),
+            # eps in channels [0, C); a learned-sigma model's variance interpolation v in
+            # channels [C, 2C) (architecture.learn_sigma) is not used by the prior.
+            "output": "eps",
         },
         "intensity_range": [-1.0, 1.0],
         "channels": in_ch,

@@ -268,7 +268,7 @@ def test_export_round_trip(tmp_path):
     assert train.main(["--data", str(tmp_path / "d"), "--out", out, *TINY, "--steps", "4", "--sanity-n", "4",
                        "--name", "toy-8"]) == 0
     card = json.load(open(os.path.join(out, "model.json")))
-    assert card["format"] == "posterior-adm-v1" and card["name"] == "toy-8"
+    assert card["format"] == cc.CARD_FORMAT and card["name"] == "toy-8"
     assert card["weights"] == {"file": "model.safetensors", "dtype": "f16"}
     assert card["training"]["steps"] == 4 and card["training"]["final_loss"] > 0
     assert card["training_data"]["name"] == "toy" and card["intensity_range"] == [-1.0, 1.0]

@@ -5,6 +5,7 @@
 //! metrics and the command-line interface.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod figure;

@@ -23,6 +23,15 @@ use crate::error::{Error, Result};
 
 /// Default cap on the number of elements of one array (2^28: 1 GiB of f32).
 pub const DEFAULT_MAX_ELEMENTS: u64 = 1 << 28;
+/// The longest text file read (a sidecar, a card, a suite, a header): 64 MiB.
+pub const MAX_TEXT_BYTES: u64 = 64 << 20;
+
+/// The longest binary file read whole (weights, DICOM, PNG/JPEG/TIFF, BART data): room for
+/// the element cap at 16 bytes an element (complex128) plus 1 MiB of headers.
+pub fn max_file_bytes() -> u64 {
+    max_elements().saturating_mul(16).saturating_add(1 << 20)
+}
+
 /// Default cap on steps or iterations of one run.
 pub const DEFAULT_MAX_STEPS: u64 = 100_000;
 /// The largest magnitude accepted for an input value (image, measurement, header number,

@@ -77,7 +77,7 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
     }
     let side_path = Sidecar::path_for(path);
     let y = io::read_npy(path)?;
-    let text = std::fs::read_to_string(&side_path).map_err(|e| {
+    let text = io::read_text(&side_path).map_err(|e| {
         Error::file(
             &side_path,
             format!(

@@ -306,6 +306,9 @@ fn fuzz(
     let start = std::time::Instant::now();
     let result = runner.run(&mutations(kind), |ms| {
         let bytes = apply(seed, hot, &ms);
+        if std::env::var("POSTERIOR_FUZZ_VERBOSE").as_deref() == Ok("2") {
+            println!("  case: {ms:?}");
+        }
         let t0 = std::time::Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| check(&bytes)));
         {
@@ -699,6 +702,93 @@ fn fuzz_safetensors() {
     fuzz("safetensors file", Kind::Binary, &seed, 8 + n, |b| {
         check(b.to_vec())
     });
+}
+
+/// Reads a PyTorch checkpoint and every tensor in it.
+fn read_pt(b: &[u8]) -> Result<bool, String> {
+    use posterior::checkpoint::TensorSource;
+    with_file(
+        "x.pt",
+        b,
+        |p| match posterior::checkpoint::StateDict::read_pt(p, None) {
+            Ok(sd) => {
+                for name in sd.tensor_names() {
+                    let n = sd
+                        .tensor_shape(&name)
+                        .map_or(0, |s| s.iter().product::<usize>());
+                    if n > cap() {
+                        return Err(format!("tensor `{name}` of {n} elements"));
+                    }
+                    if let Ok(v) = sd.tensor_f32(&name) {
+                        if v.len() != n {
+                            return Err(format!("tensor `{name}`: {} values for {n}", v.len()));
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) => refused(e),
+        },
+    )
+}
+
+#[test]
+fn fuzz_pytorch_checkpoint() {
+    for name in ["ckpt/views/views.pt", "ckpt/views/views_deflated.pt"] {
+        let seed = std::fs::read(data(name)).unwrap();
+        assert!(read_pt(&seed).unwrap(), "{name} reads");
+        // Hot region: the whole (small) archive, pickle and central directory included.
+        fuzz(
+            &format!("pt {name}"),
+            Kind::Binary,
+            &seed,
+            seed.len(),
+            read_pt,
+        );
+    }
+}
+
+/// A diffusers directory with `config.json` (`which` = 0) or `scheduler_config.json`
+/// (`which` = 1) replaced, opened as a prior.
+fn open_diffusers(which: usize, text: &[u8]) -> Result<bool, String> {
+    let src = data("ckpt/diffusers");
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "scheduler_config.json",
+        "diffusion_pytorch_model.safetensors",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let name = ["config.json", "scheduler_config.json"][which];
+    std::fs::write(dir.path().join(name), text).unwrap();
+    match posterior::prior::NetworkPrior::open(&dir.path().to_string_lossy()) {
+        Ok(p) => {
+            let c = p.card();
+            posterior::limits::check_elements(
+                "card",
+                &[c.channels, c.resolution[0], c.resolution[1]],
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Err(e) => refused(e),
+    }
+}
+
+#[test]
+fn fuzz_diffusers_configs() {
+    for (which, name) in ["config.json", "scheduler_config.json"].iter().enumerate() {
+        let seed = std::fs::read(data("ckpt/diffusers").join(name)).unwrap();
+        assert!(open_diffusers(which, &seed).unwrap(), "the fixture opens");
+        fuzz(
+            &format!("diffusers {name}"),
+            Kind::Text,
+            &seed,
+            seed.len(),
+            |b| open_diffusers(which, b),
+        );
+    }
 }
 
 /// A prior directory with the card's text replaced (the weights are those of the fixture).

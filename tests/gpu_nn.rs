@@ -648,7 +648,7 @@ fn ffhq256_hash_weights_match_pytorch_and_the_cpu() {
     let Some(g) = gpu() else { return };
     let dir = fixture("ffhq256_hash");
     let card = posterior::prior::ModelCard::read(&dir.join("model.json")).unwrap();
-    let unet = UNet::build(card.architecture.clone(), &mut HashWeights).unwrap();
+    let unet = UNet::build(card.architecture.unet_config().unwrap(), &mut HashWeights).unwrap();
     let gu = GpuUNet::from_cpu(g.clone(), &unet).unwrap();
     let (n, s) = (2usize, 256usize);
     let x = Array4::from_shape_vec((n, 3, s, s), hash_unit("input.x", n * 3 * s * s)).unwrap();

@@ -280,6 +280,11 @@ fn make_inputs(d: &Path) {
     prior_dir(d, "card_steps", |v| {
         v["schedule"]["diffusion_steps"] = serde_json::json!(1000000000u64)
     });
+    // Weights that are a device: read whole, they would never end.
+    prior_dir(d, "card_dev_zero", |v| {
+        v["weights"]["file"] = serde_json::json!("zero.safetensors")
+    });
+    std::os::unix::fs::symlink("/dev/zero", d.join("card_dev_zero/zero.safetensors")).unwrap();
     // Suites.
     suite(d, "suite_huge.toml", "1000000");
 }
@@ -670,6 +675,30 @@ fn table() -> Vec<Row> {
                 "x.npy",
             ],
             "shape",
+        ),
+        row(
+            "card weights file a link to /dev/zero",
+            &[
+                "reconstruct",
+                "blur.npy",
+                "--sampler",
+                "dps",
+                "--prior",
+                "card_dev_zero",
+                "--out",
+                "x.npy",
+            ],
+            "not a regular file",
+        ),
+        row(
+            "suite /dev/zero",
+            &["bench", "/dev/zero", "--check"],
+            "not a regular file",
+        ),
+        row(
+            "image /dev/zero",
+            &["degrade", "/dev/zero", "--op", "blur", "--out", "y.npy"],
+            "not a regular file",
         ),
         row(
             "fbp on a blur measurement",

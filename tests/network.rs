@@ -125,7 +125,7 @@ fn ffhq256_configuration_has_the_checkpoint_parameter_count() {
 fn ffhq256_hash_weights_match_pytorch() {
     let dir = fixture("ffhq256_hash");
     let card = ModelCard::read(&dir.join("model.json")).unwrap();
-    let unet = UNet::build(card.architecture.clone(), &mut HashWeights).unwrap();
+    let unet = UNet::build(card.architecture.unet_config().unwrap(), &mut HashWeights).unwrap();
     let (n, s) = (2usize, 256usize);
     let x = Array4::from_shape_vec((n, 3, s, s), hash_unit("input.x", n * 3 * s * s)).unwrap();
     let v = Array4::from_shape_vec((n, 6, s, s), hash_unit("input.v", n * 6 * s * s)).unwrap();

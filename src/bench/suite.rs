@@ -242,8 +242,7 @@ impl SuiteFile {
     /// Reads and parses a suite file (syntax and field names; [`super::plan`] checks the
     /// rest before any work).
     pub fn read(path: &Path) -> Result<SuiteFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::file(path, format!("cannot read the suite file: {e}")))?;
+        let text = crate::io::read_text(path)?;
         let suite = Self::parse(&text).map_err(|e| Error::file(path, e))?;
         Ok(SuiteFile {
             suite,

@@ -5,7 +5,8 @@
 //! (`t = (N + 1) / T`); `--t T` takes a continuous time in `[0, 1]` on the prior's path.
 //! Without `--raw` the output is Tweedie's estimate `x0 = (x_t - s eps) / a` in the prior's
 //! units; with `--raw` it is the network's own output (eps, then the variance channels of a
-//! learned-sigma model), for comparison with guided-diffusion directly. The computation is
+//! learned-sigma model; for an EDM network its `F` at the noise label `c_noise`, input
+//! unscaled), for comparison with the reference implementation directly. The computation is
 //! deterministic: the same call gives identical results run to run.
 
 use ndarray::{ArrayD, Ix4};
@@ -61,9 +62,14 @@ pub fn run(a: &DenoiseArgs) -> Result<()> {
             format!("holds a non-finite value at flat index {i}"),
         ));
     }
-    let big_t = prior.card().schedule.diffusion_steps as f64;
     let t = match (a.step, a.t) {
         (Some(n), None) => {
+            let big_t = prior.diffusion_steps().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--step: {} takes continuous noise levels, not discrete steps; give --t",
+                    info.name
+                ))
+            })? as f64;
             if !(n.is_finite() && n >= 0.0 && n <= big_t - 1.0) {
                 return Err(Error::Invalid(format!(
                     "--step must lie in [0, {}], got {n}",
@@ -91,7 +97,7 @@ pub fn run(a: &DenoiseArgs) -> Result<()> {
     let out: ArrayD<f32> = if a.raw {
         let steps = match a.step {
             Some(s) => vec![s as f32; n],
-            None => vec![prior.step_for_time(t as f32); n],
+            None => vec![prior.noise_label(t as f32); n],
         };
         let x4 = batched
             .view()
@@ -109,10 +115,10 @@ pub fn run(a: &DenoiseArgs) -> Result<()> {
     crate::io::write_npy(&a.out, out.view())?;
     let (alpha, sigma) = prior.schedule().coeffs(t);
     println!(
-        "{}: {} of {n} image(s) at t = {t:.4} (step {:.1}, a = {alpha:.4}, s = {sigma:.4}) in {:.2} s; wrote {}",
+        "{}: {} of {n} image(s) at t = {t:.4} (network label {:.4}, a = {alpha:.4}, s = {sigma:.4}) in {:.2} s; wrote {}",
         info.name,
         if a.raw { "raw network output" } else { "Tweedie estimate x0" },
-        prior.step_for_time(t as f32),
+        prior.noise_label(t as f32),
         start.elapsed().as_secs_f64(),
         a.out.display()
     );

@@ -1,5 +1,5 @@
 //! The command-line interface: `posterior degrade`, `reconstruct`, `ops`, `demo`, `sample`,
-//! `denoise`.
+//! `denoise`, `import`.
 //!
 //! Each subcommand is a thin layer over the library: it parses arguments, calls the
 //! library, prints results, and turns errors into a message and a non-zero exit (in
@@ -16,6 +16,7 @@ mod calibrate;
 mod degrade;
 mod demo;
 mod denoise;
+mod import;
 mod ops;
 mod priors;
 mod progress;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Run a network prior once on a noisy input and write its Tweedie estimate (or, with
     /// --raw, the network's own output).
     Denoise(DenoiseArgs),
+    /// Turn a checkpoint into a prior directory without Python: a guided-diffusion or EDM
+    /// PyTorch state dict (.pt) or a diffusers UNet2DModel directory.
+    Import(Box<import::ImportArgs>),
     /// Measure a prior's denoising error per time on held-out images and write FLAIR's
     /// regulariser table (put it in the prior's directory as calibration.json).
     Calibrate(CalibrateArgs),
@@ -308,6 +312,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Denoise(a) => denoise::run(&a),
         Command::Priors { json } => priors::run(json),
         Command::Calibrate(a) => calibrate::run(&a),
+        Command::Import(a) => import::run(&a),
         Command::Bench(a) => bench::run(&a),
     }
 }

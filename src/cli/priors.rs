@@ -54,7 +54,7 @@ pub fn entries() -> Vec<PriorEntry> {
                         resolution: card.resolution,
                         channels: card.channels,
                         range: card.intensity_range,
-                        parameters: card.architecture.num_parameters,
+                        parameters: card.declared_parameters(),
                         size_bytes,
                         path,
                         problem: None,

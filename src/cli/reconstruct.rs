@@ -202,7 +202,11 @@ fn run_sampler(a: &ReconstructArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_prior_for(family).to_string());
     let mut prior = NetworkPrior::open(&prior_name)?;
-    prior.use_backend(&backend)?;
+    match prior.use_backend(&backend) {
+        // `auto` keeps a prior the GPU path does not compute on the CPU.
+        Err(Error::Unsupported(_)) if a.device == "auto" => {}
+        other => other?,
+    }
     let prior_label = prior.info().name.clone();
     let prior_range = prior.info().range;
     let noise = parse_noise(&side.noise)?;

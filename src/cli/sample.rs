@@ -121,8 +121,7 @@ pub fn parse_gmm_spec(text: &str) -> Result<Gmm> {
 /// Reads a mixture from JSON: `weights`, `means` (lists of D numbers), `covariances` (lists of
 /// D*D numbers row-major, or of D numbers for diagonal ones), optional `path`.
 pub fn read_gmm_json(path: &Path) -> Result<Gmm> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::file(path, format!("could not read: {e}")))?;
+    let text = crate::io::read_text(path)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
     let nums = |v: &serde_json::Value, what: &str| -> Result<Vec<f64>> {

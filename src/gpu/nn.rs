@@ -342,7 +342,7 @@ impl Nn {
     /// guided-diffusion's sinusoidal embedding `(N,) -> (N, dim)` with `max_period`; the
     /// frequencies are computed on the host exactly as [`crate::nn::timestep_embedding`].
     pub fn timestep_embedding(&self, t: &[f32], dim: usize, max_period: f32) -> Result<GpuTensor> {
-        let freqs = crate::nn::embed::timestep_frequencies(dim, max_period);
+        let freqs = crate::nn::embed::timestep_frequencies(dim, max_period, 0.0);
         let fd = self.gpu.upload(&freqs)?;
         self.timestep_embedding_with_freqs(t, &fd, dim)
     }

@@ -488,6 +488,7 @@ impl<'n> GpuNetwork<'n> {
     /// A CPU [`NetworkPrior`]'s network on `gpu`: its device copy when the prior already
     /// runs on the GPU ([`NetworkPrior::use_backend`]), else a fresh upload.
     pub fn from_prior(gpu: &Arc<Gpu>, prior: &'n NetworkPrior) -> Result<GpuNetwork<'n>> {
+        prior.check_gpu()?;
         let net = match prior.gpu_unet() {
             Some(n) => NetRef::Borrowed(n),
             None => NetRef::Owned(Box::new(GpuUNet::from_cpu(gpu.clone(), prior.unet())?)),

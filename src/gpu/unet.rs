@@ -142,10 +142,7 @@ impl GpuUNet {
         let (inp, mid, out, skips) = net.blocks();
         let (on, oc) = net.out_layers();
         let cfg = net.config();
-        let freqs = g.upload(&crate::nn::embed::timestep_frequencies(
-            cfg.model_channels,
-            10000.0,
-        ))?;
+        let freqs = g.upload(&cfg.time_frequencies())?;
         Ok(GpuUNet {
             freqs,
             time_in: GpuLinear::from_cpu(&g, ti)?,

@@ -79,8 +79,7 @@ pub fn read_cfl(path: &Path) -> Result<ArrayD<Complex32>> {
             format!("a BART header of {hdr_len} bytes; expected a short text file (at most {MAX_HDR_BYTES} bytes)"),
         ));
     }
-    let text = std::fs::read_to_string(&hdr)
-        .map_err(|e| Error::file(&hdr, format!("cannot read BART header: {e}")))?;
+    let text = super::read_text(&hdr)?;
     let mut dims = parse_hdr(&hdr, &text)?;
     let n = crate::limits::check_elements(&format!("{} (BART array)", hdr.display()), &dims)?;
     let bytes = n.saturating_mul(8);
@@ -96,7 +95,7 @@ pub fn read_cfl(path: &Path) -> Result<ArrayD<Complex32>> {
             ),
         ));
     }
-    let raw = std::fs::read(&cfl).map_err(|e| Error::file(&cfl, format!("cannot read: {e}")))?;
+    let raw = super::read_bytes(&cfl, bytes)?;
     if raw.len() as u64 != bytes {
         return Err(Error::file(&cfl, "changed size while being read"));
     }

@@ -285,7 +285,7 @@ pub(super) fn read(path: &Path, opts: &ReadOptions) -> Result<LoadedImage> {
 }
 
 fn read_guarded(path: &Path, opts: &ReadOptions) -> Result<LoadedImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = super::read_bytes(path, crate::limits::max_file_bytes())?;
     check_element_lengths(path, &bytes)?;
     drop(bytes);
     let obj = dicom_object::open_file(path).map_err(|e| {

@@ -185,16 +185,60 @@ fn has_dicom_preamble(path: &Path) -> bool {
     }
 }
 
-/// Fails with a clear message when the file does not exist or is not a regular file.
+/// Fails with a clear message when the file does not exist or is not a regular file (a
+/// directory, or a device such as `/dev/zero`, which would be read forever).
 fn check_exists(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(Error::file(path, "is a directory, expected a file")),
+        Ok(m) if !m.is_file() => Err(Error::file(
+            path,
+            "is not a regular file (a device, pipe or socket); expected a file",
+        )),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(Error::file(path, "no such file"))
         }
         Err(e) => Err(Error::file(path, format!("cannot be read: {e}"))),
     }
+}
+
+/// Reads a whole file after checking that it is a regular file of at most `limit` bytes
+/// (see [`crate::limits::max_file_bytes`] and [`crate::limits::MAX_TEXT_BYTES`]), so neither
+/// a device such as `/dev/zero` nor a file grown huge is read into memory.
+pub fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    check_exists(path)?;
+    let f =
+        std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > limit {
+        return Err(Error::TooLarge(format!(
+            "{}: {len} bytes, over the {limit} this reader takes (raise POSTERIOR_MAX_ELEMENTS \
+             for larger data)",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|_| Error::TooLarge(format!("{}: cannot allocate {len} bytes", path.display())))?;
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::TooLarge(format!(
+            "{}: grew past {limit} bytes while being read",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads a UTF-8 text file (a sidecar, a card, a suite, a header) of at most
+/// [`crate::limits::MAX_TEXT_BYTES`], checked as [`read_bytes`] does.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = read_bytes(path, crate::limits::MAX_TEXT_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| Error::file(path, "is not UTF-8 text"))
 }
 
 /// Errors naming the file and the number of non-finite values, if any, or of values too

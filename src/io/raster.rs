@@ -19,7 +19,7 @@ enum Decoded {
 /// [`image::Limits`] on the decoder's allocations: a small PNG that claims 20000 x 20000
 /// pixels is refused before it is inflated) and, for JPEG, that the file is complete.
 fn decode(path: &Path) -> Result<Decoded> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    let bytes = super::read_bytes(path, crate::limits::max_file_bytes())?;
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
             .with_guessed_format()

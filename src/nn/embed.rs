@@ -9,26 +9,47 @@ use ndarray::Array2;
 /// `exp`), so the values agree with guided-diffusion's to f32 rounding of cos/sin.
 /// guided-diffusion uses `max_period = 10000`. Timesteps may be fractional.
 pub fn timestep_embedding(timesteps: &[f32], dim: usize, max_period: f32) -> Array2<f32> {
+    sinusoidal_embedding(
+        timesteps,
+        dim,
+        &timestep_frequencies(dim, max_period, 0.0),
+        true,
+    )
+}
+
+/// `(N,) timesteps -> (N, dim)`: `[cos(t f), sin(t f)]` (`cos_first`) or `[sin, cos]` over
+/// the `dim / 2` frequencies `freqs`, plus a zero column when `dim` is odd. The general form
+/// of guided-diffusion's, diffusers' (`flip_sin_to_cos` is `cos_first`) and EDM's
+/// positional embeddings.
+pub fn sinusoidal_embedding(
+    timesteps: &[f32],
+    dim: usize,
+    freqs: &[f32],
+    cos_first: bool,
+) -> Array2<f32> {
     let half = dim / 2;
-    let freqs = timestep_frequencies(dim, max_period);
+    debug_assert_eq!(freqs.len(), half);
+    let (c0, s0) = if cos_first { (0, half) } else { (half, 0) };
     let mut out = Array2::zeros((timesteps.len(), dim));
     for (n, &t) in timesteps.iter().enumerate() {
         for (i, &f) in freqs.iter().enumerate() {
             let a = t * f;
-            out[[n, i]] = a.cos();
-            out[[n, half + i]] = a.sin();
+            out[[n, c0 + i]] = a.cos();
+            out[[n, s0 + i]] = a.sin();
         }
     }
     out
 }
 
-/// The `dim / 2` frequencies of [`timestep_embedding`] (shared with the GPU twin, so both
-/// devices use the same values).
-pub(crate) fn timestep_frequencies(dim: usize, max_period: f32) -> Vec<f32> {
+/// The `dim / 2` frequencies `exp(-ln(max_period) i / (dim / 2 - shift))` (diffusers'
+/// `downscale_freq_shift`; guided-diffusion's is 0, EDM's `endpoint=True` is 1), in
+/// PyTorch's f32 order of operations (shared with the GPU twin, so both devices use the
+/// same values).
+pub(crate) fn timestep_frequencies(dim: usize, max_period: f32, shift: f32) -> Vec<f32> {
     let half = dim / 2;
     let neg_log = -(max_period as f64).ln() as f32;
     (0..half)
-        .map(|i| ((neg_log * i as f32) / half as f32).exp())
+        .map(|i| ((neg_log * i as f32) / (half as f32 - shift)).exp())
         .collect()
 }
 

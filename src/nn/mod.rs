@@ -17,9 +17,12 @@
 pub mod act;
 pub mod attention;
 pub mod conv;
+pub mod diffusers;
+pub mod edm;
 pub mod embed;
 pub mod gemm;
 pub mod hash;
+pub(crate) mod layout;
 pub mod linear;
 pub mod memory;
 pub mod norm;

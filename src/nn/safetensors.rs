@@ -102,7 +102,7 @@ fn check_disjoint(path: &Path, tensors: &BTreeMap<String, TensorInfo>) -> Result
 impl SafeTensors {
     /// Reads and validates `path`.
     pub fn read(path: &Path) -> Result<SafeTensors> {
-        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+        let bytes = crate::io::read_bytes(path, crate::limits::max_file_bytes())?;
         Self::parse(path, bytes)
     }
 

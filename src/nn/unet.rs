@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::nn::{
-    avg_pool2x, avg_pool2x_vjp, silu, silu_vjp, timestep_embedding, upsample_nearest2x,
+    avg_pool2x, avg_pool2x_vjp, embed::sinusoidal_embedding, silu, silu_vjp, upsample_nearest2x,
     upsample_nearest2x_vjp, AttentionBlock, Conv2d, GroupNorm, Linear, ResBlock, UpDown,
 };
 
@@ -70,6 +70,34 @@ pub struct UNetConfig {
     /// The parameter count a model card declares (checked against the weights at load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_parameters: Option<usize>,
+    // The options below generalise guided-diffusion's U-Net to the networks that share its
+    // block structure (diffusers' `UNet2DModel`, EDM's `DhariwalUNet`); their defaults are
+    // guided-diffusion's, and cards leave them out.
+    /// Width of the timestep embedding after `time_embed` (default `4 model_channels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_embed_dim: Option<usize>,
+    /// Cosines before sines in the sinusoidal embedding (diffusers' name; guided-diffusion:
+    /// true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub flip_sin_to_cos: bool,
+    /// Frequencies `exp(-ln(10000) i / (half - freq_shift))` (diffusers' name; 0 here).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub freq_shift: f64,
+    /// EDM's GroupNorm rule: `min(group_norm_groups, channels / this)` groups per layer
+    /// (none: `group_norm_groups` everywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_norm_min_channels: Option<usize>,
+    /// Whether the middle block has its attention layer (EDM drops it when the widest level
+    /// has fewer channels than one head).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub middle_attention: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_true() -> bool {
@@ -111,7 +139,63 @@ impl UNetConfig {
             group_norm_groups: 32,
             group_norm_eps: 1e-5,
             num_parameters: Some(93_563_910),
+            ..UNetConfig::guided_diffusion_defaults()
         }
+    }
+
+    /// The generalising options at guided-diffusion's values (used to fill configurations
+    /// built in code with `..`).
+    pub fn guided_diffusion_defaults() -> UNetConfig {
+        UNetConfig {
+            image_size: 0,
+            in_channels: 0,
+            model_channels: 0,
+            out_channels: 0,
+            num_res_blocks: 0,
+            attention_resolutions: Vec::new(),
+            channel_mult: Vec::new(),
+            num_heads: 1,
+            num_head_channels: -1,
+            num_heads_upsample: 1,
+            use_scale_shift_norm: false,
+            resblock_updown: false,
+            use_new_attention_order: false,
+            conv_resample: true,
+            num_classes: None,
+            learn_sigma: false,
+            group_norm_groups: 32,
+            group_norm_eps: 1e-5,
+            num_parameters: None,
+            time_embed_dim: None,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            group_norm_min_channels: None,
+            middle_attention: true,
+        }
+    }
+
+    /// Width of the timestep embedding after `time_embed`.
+    pub fn embed_dim(&self) -> usize {
+        self.time_embed_dim.unwrap_or(4 * self.model_channels)
+    }
+
+    /// The sinusoidal embedding's frequencies (`model_channels / 2` of them).
+    pub fn time_frequencies(&self) -> Vec<f32> {
+        crate::nn::embed::timestep_frequencies(self.model_channels, 10000.0, self.freq_shift as f32)
+    }
+
+    /// GroupNorm groups of a layer over `c` channels.
+    pub fn groups_for(&self, c: usize) -> usize {
+        match self.group_norm_min_channels {
+            Some(m) if m > 0 => self.group_norm_groups.min(c / m),
+            _ => self.group_norm_groups,
+        }
+    }
+
+    /// Whether the GPU twin computes this configuration (it has guided-diffusion's cosine-
+    /// first embedding only).
+    pub fn runs_on_gpu(&self) -> bool {
+        self.flip_sin_to_cos
     }
 
     /// Channels of level `l`.
@@ -159,6 +243,30 @@ impl UNetConfig {
                 "unet: channel_mult must be non-empty and in/out channels >= 1".into(),
             ));
         }
+        // Sizes a config could claim, capped before any layer list or weight is made (a
+        // `layers_per_block` of 2^32 would otherwise size the layer plan).
+        const MAX_RES_BLOCKS: usize = 64;
+        const MAX_LEVELS: usize = 16;
+        if self.num_res_blocks > MAX_RES_BLOCKS || self.channel_mult.len() > MAX_LEVELS {
+            return Err(Error::TooLarge(format!(
+                "unet: {} res blocks per level and {} levels; at most {MAX_RES_BLOCKS} and \
+                 {MAX_LEVELS} are read (published networks use up to 3 and 6)",
+                self.num_res_blocks,
+                self.channel_mult.len()
+            )));
+        }
+        for &m in &self.channel_mult {
+            let c = self.level_channels(m)?;
+            crate::limits::check_elements("unet: a 3x3 convolution's weights", &[c, c, 3, 3])?;
+        }
+        crate::limits::check_elements(
+            "unet: the input convolution",
+            &[self.model_channels, self.in_channels, 3, 3],
+        )?;
+        crate::limits::check_elements(
+            "unet: the output convolution",
+            &[self.out_channels, self.model_channels, 3, 3],
+        )?;
         if self.num_classes.is_some() {
             return Err(invalid(
                 "unet: class-conditional models (num_classes) are not supported; use an unconditional checkpoint".into(),
@@ -175,14 +283,23 @@ impl UNetConfig {
                 self.out_channels, self.in_channels, self.learn_sigma
             )));
         }
-        let g = self.group_norm_groups;
         for &m in &self.channel_mult {
             let c = self.level_channels(m)?;
+            let g = self.groups_for(c);
             if g == 0 || c % g != 0 {
                 return Err(invalid(format!(
                     "unet: level width {c} is not divisible by the {g} GroupNorm groups"
                 )));
             }
+        }
+        if !(self.freq_shift.is_finite() && (self.freq_shift as usize) < self.model_channels / 2) {
+            return Err(invalid(format!(
+                "unet: freq_shift {} must be below half the embedding width {}",
+                self.freq_shift, self.model_channels
+            )));
+        }
+        if self.embed_dim() == 0 {
+            return Err(invalid("unet: time_embed_dim must be >= 1".into()));
         }
         if !self.model_channels.is_multiple_of(2) {
             return Err(invalid(format!(
@@ -383,14 +500,14 @@ impl Builder<'_> {
         let w = self.src.take(&format!("{key}.weight"), &[c])?;
         let b = self.src.take(&format!("{key}.bias"), &[c])?;
         GroupNorm::new(
-            self.cfg.group_norm_groups,
+            self.cfg.groups_for(c),
             self.cfg.group_norm_eps as f32,
             Array1::from(w),
             Array1::from(b),
         )
     }
     fn res(&mut self, key: &str, c: usize, o: usize, updown: UpDown) -> Result<ResBlock> {
-        let e = 4 * self.cfg.model_channels;
+        let e = self.cfg.embed_dim();
         let ss = self.cfg.use_scale_shift_norm;
         let in_norm = self.norm(&format!("{key}.in_layers.0"), c)?;
         let in_conv = self.conv(&format!("{key}.in_layers.2"), o, c, 3, 1)?;
@@ -458,8 +575,9 @@ impl UNet {
         let cfg = config.clone();
         let mc = cfg.model_channels;
         let mut b = Builder { src, cfg: &cfg };
-        let time_in = b.linear("time_embed.0", 4 * mc, mc)?;
-        let time_out = b.linear("time_embed.2", 4 * mc, 4 * mc)?;
+        let e = cfg.embed_dim();
+        let time_in = b.linear("time_embed.0", e, mc)?;
+        let time_out = b.linear("time_embed.2", e, e)?;
         let mut ch = cfg.level_channels(cfg.channel_mult[0])?;
         let input_ch = ch;
         let mut input_blocks = vec![vec![Layer::Conv(b.conv(
@@ -494,11 +612,25 @@ impl UNet {
                 ds *= 2;
             }
         }
-        let middle = vec![
-            Layer::Res(Box::new(b.res("middle_block.0", ch, ch, UpDown::None)?)),
-            Layer::Attn(Box::new(b.attn("middle_block.1", ch, false)?)),
-            Layer::Res(Box::new(b.res("middle_block.2", ch, ch, UpDown::None)?)),
-        ];
+        let mut middle = vec![Layer::Res(Box::new(b.res(
+            "middle_block.0",
+            ch,
+            ch,
+            UpDown::None,
+        )?))];
+        if cfg.middle_attention {
+            middle.push(Layer::Attn(Box::new(b.attn(
+                "middle_block.1",
+                ch,
+                false,
+            )?)));
+        }
+        middle.push(Layer::Res(Box::new(b.res(
+            "middle_block.2",
+            ch,
+            ch,
+            UpDown::None,
+        )?)));
         let mut output_blocks = Vec::new();
         let mut pending = skip_channels.clone();
         for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
@@ -571,9 +703,15 @@ impl UNet {
         &self.config
     }
 
-    /// The timestep embedding after `time_embed`: `(N, 4 model_channels)`.
+    /// The timestep embedding after `time_embed`: `(N, embed_dim)`.
     pub fn embed_time(&self, timesteps: &[f32]) -> Result<Array2<f32>> {
-        let t = timestep_embedding(timesteps, self.config.model_channels, 10000.0);
+        let c = &self.config;
+        let t = sinusoidal_embedding(
+            timesteps,
+            c.model_channels,
+            &c.time_frequencies(),
+            c.flip_sin_to_cos,
+        );
         let h = self.time_in.forward(t.view())?;
         let h = silu(h.into_dyn().view());
         let h = h

@@ -1,30 +1,44 @@
-//! A pretrained network as a prior: the prior directory format (`model.safetensors` +
-//! `model.json`, format `posterior-adm-v1`, written by `notebooks/convert_checkpoint.py`
-//! and the training scripts) and [`NetworkPrior`], the [`Denoiser`] built on guided-diffusion's
-//! U-Net.
+//! A pretrained network as a prior: the prior directory (`model.json` card + weights, see
+//! [`super::card`]; or a diffusers `UNet2DModel` directory, read as it is) and
+//! [`NetworkPrior`], the [`Denoiser`] built on the U-Net engine of [`crate::nn::unet`].
 //!
-//! Time convention: the network takes guided-diffusion's step index `n` in `[0, T)` (as a
-//! float); on the continuous path of [`Schedule`] step `n` sits at `t = (n + 1) / T`, so
-//! a query at time `t` feeds `n = t T - 1`, clamped to `[0, T - 1]` (times below `1/T`,
-//! where the discrete model was never trained, use step 0). The network predicts `eps`
-//! (the first `C` output channels; a learned-sigma model's variance channels are ignored
-//! by the denoiser and available through [`NetworkPrior::raw`]), and Tweedie's estimate is
-//! `x0 = (x_t - s(t) eps) / a(t)`, unclipped (clipping to the intensity range would make
-//! the VJP inexact; samplers may clip).
+//! Every supported network is queried through one form: at time `t` on the prior's path,
+//! with `(a, s)` its coefficients, the network `F` is evaluated at `c_in x` with noise label
+//! `c_noise`, and Tweedie's estimate is `x0 = c_x x + c_out F[:C]` (unclipped: clipping to
+//! the intensity range would make the VJP inexact; samplers may clip). Per
+//! `schedule.kind`:
+//! - `vp-discrete` (guided-diffusion, diffusers): `c_in = 1`; the label is the discrete step
+//!   `n = t T - 1` clamped to `[0, T - 1]` (step `n` of the official code sits at
+//!   `t = (n + 1) / T`; times below `1/T`, where the discrete model was never trained, use
+//!   step 0); eps: `x0 = (x - s eps) / a`; x0: `x0 = F`; v: `x0 = a x - s v`. A learned-sigma
+//!   model's variance channels are ignored by the denoiser and available through
+//!   [`NetworkPrior::raw`].
+//! - `edm`, `vp-precond`, `ve-precond` (EDM): the network is EDM's preconditioned
+//!   `D(x~; sigma) = c_skip x~ + c_out F(c_in x~, c_noise)` at `sigma = s / a` and
+//!   `x~ = x / a` (the VE form of the same point), with `EDMPrecond`'s, `VPPrecond`'s or
+//!   `VEPrecond`'s coefficients; `sigma` is floored at the schedule's `sigma_min` for the
+//!   logarithmic labels (EDM, VE), where a sampler on another path asks at `s = 0`.
+//!
+//! The VJP is `v^T dx0/dx = c_x v + c_in J_F^T (c_out v)`, exact through the network.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use ndarray::{s, ArrayD, ArrayView4, ArrayViewD, Axis, Ix4};
-use serde::{Deserialize, Serialize};
 
+use super::card::{Architecture, Output, ScheduleCard, ScheduleKind, WeightsCard};
 use super::denoiser::{check_batch, Denoiser, PriorInfo, Pullback};
 use super::schedule::Schedule;
+use crate::checkpoint::{open_weights, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::unet::{GpuUNet, GpuUNetTape};
 use crate::gpu::{Backend, GpuTensor};
-use crate::nn::safetensors::{Dtype, SafeTensors};
-use crate::nn::unet::{ParamSource, UNet, UNetConfig, UNetTape};
+use crate::nn::diffusers::{DiffusersNaming, DiffusersUNetConfig};
+use crate::nn::edm::{check_resample_filters, EdmNaming};
+use crate::nn::layout::Renamed;
+use crate::nn::safetensors::SafeTensors;
+use crate::nn::unet::{UNet, UNetTape};
+
+pub use super::card::{ModelCard, CARD_FILE, CARD_FORMAT, CARD_FORMAT_V1};
 
 /// The activation tape of one forward pass, on the device that ran it.
 enum Tape<'a> {
@@ -35,44 +49,6 @@ enum Tape<'a> {
 /// The calibration table's file name inside a prior directory (`posterior calibrate`).
 pub const CALIBRATION_FILE: &str = "calibration.json";
 
-/// The format tag of a prior directory's model card.
-pub const CARD_FORMAT: &str = "posterior-adm-v1";
-/// The card's file name inside a prior directory.
-pub const CARD_FILE: &str = "model.json";
-
-/// The diffusion the network was trained for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleCard {
-    pub diffusion_steps: usize,
-    /// `linear` (betas `1e-4 s .. 0.02 s`, `s = 1000 / T`) or `cosine`.
-    pub noise_schedule: String,
-}
-
-/// Where the weights are and how they are stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WeightsCard {
-    /// The safetensors file, relative to the directory (`null` for generated test weights).
-    pub file: Option<String>,
-    /// `f32` or `f16` (optional; checked against the file when present).
-    #[serde(default)]
-    pub dtype: Option<String>,
-}
-
-/// A prior directory's `model.json` (the fields the engine uses; the rest, such as training
-/// data and figures, is kept in `extra` and shown by `posterior priors`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelCard {
-    pub format: String,
-    pub architecture: UNetConfig,
-    pub schedule: ScheduleCard,
-    pub intensity_range: [f32; 2],
-    pub channels: usize,
-    pub resolution: [usize; 2],
-    pub weights: WeightsCard,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
 fn file_err(path: &Path, message: impl Into<String>) -> Error {
     Error::File {
         path: path.to_path_buf(),
@@ -80,172 +56,263 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-impl ModelCard {
-    /// Reads and checks `model.json` (format tag, self-consistency).
-    pub fn read(path: &Path) -> Result<ModelCard> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| file_err(path, format!("cannot read the model card: {e}")))?;
-        let card: ModelCard = serde_json::from_str(&text)
-            .map_err(|e| file_err(path, format!("not a valid model card: {e}")))?;
-        if card.format != CARD_FORMAT {
-            return Err(file_err(
-                path,
-                format!(
-                    "model card format `{}` is not supported (expected `{CARD_FORMAT}`)",
-                    card.format
-                ),
-            ));
-        }
-        card.check().map_err(|e| file_err(path, e.to_string()))?;
-        Ok(card)
+/// Checks a safetensors file's element type against the card's `weights.dtype`.
+fn check_dtype(card: &ModelCard, path: &Path) -> Result<()> {
+    let Some(want) = card.weights.dtype.as_deref() else {
+        return Ok(());
+    };
+    if crate::io::extension(path) != "safetensors" {
+        return Ok(());
     }
-
-    /// The card's fields agree with each other.
-    pub fn check(&self) -> Result<()> {
-        let a = &self.architecture;
-        // Caps before anything is sized from the card (crate::limits).
-        crate::limits::check_elements(
-            "the card's image (channels, resolution)",
-            &[self.channels, self.resolution[0], self.resolution[1]],
-        )?;
-        crate::limits::check_steps("schedule.diffusion_steps", self.schedule.diffusion_steps)?;
-        a.validate()?;
-        let bad = |m: String| Err(Error::Invalid(m));
-        if self.channels != a.in_channels {
-            return bad(format!(
-                "the card says {} channel(s) but the architecture takes {}",
-                self.channels, a.in_channels
-            ));
-        }
-        if !self.resolution[0].is_multiple_of(a.size_divisor())
-            || !self.resolution[1].is_multiple_of(a.size_divisor())
-        {
-            return bad(format!(
-                "resolution {:?} is not a multiple of {} as the architecture's {} levels need",
-                self.resolution,
-                a.size_divisor(),
-                a.channel_mult.len()
-            ));
-        }
-        let [lo, hi] = self.intensity_range;
-        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-            return bad(format!("intensity_range [{lo}, {hi}] is not an interval"));
-        }
-        self.path_schedule()?;
-        Ok(())
+    let st = SafeTensors::read(path)?;
+    let want_d = match want.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => "F32",
+        "f16" | "float16" => "F16",
+        "bf16" | "bfloat16" => "BF16",
+        _ => "?",
+    };
+    match st.common_dtype() {
+        Some(found) if found.name() != want_d => Err(file_err(
+            path,
+            format!(
+                "the card says the weights are {want}, but the file stores {}",
+                found.name()
+            ),
+        )),
+        _ => Ok(()),
     }
+}
 
-    /// The continuous path matching the card's discrete schedule.
-    pub fn path_schedule(&self) -> Result<Schedule> {
-        let s = &self.schedule;
-        match s.noise_schedule.as_str() {
-            "linear" if s.diffusion_steps == 1000 => Ok(Schedule::vp_linear()),
-            "linear" => {
-                let scale = 1000.0 / s.diffusion_steps as f64;
-                Schedule::vp_linear_with(1e-4 * scale, 0.02 * scale, s.diffusion_steps)
+/// Builds the network of `card` from the weights file `path` (safetensors or a PyTorch
+/// checkpoint); `config_file` names the file that describes the architecture, for messages.
+pub fn load_network(card: &ModelCard, path: &Path, config_file: &str) -> Result<UNet> {
+    check_dtype(card, path)?;
+    let src = open_weights(path)?;
+    let mut w = Weights::new(src.as_ref(), config_file);
+    let unet = build_from(card, &mut w)?;
+    w.finish(card.declared_parameters())?;
+    Ok(unet)
+}
+
+/// Builds the network of `card`, taking its parameters from `w` in the layout of the card's
+/// architecture (the caller checks with [`Weights::finish`] that every tensor was used).
+pub fn build_from(card: &ModelCard, w: &mut Weights) -> Result<UNet> {
+    let cfg = card.architecture.unet_config()?;
+    match &card.architecture {
+        Architecture::GuidedDiffusion(_) => UNet::build(cfg, w),
+        Architecture::Diffusers(d) => {
+            let mut r = Renamed {
+                weights: w,
+                plan: d.plan(),
+                naming: DiffusersNaming,
+                prefix: String::new(),
+            };
+            UNet::build(cfg, &mut r)
+        }
+        Architecture::EdmDhariwal(e) => {
+            // A state dict of EDM's wrappers (`EDMPrecond`, ...) holds the network as `model.`.
+            let names = w.names();
+            let wrapped = !names.is_empty() && names.iter().all(|n| n.starts_with("model."));
+            let mut r = Renamed {
+                weights: w,
+                plan: e.plan(),
+                naming: EdmNaming,
+                prefix: if wrapped {
+                    "model.".into()
+                } else {
+                    String::new()
+                },
+            };
+            let unet = UNet::build(cfg, &mut r)?;
+            check_resample_filters(w)?;
+            Ok(unet)
+        }
+    }
+}
+
+/// Builds the network of `card` from the weights file `path` (described by `model.json`).
+pub fn load_unet(card: &ModelCard, path: &Path) -> Result<UNet> {
+    load_network(card, path, CARD_FILE)
+}
+
+/// Weights file names diffusers writes, in the order they are looked for.
+const DIFFUSERS_WEIGHTS: [&str; 4] = [
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+];
+
+/// A diffusers directory's UNet folder and scheduler config: a pipeline directory
+/// (`unet/`, `scheduler/`) or a bare `UNet2DModel` directory (`config.json` + weights, with
+/// `scheduler_config.json` beside it).
+fn diffusers_layout(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    if dir.join("unet").join("config.json").is_file() {
+        return Some((
+            dir.join("unet"),
+            dir.join("scheduler").join("scheduler_config.json"),
+        ));
+    }
+    dir.join("config.json")
+        .is_file()
+        .then(|| (dir.to_path_buf(), dir.join("scheduler_config.json")))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = crate::io::read_text(path)?;
+    serde_json::from_str(&text).map_err(|e| file_err(path, format!("not valid JSON: {e}")))
+}
+
+/// diffusers scheduler config keys that only steer diffusers' own sampling loop (our
+/// samplers have their own settings) or record provenance.
+const SCHEDULER_PASS_KEYS: [&str; 13] = [
+    "_class_name",
+    "_diffusers_version",
+    "variance_type",
+    "clip_sample",
+    "clip_sample_range",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+    "set_alpha_to_one",
+    "skip_prk_steps",
+    "_use_default_values",
+];
+
+/// The schedule card of a diffusers `DDPMScheduler` / `DDIMScheduler` config: the training
+/// betas (`linear`, `scaled_linear`, `squaredcos_cap_v2`) and `prediction_type`. Keys that
+/// only steer diffusers' sampling loop pass; any other key is an error naming it.
+pub fn schedule_from_diffusers(cfg: &serde_json::Value) -> Result<ScheduleCard> {
+    let obj = cfg
+        .as_object()
+        .ok_or_else(|| Error::Invalid("the scheduler config is not a JSON object".into()))?;
+    let bad = |k: &str, v: &serde_json::Value, want: &str| {
+        Err(Error::Unsupported(format!(
+            "diffusers scheduler: `{k}` = {v} is not supported (expected {want})"
+        )))
+    };
+    let mut card = ScheduleCard::vp_discrete(1000, "linear", Output::Eps);
+    card.beta_start = Some(1e-4);
+    card.beta_end = Some(0.02);
+    for (k, v) in obj {
+        match k.as_str() {
+            "num_train_timesteps" => match v.as_u64() {
+                Some(n) if n >= 2 => card.diffusion_steps = n as usize,
+                _ => return bad(k, v, "an integer >= 2"),
+            },
+            "beta_start" | "beta_end" => match v.as_f64() {
+                Some(b) => {
+                    if k == "beta_start" {
+                        card.beta_start = Some(b)
+                    } else {
+                        card.beta_end = Some(b)
+                    }
+                }
+                None => return bad(k, v, "a number"),
+            },
+            "beta_schedule" => {
+                card.noise_schedule = match v.as_str() {
+                    Some("linear") => "linear".into(),
+                    Some("scaled_linear") => "scaled_linear".into(),
+                    Some("squaredcos_cap_v2") => "cosine".into(),
+                    _ => return bad(k, v, "linear, scaled_linear or squaredcos_cap_v2"),
+                }
             }
-            "cosine" => Ok(Schedule::vp_cosine()),
-            other => Err(Error::Invalid(format!(
-                "noise_schedule `{other}` is not supported (expected linear or cosine)"
-            ))),
+            "prediction_type" => {
+                card.output = match v.as_str() {
+                    Some("epsilon") => Output::Eps,
+                    Some("sample") => Output::X0,
+                    Some("v_prediction") => Output::V,
+                    _ => return bad(k, v, "epsilon, sample or v_prediction"),
+                }
+            }
+            "trained_betas" if v.is_null() => {}
+            "trained_betas" => return bad(k, &"[...]".into(), "null"),
+            "rescale_betas_zero_snr" if v.as_bool() != Some(true) => {}
+            "rescale_betas_zero_snr" => return bad(k, v, "false"),
+            _ if SCHEDULER_PASS_KEYS.contains(&k.as_str()) => {}
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "diffusers scheduler: the key `{other}` is not supported (read: num_train_timesteps, beta_start, beta_end, beta_schedule, prediction_type, trained_betas, rescale_betas_zero_snr; passed: {})",
+                    SCHEDULER_PASS_KEYS.join(", ")
+                )))
+            }
         }
     }
-
-    /// The number of parameters the card declares (`architecture.num_parameters`), if any.
-    pub fn declared_parameters(&self) -> Option<usize> {
-        self.architecture.num_parameters
+    if card.noise_schedule == "cosine" {
+        card.beta_start = None;
+        card.beta_end = None;
     }
+    Ok(card)
 }
 
-/// Parameters from a safetensors file, every shape checked against the architecture and
-/// every stored tensor required to be used.
-struct FileSource<'a> {
-    st: &'a SafeTensors,
-    used: BTreeSet<String>,
-    count: usize,
-}
-
-impl ParamSource for FileSource<'_> {
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let path = self.st.path();
-        let info = self.st.info(key).ok_or_else(|| {
+/// The card of a diffusers directory (read in memory, nothing written) and its weights file;
+/// `schedule` overrides (or stands in for a missing) scheduler config.
+pub fn diffusers_card(dir: &Path, schedule: Option<ScheduleCard>) -> Result<(ModelCard, PathBuf)> {
+    let (unet_dir, sched_path) = diffusers_layout(dir).ok_or_else(|| {
+        file_err(
+            dir,
+            "not a diffusers directory: no config.json or unet/config.json",
+        )
+    })?;
+    let cfg_path = unet_dir.join("config.json");
+    let cfg = DiffusersUNetConfig::parse(&read_json(&cfg_path)?)
+        .map_err(|e| file_err(&cfg_path, e.to_string()))?;
+    let schedule = match schedule {
+        Some(s) => s,
+        None if sched_path.is_file() => schedule_from_diffusers(&read_json(&sched_path)?)
+            .map_err(|e| file_err(&sched_path, e.to_string()))?,
+        None => {
+            return Err(file_err(
+                &sched_path,
+                "missing: the training schedule of a diffusers UNet comes from its scheduler_config.json (beside config.json, or scheduler/ in a pipeline); or write a prior directory with `posterior import DIR --out PRIOR --prediction-type ... --beta-schedule ...`",
+            ))
+        }
+    };
+    let resolution = cfg.resolution().ok_or_else(|| {
+        file_err(
+            &cfg_path,
+            "`sample_size` is missing: the image size the UNet was trained at is needed",
+        )
+    })?;
+    let weights = DIFFUSERS_WEIGHTS
+        .iter()
+        .map(|f| unet_dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
             file_err(
-                path,
+                &unet_dir,
                 format!(
-                    "missing tensor `{key}` (shape {shape:?}) that the architecture in {CARD_FILE} needs; the card disagrees with the weights"
+                    "no weights: expected one of {}",
+                    DIFFUSERS_WEIGHTS.join(", ")
                 ),
             )
         })?;
-        if info.shape != shape {
-            return Err(file_err(
-                path,
-                format!(
-                    "tensor `{key}` has shape {:?}, but the architecture in {CARD_FILE} expects {shape:?}; the card disagrees with the weights",
-                    info.shape
-                ),
-            ));
-        }
-        self.used.insert(key.to_string());
-        self.count += shape.iter().product::<usize>();
-        let v = self.st.f32_values(key)?;
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(file_err(
-                path,
-                format!("tensor `{key}` holds a non-finite value at flat index {i}"),
-            ));
-        }
-        Ok(v)
-    }
-}
-
-/// Builds the network of `card` from the weights file `path`.
-pub fn load_unet(card: &ModelCard, path: &Path) -> Result<UNet> {
-    let st = SafeTensors::read(path)?;
-    if let (Some(want), Some(found)) = (card.weights.dtype.as_deref(), st.common_dtype()) {
-        let want_d = match want.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Some(Dtype::F32),
-            "f16" | "float16" => Some(Dtype::F16),
-            "bf16" | "bfloat16" => Some(Dtype::Bf16),
-            _ => None,
-        };
-        if want_d != Some(found) {
-            return Err(file_err(
-                path,
-                format!(
-                    "the card says the weights are {want}, but the file stores {}",
-                    found.name()
-                ),
-            ));
-        }
-    }
-    let mut src = FileSource {
-        st: &st,
-        used: BTreeSet::new(),
-        count: 0,
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "source".into(),
+        format!("diffusers directory {}", dir.display()).into(),
+    );
+    let card = ModelCard {
+        format: CARD_FORMAT.into(),
+        channels: cfg.in_channels,
+        architecture: Architecture::Diffusers(cfg),
+        schedule,
+        intensity_range: [-1.0, 1.0],
+        resolution,
+        weights: WeightsCard {
+            file: weights
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned()),
+            dtype: None,
+        },
+        extra,
     };
-    let unet = UNet::build(card.architecture.clone(), &mut src)?;
-    let unused: Vec<&str> = st.keys().filter(|k| !src.used.contains(*k)).collect();
-    if let Some(first) = unused.first() {
-        return Err(file_err(
-            path,
-            format!(
-                "{} stored tensor(s) are not part of the architecture in {CARD_FILE}, e.g. `{first}`; the card disagrees with the weights",
-                unused.len()
-            ),
-        ));
-    }
-    if let Some(n) = card.declared_parameters() {
-        if n != src.count {
-            return Err(file_err(
-                path,
-                format!(
-                    "the card declares {n} parameters, the weights hold {}",
-                    src.count
-                ),
-            ));
-        }
-    }
-    Ok(unet)
+    card.check()
+        .map_err(|e| file_err(&cfg_path, e.to_string()))?;
+    Ok((card, weights))
 }
 
 /// The shipped prior used for an operator family when none is given: `brain-mri` for MRI,
@@ -298,11 +365,12 @@ pub fn shipped_priors() -> Vec<(String, PathBuf)> {
     found
 }
 
-/// Finds a prior by directory path or by name: a directory holding `model.json`, else a
-/// shipped prior `NAME` under [`prior_roots`].
+/// Finds a prior by directory path or by name: a directory holding `model.json` or a
+/// diffusers `UNet2DModel` (pipeline or bare UNet directory), else a shipped prior `NAME`
+/// under [`prior_roots`].
 pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
     let direct = PathBuf::from(name_or_path);
-    if direct.join(CARD_FILE).is_file() {
+    if direct.join(CARD_FILE).is_file() || diffusers_layout(&direct).is_some() {
         return Ok(direct);
     }
     let known = shipped_priors();
@@ -313,7 +381,7 @@ pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
     Err(file_err(
         &direct,
         format!(
-            "no prior here: not a directory with a {CARD_FILE}, and no shipped prior has this name (known: {})",
+            "no prior here: not a directory with a {CARD_FILE} or a diffusers config.json, and no shipped prior has this name (known: {})",
             if names.is_empty() {
                 "none".to_string()
             } else {
@@ -323,11 +391,113 @@ pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
     ))
 }
 
-/// A guided-diffusion network seen as a [`Denoiser`] on its VP path.
+/// How the network is queried at one time (see the module docs): input scale `c_in`,
+/// noise label, and `x0 = c_x x + c_out F`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Coef {
+    c_in: f32,
+    label: f32,
+    c_x: f32,
+    c_out: f32,
+}
+
+/// The card's query form, resolved.
+#[derive(Clone, Debug, PartialEq)]
+enum Precond {
+    Discrete { steps: usize, output: Output },
+    Edm { sigma_data: f64, floor: f64 },
+    Vp { beta_d: f64, beta_min: f64, m: f64 },
+    Ve { floor: f64 },
+}
+
+impl Precond {
+    fn from_card(s: &ScheduleCard) -> Precond {
+        match s.kind {
+            ScheduleKind::VpDiscrete => Precond::Discrete {
+                steps: s.diffusion_steps,
+                output: s.output,
+            },
+            ScheduleKind::Edm => Precond::Edm {
+                sigma_data: s.sigma_data(),
+                floor: s.sigma_range().0,
+            },
+            ScheduleKind::VpPrecond => {
+                let (beta_d, beta_min, m, _) = s.vp_params();
+                Precond::Vp {
+                    beta_d,
+                    beta_min,
+                    m,
+                }
+            }
+            ScheduleKind::VePrecond => Precond::Ve {
+                floor: s.sigma_range().0,
+            },
+        }
+    }
+
+    /// The discrete step for time `t` (`t T - 1` clamped to `[0, T - 1]`).
+    fn step(steps: usize, t: f64) -> f64 {
+        let n = steps as f64;
+        (t * n - 1.0).clamp(0.0, n - 1.0)
+    }
+
+    /// The coefficients at time `t` with path coefficients `(a, s)`.
+    fn coef(&self, t: f64, a: f64, s: f64) -> Coef {
+        let c = |c_in: f64, label: f64, c_x: f64, c_out: f64| Coef {
+            c_in: c_in as f32,
+            label: label as f32,
+            c_x: c_x as f32,
+            c_out: c_out as f32,
+        };
+        let sigma = |floor: f64| (s / a).max(floor);
+        match *self {
+            Precond::Discrete { steps, output } => {
+                let n = Self::step(steps, t);
+                match output {
+                    Output::Eps => c(1.0, n, 1.0 / a, -s / a),
+                    Output::X0 => c(1.0, n, 0.0, 1.0),
+                    Output::V => c(1.0, n, a, -s),
+                }
+            }
+            Precond::Edm { sigma_data, floor } => {
+                let (sg, sd2) = (sigma(floor), sigma_data * sigma_data);
+                let r = (sg * sg + sd2).sqrt();
+                c(
+                    1.0 / (r * a),
+                    sg.ln() / 4.0,
+                    sd2 / (sg * sg + sd2) / a,
+                    sg * sigma_data / r,
+                )
+            }
+            Precond::Vp {
+                beta_d,
+                beta_min,
+                m,
+            } => {
+                let sg = sigma(0.0);
+                let t_of_sigma =
+                    ((beta_min * beta_min + 2.0 * beta_d * (1.0 + sg * sg).ln()).sqrt() - beta_min)
+                        / beta_d;
+                c(
+                    1.0 / ((sg * sg + 1.0).sqrt() * a),
+                    (m - 1.0) * t_of_sigma,
+                    1.0 / a,
+                    -sg,
+                )
+            }
+            Precond::Ve { floor } => {
+                let sg = sigma(floor);
+                c(1.0 / a, (0.5 * sg).ln(), 1.0 / a, sg)
+            }
+        }
+    }
+}
+
+/// A pretrained network seen as a [`Denoiser`] on its path.
 ///
 /// On the CPU by default; [`NetworkPrior::use_backend`] with a CUDA backend uploads the
 /// network, after which every evaluation runs on the GPU (inputs and outputs still cross
-/// the host once per call).
+/// the host once per call): guided-diffusion-style eps networks only so far.
 #[derive(Debug)]
 pub struct NetworkPrior {
     dir: Option<PathBuf>,
@@ -335,24 +505,38 @@ pub struct NetworkPrior {
     device: Option<Box<GpuUNet>>,
     card: ModelCard,
     schedule: Schedule,
+    precond: Precond,
     info: PriorInfo,
 }
 
-/// A checked batch, the network's step inputs and the path coefficients `(a, s)`.
-type Prepared<'a> = (ArrayView4<'a, f32>, Vec<f32>, Vec<(f32, f32)>);
+/// A checked batch, the network's input (scaled by `c_in` where that is not 1), its noise
+/// labels and the per-sample coefficients.
+type Prepared<'a> = (
+    ArrayView4<'a, f32>,
+    Option<ndarray::Array4<f32>>,
+    Vec<f32>,
+    Vec<Coef>,
+);
 
 impl NetworkPrior {
-    /// Opens a prior directory (or a shipped prior by name, see [`resolve_prior`]).
+    /// Opens a prior directory (or a shipped prior by name, see [`resolve_prior`]): a card
+    /// with its weights, or a diffusers directory read as it is.
     pub fn open(name_or_path: &str) -> Result<NetworkPrior> {
         let dir = resolve_prior(name_or_path)?;
-        let card = ModelCard::read(&dir.join(CARD_FILE))?;
-        let file = card.weights.file.clone().ok_or_else(|| {
-            file_err(
-                &dir.join(CARD_FILE),
-                "the card names no weights file (weights.file is null)",
-            )
-        })?;
-        let unet = load_unet(&card, &dir.join(file))?;
+        let (card, weights, config_file) = if dir.join(CARD_FILE).is_file() {
+            let card = ModelCard::read(&dir.join(CARD_FILE))?;
+            let file = card.weights.file.clone().ok_or_else(|| {
+                file_err(
+                    &dir.join(CARD_FILE),
+                    "the card names no weights file (weights.file is null)",
+                )
+            })?;
+            (card, dir.join(file), CARD_FILE)
+        } else {
+            let (card, weights) = diffusers_card(&dir, None)?;
+            (card, weights, "config.json")
+        };
+        let unet = load_network(&card, &weights, config_file)?;
         let name = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
@@ -376,8 +560,7 @@ impl NetworkPrior {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| file_err(&path, format!("cannot read: {e}")))?;
+        let text = crate::io::read_text(&path)?;
         crate::sample::calibrate::CalibrationTable::from_json(&text)
             .map(Some)
             .map_err(|e| file_err(&path, e.to_string()))
@@ -386,7 +569,7 @@ impl NetworkPrior {
     /// A prior from a built network and its card.
     pub fn new(unet: UNet, card: ModelCard, name: &str) -> Result<NetworkPrior> {
         card.check()?;
-        if unet.config() != &card.architecture {
+        if unet.config() != &card.architecture.unet_config()? {
             return Err(Error::Invalid(
                 "the network's configuration differs from the card's architecture".into(),
             ));
@@ -401,6 +584,7 @@ impl NetworkPrior {
             dir: None,
             unet,
             device: None,
+            precond: Precond::from_card(&card.schedule),
             card,
             schedule,
             info,
@@ -414,12 +598,42 @@ impl NetworkPrior {
         &self.unet
     }
 
+    /// Whether the GPU path computes this prior: an eps-predicting discrete network with
+    /// guided-diffusion's embedding order.
+    pub fn runs_on_gpu(&self) -> bool {
+        matches!(
+            self.precond,
+            Precond::Discrete {
+                output: Output::Eps,
+                ..
+            }
+        ) && self.unet.config().runs_on_gpu()
+    }
+
+    /// An error unless [`NetworkPrior::runs_on_gpu`].
+    pub fn check_gpu(&self) -> Result<()> {
+        if self.runs_on_gpu() {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "{}: a {} network with schedule kind {:?} (output {:?}) runs on the CPU only for now (use --device cpu)",
+            self.info.name,
+            self.card.architecture.type_name(),
+            self.card.schedule.kind,
+            self.card.schedule.output
+        )))
+    }
+
     /// Runs the network on `backend` from now on: CUDA uploads the weights to the GPU, CPU
-    /// drops any device copy.
+    /// drops any device copy. A prior the GPU path does not compute refuses CUDA
+    /// ([`NetworkPrior::check_gpu`]).
     pub fn use_backend(&mut self, backend: &Backend) -> Result<()> {
         self.device = match backend {
             Backend::Cpu => None,
-            Backend::Cuda(gpu) => Some(Box::new(GpuUNet::from_cpu(gpu.clone(), &self.unet)?)),
+            Backend::Cuda(gpu) => {
+                self.check_gpu()?;
+                Some(Box::new(GpuUNet::from_cpu(gpu.clone(), &self.unet)?))
+            }
         };
         Ok(())
     }
@@ -429,24 +643,34 @@ impl NetworkPrior {
         self.device.as_deref()
     }
 
-    /// `model(x, steps)` on whichever device the prior runs on.
-    fn forward(&self, x: ArrayView4<f32>, steps: &[f32]) -> Result<ndarray::Array4<f32>> {
+    /// `model(x, labels)` on whichever device the prior runs on.
+    fn forward(&self, x: ArrayView4<f32>, labels: &[f32]) -> Result<ndarray::Array4<f32>> {
         match &self.device {
-            Some(d) => d.forward_host(x, steps),
-            None => self.unet.forward(x, steps),
+            Some(d) => d.forward_host(x, labels),
+            None => self.unet.forward(x, labels),
         }
     }
 
-    /// The network's step input for time `t`: `t T - 1` clamped to `[0, T - 1]`.
-    pub fn step_for_time(&self, t: f32) -> f32 {
-        let n = self.card.schedule.diffusion_steps as f32;
-        (t * n - 1.0).clamp(0.0, n - 1.0)
+    /// The network's noise label at time `t`: the discrete step `t T - 1` clamped to
+    /// `[0, T - 1]` (`vp-discrete`), EDM's `c_noise(sigma)` otherwise.
+    pub fn noise_label(&self, t: f32) -> f32 {
+        let (a, s) = self.schedule.coeffs(t as f64);
+        self.precond.coef(t as f64, a, s).label
     }
 
-    /// The network's own output `model(x, steps)` (eps, then the variance channels of a
-    /// learned-sigma model) at guided-diffusion step indices.
-    pub fn raw(&self, x: ArrayView4<f32>, steps: &[f32]) -> Result<ndarray::Array4<f32>> {
-        self.forward(x, steps)
+    /// The discrete steps `T` of a `vp-discrete` prior (`None` for EDM's continuous labels).
+    pub fn diffusion_steps(&self) -> Option<usize> {
+        match self.precond {
+            Precond::Discrete { steps, .. } => Some(steps),
+            _ => None,
+        }
+    }
+
+    /// The network's own output `model(x, labels)` (for guided-diffusion: eps, then the
+    /// variance channels of a learned-sigma model, at step indices; for EDM: `F` at noise
+    /// labels `c_noise`, the input not scaled).
+    pub fn raw(&self, x: ArrayView4<f32>, labels: &[f32]) -> Result<ndarray::Array4<f32>> {
+        self.forward(x, labels)
     }
 
     fn prepare<'a>(&self, x_t: &ArrayViewD<'a, f32>, t: &[f32]) -> Result<Prepared<'a>> {
@@ -454,33 +678,38 @@ impl NetworkPrior {
         let x4 = x_t
             .clone()
             .into_dimensionality::<Ix4>()
-            .map_err(|e| Error::Invalid(format!("{}: {e}", self.info.name)))?;
-        let steps = t.iter().map(|&ti| self.step_for_time(ti)).collect();
-        let coeffs = t
+            .map_err(|e| Error::Shape(format!("{}: {e}", self.info.name)))?;
+        let coefs: Vec<Coef> = t
             .iter()
             .map(|&ti| {
                 let (a, s) = self.schedule.coeffs(ti as f64);
-                (a as f32, s as f32)
+                self.precond.coef(ti as f64, a, s)
             })
             .collect();
-        Ok((x4, steps, coeffs))
+        let labels = coefs.iter().map(|c| c.label).collect();
+        let scaled = coefs.iter().any(|c| c.c_in != 1.0).then(|| {
+            let mut x = x4.to_owned();
+            for (i, c) in coefs.iter().enumerate() {
+                x.index_axis_mut(Axis(0), i).mapv_inplace(|v| v * c.c_in);
+            }
+            x
+        });
+        Ok((x4, scaled, labels, coefs))
     }
-}
 
-impl NetworkPrior {
-    /// `x0 = (x - s eps) / a` per sample, `eps` the first `C` output channels.
+    /// `x0 = c_x x + c_out F[:C]` per sample.
     fn tweedie(
         &self,
         x4: ArrayView4<f32>,
         out: &ndarray::Array4<f32>,
-        coeffs: &[(f32, f32)],
+        coefs: &[Coef],
     ) -> ArrayD<f32> {
         let c = self.card.channels;
         let mut x0 = x4.to_owned();
-        for (i, &(a, s)) in coeffs.iter().enumerate() {
-            let eps = out.slice(s![i, ..c, .., ..]);
+        for (i, k) in coefs.iter().enumerate() {
+            let f = out.slice(s![i, ..c, .., ..]);
             x0.index_axis_mut(Axis(0), i)
-                .zip_mut_with(&eps, |x, &e| *x = (*x - s * e) / a);
+                .zip_mut_with(&f, |x, &e| *x = k.c_x * *x + k.c_out * e);
         }
         x0.into_dyn()
     }
@@ -494,9 +723,10 @@ impl Denoiser for NetworkPrior {
         &self.info
     }
     fn x0(&self, x_t: ArrayViewD<f32>, t: &[f32]) -> Result<ArrayD<f32>> {
-        let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
-        let out = self.forward(x4.view(), &steps)?;
-        Ok(self.tweedie(x4, &out, &coeffs))
+        let (x4, scaled, labels, coefs) = self.prepare(&x_t, t)?;
+        let input = scaled.as_ref().map_or(x4.view(), |x| x.view());
+        let out = self.forward(input, &labels)?;
+        Ok(self.tweedie(x4, &out, &coefs))
     }
     fn x0_vjp(
         &self,
@@ -511,41 +741,43 @@ impl Denoiser for NetworkPrior {
         x_t: ArrayViewD<f32>,
         t: &[f32],
     ) -> Result<(ArrayD<f32>, Pullback<'a>)> {
-        let (x4, steps, coeffs) = self.prepare(&x_t, t)?;
+        let (x4, scaled, labels, coefs) = self.prepare(&x_t, t)?;
+        let input = scaled.as_ref().map_or(x4.view(), |x| x.view());
         let c = self.card.channels;
         let (out, tape) = match &self.device {
             None => {
-                let (out, tape) = self.unet.forward_tape(x4.view(), &steps)?;
+                let (out, tape) = self.unet.forward_tape(input, &labels)?;
                 (out, Tape::Cpu(tape))
             }
             Some(d) => {
                 let g = d.gpu();
-                let xd = GpuTensor::from_host(g, x4.into_dyn())?;
-                let (out, tape) = d.forward_tape(&xd, &steps)?;
+                let xd = GpuTensor::from_host(g, input.into_dyn())?;
+                let (out, tape) = d.forward_tape(&xd, &labels)?;
                 let out = out
                     .to_host(g)?
                     .into_dimensionality::<Ix4>()
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", self.info.name)))?;
+                    .map_err(|e| Error::Shape(format!("{}: {e}", self.info.name)))?;
                 (out, Tape::Gpu(tape))
             }
         };
-        let x0 = self.tweedie(x4, &out, &coeffs);
-        let out_channels = self.card.architecture.out_channels;
+        let x0 = self.tweedie(x4, &out, &coefs);
+        drop(scaled);
+        let out_channels = out.dim().1;
         let name = self.info.name.clone();
         let want = x_t.shape().to_vec();
         let pullback = move |v: ArrayViewD<f32>| -> Result<ArrayD<f32>> {
             if v.shape() != want.as_slice() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Shape(format!(
                     "{name}: the VJP vector has shape {:?}, expected {want:?}",
                     v.shape()
                 )));
             }
-            // x0 = (x - s eps(x)) / a, so v^T dx0/dx = v / a + J_eps^T (-(s / a) v).
+            // x0 = c_x x + c_out F(c_in x), so v^T dx0/dx = c_x v + c_in J_F^T (c_out v).
             let (n, _, h, w) = (want[0], want[1], want[2], want[3]);
             let mut cot = ndarray::Array4::<f32>::zeros((n, out_channels, h, w));
-            for (i, &(a, s)) in coeffs.iter().enumerate() {
+            for (i, k) in coefs.iter().enumerate() {
                 cot.slice_mut(s![i, ..c, .., ..])
-                    .zip_mut_with(&v.index_axis(Axis(0), i), |o, &u| *o = -(s / a) * u);
+                    .zip_mut_with(&v.index_axis(Axis(0), i), |o, &u| *o = k.c_out * u);
             }
             let mut g = match tape {
                 Tape::Cpu(tape) => tape.backward(cot.view())?,
@@ -555,15 +787,75 @@ impl Denoiser for NetworkPrior {
                     tape.backward(&cd)?
                         .to_host(&dev)?
                         .into_dimensionality::<Ix4>()
-                        .map_err(|e| Error::Invalid(format!("{name}: {e}")))?
+                        .map_err(|e| Error::Shape(format!("{name}: {e}")))?
                 }
             };
-            for (i, &(a, _)) in coeffs.iter().enumerate() {
+            for (i, k) in coefs.iter().enumerate() {
                 g.index_axis_mut(Axis(0), i)
-                    .zip_mut_with(&v.index_axis(Axis(0), i), |gi, &u| *gi += u / a);
+                    .zip_mut_with(&v.index_axis(Axis(0), i), |gi, &u| {
+                        *gi = k.c_in * *gi + k.c_x * u
+                    });
             }
             Ok(g.into_dyn())
         };
         Ok((x0, Box::new(pullback)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coefficients reproduce each form's definition at a generic point: VP eps / x0 / v
+    /// give back x0 from a consistent (x0, eps) pair, and EDM's forms are `D(x~; sigma)` at
+    /// `sigma = s / a`, `x~ = x / a` (EDM's own formulas written out).
+    #[test]
+    fn query_coefficients_match_each_parameterisation() {
+        let (a, s) = (0.6f64, 0.8f64);
+        let (x0, eps) = (0.3f64, -1.2f64);
+        let x = a * x0 + s * eps;
+        let v = a * eps - s * x0;
+        for (output, f) in [(Output::Eps, eps), (Output::X0, x0), (Output::V, v)] {
+            let k = Precond::Discrete {
+                steps: 1000,
+                output,
+            }
+            .coef(0.5, a, s);
+            let got = k.c_x as f64 * x + k.c_out as f64 * f;
+            assert!((got - x0).abs() < 1e-6, "{output:?}: {got} vs {x0}");
+            assert_eq!(k.label, 499.0);
+            assert_eq!(k.c_in, 1.0);
+        }
+        let sigma = s / a;
+        let xt = x / a;
+        let f = 0.7f64;
+        let sd = 0.5f64;
+        let k = Precond::Edm {
+            sigma_data: sd,
+            floor: 0.002,
+        }
+        .coef(0.5, a, s);
+        let want = sd * sd / (sigma * sigma + sd * sd) * xt
+            + sigma * sd / (sigma * sigma + sd * sd).sqrt() * f;
+        let got = k.c_x as f64 * x + k.c_out as f64 * f;
+        assert!((got - want).abs() < 1e-6);
+        assert!((k.c_in as f64 * x - xt / (sd * sd + sigma * sigma).sqrt()).abs() < 1e-6);
+        assert!((k.label as f64 - sigma.ln() / 4.0).abs() < 1e-6);
+        // VP: c_noise = (M - 1) sigma^-1(sigma) inverts sigma(t) = sqrt(exp(bd t^2 / 2 + bm t) - 1).
+        let (bd, bm) = (19.9f64, 0.1f64);
+        let tt = 0.37f64;
+        let sg = ((0.5 * bd * tt * tt + bm * tt).exp() - 1.0).sqrt();
+        let a1 = 1.0 / (1.0 + sg * sg).sqrt();
+        let k = Precond::Vp {
+            beta_d: bd,
+            beta_min: bm,
+            m: 1000.0,
+        }
+        .coef(0.0, a1, sg * a1);
+        assert!((k.label as f64 - 999.0 * tt).abs() < 1e-3, "{}", k.label);
+        assert!((k.c_out as f64 + sg).abs() < 1e-5);
+        // VE at s = 0 (another path's clean end): sigma floored, labels finite.
+        let k = Precond::Ve { floor: 0.02 }.coef(0.0, 1.0, 0.0);
+        assert!(k.label.is_finite() && (k.label as f64 - 0.01f64.ln()).abs() < 1e-6);
     }
 }

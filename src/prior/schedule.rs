@@ -31,11 +31,13 @@ use crate::error::{Error, Result};
 /// Which noising path a [`Schedule`] follows, with its parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PathKind {
-    /// Variance preserving, discrete linear betas (DDPM).
+    /// Variance preserving, discrete linear betas (DDPM); with `scaled`, the square roots
+    /// of the betas are linear instead (diffusers' `scaled_linear`).
     VpLinear {
         beta_start: f64,
         beta_end: f64,
         steps: usize,
+        scaled: bool,
     },
     /// Variance preserving, cosine `abar` (improved DDPM), with its offset (0.008).
     VpCosine { offset: f64 },
@@ -93,12 +95,22 @@ fn invalid(msg: String) -> Error {
 impl Schedule {
     /// The DDPM/ADM path: linear betas 1e-4..0.02 over T = 1000 steps.
     pub fn vp_linear() -> Schedule {
-        Self::vp_table(1e-4, 0.02, 1000)
+        Self::vp_table(1e-4, 0.02, 1000, false)
     }
 
     /// A VP path with linear betas from `beta_start` to `beta_end` over `steps` steps.
     /// Needs `0 < beta_start <= beta_end < 1` and `steps >= 2`.
     pub fn vp_linear_with(beta_start: f64, beta_end: f64, steps: usize) -> Result<Schedule> {
+        Self::vp_checked(beta_start, beta_end, steps, false)
+    }
+
+    /// diffusers' `scaled_linear` VP path: `beta_i = (sqrt(beta_start) + (sqrt(beta_end) -
+    /// sqrt(beta_start)) i / (T - 1))^2`. Same constraints as [`Schedule::vp_linear_with`].
+    pub fn vp_scaled_linear(beta_start: f64, beta_end: f64, steps: usize) -> Result<Schedule> {
+        Self::vp_checked(beta_start, beta_end, steps, true)
+    }
+
+    fn vp_checked(beta_start: f64, beta_end: f64, steps: usize, scaled: bool) -> Result<Schedule> {
         if !(beta_start.is_finite() && beta_start > 0.0 && beta_end >= beta_start && beta_end < 1.0)
         {
             return Err(invalid(format!(
@@ -110,16 +122,23 @@ impl Schedule {
                 "schedule vp: the number of diffusion steps must be at least 2, got {steps}"
             )));
         }
-        Ok(Self::vp_table(beta_start, beta_end, steps))
+        crate::limits::check_steps("diffusion steps", steps)?;
+        Ok(Self::vp_table(beta_start, beta_end, steps, scaled))
     }
 
     /// The table of `log abar_k` for validated parameters.
-    fn vp_table(beta_start: f64, beta_end: f64, steps: usize) -> Schedule {
+    fn vp_table(beta_start: f64, beta_end: f64, steps: usize, scaled: bool) -> Schedule {
         let mut log_abar = Vec::with_capacity(steps + 1);
         let mut acc = 0.0f64;
         log_abar.push(0.0);
+        let (b0, b1) = if scaled {
+            (beta_start.sqrt(), beta_end.sqrt())
+        } else {
+            (beta_start, beta_end)
+        };
         for i in 0..steps {
-            let beta = beta_start + (beta_end - beta_start) * i as f64 / (steps - 1) as f64;
+            let b = b0 + (b1 - b0) * i as f64 / (steps - 1) as f64;
+            let beta = if scaled { b * b } else { b };
             acc += (-beta).ln_1p();
             log_abar.push(acc);
         }
@@ -128,6 +147,7 @@ impl Schedule {
                 beta_start,
                 beta_end,
                 steps,
+                scaled,
             },
             log_abar,
         }

@@ -1,0 +1,554 @@
+//! Bring your own checkpoint: guided-diffusion `.pt` files read natively (against the Python
+//! converter), diffusers `UNet2DModel` directories and EDM `DhariwalUNet` state dicts as
+//! priors (against `diffusers` and the EDM port in notebooks/edm_reference.py), DDS and DPS
+//! on each, and hostile or malformed inputs. Fixtures: tests/data/ckpt, written by
+//! notebooks/make_ckpt_fixtures.py (references in f64 from the stored weights).
+//!
+//! Tolerance: relative error (max |ours - ref| / max |ref|) < 1e-4, the bound the ADM goldens
+//! use (tests/network.rs): the references carry no f32 rounding, an f32 engine lands at
+//! ~1e-6..1e-5, and a wrong layer, head order or embedding is off by O(1).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use assert_cmd::Command;
+use ndarray::{Array1, Array2, Array4, ArrayD, Ix4};
+use posterior::checkpoint::{StateDict, TensorSource};
+use posterior::nn::safetensors::SafeTensors;
+use posterior::operators::Operator;
+use posterior::prior::{Denoiser, ModelCard, NetworkPrior};
+use posterior::sample::{Dds, DdsSettings, Dps, DpsSettings, DpsUpdate, Executor, Problem};
+use posterior_operators::inpaint::Mask;
+
+fn data(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+fn npy4(path: &Path) -> Array4<f32> {
+    posterior::io::read_npy(path)
+        .unwrap()
+        .into_dimensionality::<Ix4>()
+        .unwrap()
+}
+
+fn npy1(path: &Path) -> Vec<f32> {
+    posterior::io::read_npy(path)
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+fn rel_err(ours: &ArrayD<f32>, reference: &ArrayD<f32>) -> f64 {
+    assert_eq!(ours.shape(), reference.shape());
+    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let diff = ours
+        .iter()
+        .zip(reference)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    diff / scale
+}
+
+fn open(dir: &Path) -> NetworkPrior {
+    NetworkPrior::open(dir.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn open_err(dir: &Path) -> String {
+    NetworkPrior::open(dir.to_str().unwrap())
+        .unwrap_err()
+        .to_string()
+}
+
+fn posterior_cmd() -> Command {
+    Command::cargo_bin("posterior").unwrap()
+}
+
+fn import(args: &[&str]) -> std::process::Output {
+    posterior_cmd().arg("import").args(args).output().unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The converter's flags for the guided-diffusion fixture.
+fn gd_args() -> Vec<String> {
+    serde_json::from_str(&std::fs::read_to_string(data("ckpt/gd/args.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn guided_diffusion_pt_imports_without_python_like_the_converter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("prior");
+    let pt = data("ckpt/gd/ema.pt");
+    let mut args = vec![pt.to_str().unwrap().to_string(), "--out".into()];
+    args.push(out.to_str().unwrap().into());
+    args.extend(gd_args());
+    let o = posterior_cmd().arg("import").args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("state dict in `ema`"));
+    // The tensors: those the Python converter wrote for the same checkpoint (it was checked
+    // to reproduce tests/data/adm/plain_conv_f16/model.safetensors bit for bit).
+    let ours = SafeTensors::read(&out.join("model.safetensors")).unwrap();
+    let theirs = SafeTensors::read(&data("adm/plain_conv_f16/model.safetensors")).unwrap();
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    for k in theirs.keys() {
+        assert_eq!(
+            ours.info(k).unwrap().shape,
+            theirs.info(k).unwrap().shape,
+            "{k}"
+        );
+        assert_eq!(
+            ours.f32_values(k).unwrap(),
+            theirs.f32_values(k).unwrap(),
+            "{k}"
+        );
+    }
+    // The cards, parsed: every field, provenance included.
+    let card = ModelCard::read(&out.join("model.json")).unwrap();
+    let python =
+        ModelCard::parse(&std::fs::read_to_string(data("ckpt/gd/converted.json")).unwrap())
+            .unwrap();
+    assert_eq!(card, python);
+    // The raw output: identical to the converter's prior, and to PyTorch's within 1e-4.
+    let a = open(&out);
+    let b = open(&data("adm/plain_conv_f16"));
+    let x = npy4(&data("adm/plain_conv_f16/x.npy"));
+    let t: Array1<i64> = ndarray_npy::read_npy(data("adm/plain_conv_f16/t.npy")).unwrap();
+    let steps: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+    let ya = a.raw(x.view(), &steps).unwrap();
+    assert_eq!(ya, b.raw(x.view(), &steps).unwrap());
+    let e = rel_err(
+        &ya.into_dyn(),
+        &npy4(&data("adm/plain_conv_f16/out.npy")).into_dyn(),
+    );
+    assert!(e < 1e-4, "{e}");
+    // A second import into the same directory needs --force.
+    let again = posterior_cmd().arg("import").args(&args).output().unwrap();
+    assert!(!again.status.success() && stderr(&again).contains("--force"));
+}
+
+#[test]
+fn nested_checkpoints_pick_a_key_and_name_what_is_there() {
+    let pt = data("ckpt/gd/ema.pt");
+    let sd = StateDict::read_pt(&pt, None).unwrap();
+    assert_eq!(sd.picked(), Some("ema"));
+    assert_eq!(sd.tensor_shape("out.2.weight"), Some(vec![1, 32, 3, 3]));
+    let e = StateDict::read_pt(&pt, Some("model"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ema.pt") && e.contains("no entry `model`") && e.contains("`ema`"),
+        "{e}"
+    );
+    let e = StateDict::read_pt(&pt, Some("step"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`step`") && e.contains("an int"), "{e}");
+}
+
+/// Forward, VJP and denoiser golden checks of a `diffusers` directory `dir`.
+fn check_diffusers(prior: &NetworkPrior, dir: &Path) {
+    let x = npy4(&dir.join("x.npy"));
+    let t: Array1<i64> = ndarray_npy::read_npy(dir.join("t.npy")).unwrap();
+    let steps: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+    let out = prior.raw(x.view(), &steps).unwrap();
+    let e_out = rel_err(
+        &out.clone().into_dyn(),
+        &npy4(&dir.join("out.npy")).into_dyn(),
+    );
+    let v = npy4(&dir.join("v.npy"));
+    let (_, vjp) = prior
+        .unet()
+        .forward_vjp(x.view(), &steps, v.view())
+        .unwrap();
+    let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
+    // The scheduler mapping: step n is t = (n + 1) / T on the prior's scaled-linear path,
+    // and a v-prediction network's Tweedie estimate is sqrt(abar) x - sqrt(1 - abar) v.
+    let ts: Vec<f32> = t.iter().map(|&n| (n as f32 + 1.0) / 1000.0).collect();
+    let x0 = prior.x0(x.view().into_dyn(), &ts).unwrap();
+    let e_x0 = rel_err(&x0, &npy4(&dir.join("x0.npy")).into_dyn());
+    eprintln!("diffusers: forward {e_out:.2e}, vjp {e_vjp:.2e}, x0 {e_x0:.2e}");
+    assert!(
+        e_out < 1e-4 && e_vjp < 1e-4 && e_x0 < 1e-4,
+        "{e_out} {e_vjp} {e_x0}"
+    );
+    // The check can fail: a shifted timestep moves the output far beyond the tolerance.
+    let shifted: Vec<f32> = steps.iter().map(|s| s + 1.0).collect();
+    let moved = prior.raw(x.view(), &shifted).unwrap();
+    assert!(rel_err(&moved.into_dyn(), &npy4(&dir.join("out.npy")).into_dyn()) > 1e-3);
+}
+
+#[test]
+fn diffusers_unet_directory_is_a_prior_matching_diffusers() {
+    let dir = data("ckpt/diffusers");
+    let prior = open(&dir);
+    assert_eq!(prior.info().sample_shape, vec![2, 16, 16]);
+    assert_eq!(prior.card().architecture.type_name(), "diffusers-unet2d");
+    check_diffusers(&prior, &dir);
+    // A pipeline directory (unet/, scheduler/) loads the same network.
+    let tmp = tempfile::tempdir().unwrap();
+    let (u, s) = (tmp.path().join("unet"), tmp.path().join("scheduler"));
+    std::fs::create_dir_all(&u).unwrap();
+    std::fs::create_dir_all(&s).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(dir.join(f), u.join(f)).unwrap();
+    }
+    std::fs::copy(
+        dir.join("scheduler_config.json"),
+        s.join("scheduler_config.json"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("model_index.json"), "{}").unwrap();
+    let piped = open(tmp.path());
+    check_diffusers(&piped, &dir);
+    // Imported into a prior directory (card + safetensors), the same network again.
+    let out = tmp.path().join("imported");
+    let o = import(&[dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_diffusers(&open(&out), &dir);
+}
+
+#[test]
+fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
+    let dir = data("ckpt/edm");
+    let check = |prior: &NetworkPrior| {
+        let x_in = npy4(&dir.join("x_in.npy"));
+        let labels = npy1(&dir.join("labels.npy"));
+        let out = prior.raw(x_in.view(), &labels).unwrap();
+        let e_out = rel_err(&out.into_dyn(), &npy4(&dir.join("out.npy")).into_dyn());
+        let v = npy4(&dir.join("v.npy"));
+        let (_, vjp) = prior
+            .unet()
+            .forward_vjp(x_in.view(), &labels, v.view())
+            .unwrap();
+        let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
+        // D(x; sigma) through the denoiser: on the VE path sigma(t) = sigma_min (sigma_max /
+        // sigma_min)^t, a = 1.
+        let x = npy4(&dir.join("x.npy"));
+        let ts: Vec<f32> = npy1(&dir.join("sigma.npy"))
+            .iter()
+            .map(|&s| ((s as f64 / 0.002).ln() / (80.0f64 / 0.002).ln()) as f32)
+            .collect();
+        let den = prior.x0(x.view().into_dyn(), &ts).unwrap();
+        let e_den = rel_err(&den, &npy4(&dir.join("denoised.npy")).into_dyn());
+        eprintln!("edm: forward {e_out:.2e}, vjp {e_vjp:.2e}, D(x; sigma) {e_den:.2e}");
+        assert!(
+            e_out < 1e-4 && e_vjp < 1e-4 && e_den < 1e-4,
+            "{e_out} {e_vjp} {e_den}"
+        );
+    };
+    // The directory's card names the .pt, read natively.
+    let prior = open(&dir);
+    assert_eq!(prior.card().architecture.type_name(), "edm-dhariwal-unet");
+    check(&prior);
+    // `posterior import --arch edm-dhariwal` writes a safetensors prior with the same network.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("edm");
+    let o = import(&[
+        dir.join("edm.pt").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--arch",
+        "edm-dhariwal",
+        "--precond",
+        "edm",
+        "--in_channels",
+        "2",
+        "--img_resolution",
+        "16",
+        "--model_channels",
+        "8",
+        "--channel_mult",
+        "1,8",
+        "--num_blocks",
+        "1",
+        "--attn_resolutions",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check(&open(&out));
+}
+
+/// A masked measurement of a smooth image in the prior's range, noise free.
+fn inpainting(prior: &NetworkPrior) -> (Arc<Problem>, Array2<f32>, ArrayD<f32>) {
+    let shape = prior.info().sample_shape.clone();
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let truth = ArrayD::from_shape_fn(shape.clone(), |i| {
+        (0.3 * i[1] as f32 + 0.2 * i[2] as f32 + i[0] as f32).sin() * 0.8
+    });
+    let mask = Array2::from_shape_fn((h, w), |(i, j)| (i + 2 * j) % 3 != 0);
+    let op = Mask::new(&[c, h, w], mask.clone(), "test").unwrap();
+    let m = op.mask().clone();
+    let y = &truth * &m.broadcast((c, h, w)).unwrap();
+    let problem = Problem::new(Operator::Linear(Box::new(op)), y.into_dyn(), 0.0).unwrap();
+    (Arc::new(problem), m, truth)
+}
+
+#[test]
+fn dds_and_dps_run_on_every_checkpoint_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gd = tmp.path().join("gd");
+    let mut args = vec![
+        data("ckpt/gd/ema.pt").to_str().unwrap().to_string(),
+        "--out".into(),
+        gd.to_str().unwrap().into(),
+    ];
+    args.extend(gd_args());
+    let o = posterior_cmd().arg("import").args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for dir in [gd, data("ckpt/diffusers"), data("ckpt/edm")] {
+        let prior = open(&dir);
+        let (problem, m, truth) = inpainting(&prior);
+        let dds = DdsSettings {
+            steps: 4,
+            ..DdsSettings::default()
+        };
+        let mut s = Dds::new(problem.clone(), dds).unwrap();
+        let r = Executor::new(1).run(&mut s, &prior, 1).unwrap();
+        assert_eq!(r.nfe, 4);
+        let x = r.samples.index_axis(ndarray::Axis(0), 0).to_owned();
+        assert!(x.iter().all(|v| v.is_finite()), "{dir:?}: dds");
+        // Noise-free DDS ends on its CG solution, which fits the measured pixels.
+        let fit = (&x - &truth) * &m.broadcast(truth.raw_dim()).unwrap();
+        let worst = fit.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert!(worst < 1e-2, "{dir:?}: dds misfit {worst}");
+        let dps = DpsSettings {
+            steps: 4,
+            zeta: 0.5,
+            update: DpsUpdate::Ancestral,
+        };
+        let mut s = Dps::new(problem, dps).unwrap();
+        let r = Executor::new(2).run(&mut s, &prior, 1).unwrap();
+        assert_eq!((r.nfe, r.vjps), (4, 4), "{dir:?}");
+        assert!(r.samples.iter().all(|v| v.is_finite()), "{dir:?}: dps");
+    }
+}
+
+#[test]
+fn hostile_checkpoints_are_refused_without_running_anything() {
+    let marker = Path::new("/tmp/posterior_pwned");
+    let _ = std::fs::remove_file(marker);
+    let e = StateDict::read_pt(&data("ckpt/bad/code.pt"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("code.pt") && e.contains("system") && e.contains("refusing"),
+        "{e}"
+    );
+    assert!(!marker.exists());
+    let e = StateDict::read_pt(&data("ckpt/bad/namespace.pt"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("namespace.pt") && e.contains("`argparse.Namespace`"),
+        "{e}"
+    );
+    // Truncations and corruptions of a real checkpoint: errors naming the file, never panics.
+    let bytes = std::fs::read(data("ckpt/gd/ema.pt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("cut.pt");
+    for cut in [
+        0,
+        10,
+        100,
+        1000,
+        bytes.len() / 2,
+        bytes.len() - 30,
+        bytes.len() - 1,
+    ] {
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = StateDict::read_pt(&p, None).unwrap_err().to_string();
+        assert!(e.contains("cut.pt"), "cut {cut}: {e}");
+    }
+    // A flipped byte inside a tensor's storage: the CRC names the entry when it is read.
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x40;
+    std::fs::write(&p, &flipped).unwrap();
+    let sd = StateDict::read_pt(&p, None).unwrap();
+    let errs: Vec<String> = sd
+        .tensor_names()
+        .iter()
+        .filter_map(|k| sd.tensor_f32(k).err().map(|e| e.to_string()))
+        .collect();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("CRC") && errs[0].contains("zip entry"),
+        "{}",
+        errs[0]
+    );
+    // Every single-byte truncation of the small hostile files, for good measure.
+    let code = std::fs::read(data("ckpt/bad/code.pt")).unwrap();
+    for cut in 0..code.len() {
+        std::fs::write(&p, &code[..cut]).unwrap();
+        assert!(StateDict::read_pt(&p, None).is_err());
+    }
+}
+
+/// Copies a fixture directory's files into a temporary directory, for corrupting.
+fn scratch(rel: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(data(rel)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn unsupported_configs_and_mismatched_weights_name_the_file_and_the_key() {
+    // diffusers: a config key outside UNet2DModel's arguments, an unsupported value, a
+    // scheduler key we do not read.
+    let d = scratch("ckpt/diffusers");
+    let cfg = d.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    edit_json(&cfg, |v| v["cross_attention_dim"] = 768.into());
+    let e = open_err(d.path());
+    assert!(
+        e.contains("config.json") && e.contains("cross_attention_dim"),
+        "{e}"
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    edit_json(&cfg, |v| v["act_fn"] = "gelu".into());
+    let e = open_err(d.path());
+    assert!(
+        e.contains("config.json") && e.contains("`act_fn`") && e.contains("gelu"),
+        "{e}"
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let sch = d.path().join("scheduler_config.json");
+    edit_json(&sch, |v| v["karras_sigmas"] = true.into());
+    let e = open_err(d.path());
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("karras_sigmas"),
+        "{e}"
+    );
+    edit_json(&sch, |v| {
+        v.as_object_mut().unwrap().remove("karras_sigmas");
+        v["prediction_type"] = "flow".into();
+    });
+    let e = open_err(d.path());
+    assert!(e.contains("prediction_type") && e.contains("flow"), "{e}");
+    std::fs::remove_file(&sch).unwrap();
+    let e = open_err(d.path());
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("missing"),
+        "{e}"
+    );
+    // A config that disagrees with the weights: the key, the expected and found shapes.
+    std::fs::copy(data("ckpt/diffusers/scheduler_config.json"), &sch).unwrap();
+    edit_json(&cfg, |v| {
+        v["block_out_channels"] = serde_json::json!([16, 48])
+    });
+    let e = open_err(d.path());
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors")
+            && e.contains("down_blocks.1.resnets.0.conv1.weight")
+            && e.contains("[32, 16, 3, 3]")
+            && e.contains("[48, 16, 3, 3]"),
+        "{e}"
+    );
+    // EDM: a card that disagrees with the state dict names the EDM key.
+    let d = scratch("ckpt/edm");
+    let card = d.path().join("model.json");
+    let text = std::fs::read_to_string(&card).unwrap();
+    edit_json(&card, |v| v["architecture"]["num_blocks"] = 2.into());
+    let e = open_err(d.path());
+    assert!(
+        e.contains("edm.pt") && e.contains("missing tensor `model.enc.16x16_block1"),
+        "{e}"
+    );
+    // Unknown type, kind, output, noise schedule, format: errors naming the value.
+    for (path, value, needle) in [
+        (vec!["architecture", "type"], "song-unet", "song-unet"),
+        (vec!["schedule", "kind"], "flow", "flow"),
+        (vec!["format"], "posterior-card/9", "posterior-card/9"),
+    ] {
+        std::fs::write(&card, &text).unwrap();
+        edit_json(&card, |v| {
+            let mut slot = &mut *v;
+            for k in &path {
+                slot = &mut slot[*k];
+            }
+            *slot = value.into();
+        });
+        let e = open_err(d.path());
+        assert!(
+            e.contains("model.json") && e.contains(needle),
+            "{path:?}: {e}"
+        );
+    }
+    let gd = scratch("adm/plain_conv_f16");
+    let card = gd.path().join("model.json");
+    edit_json(&card, |v| {
+        v["format"] = "posterior-card/2".into();
+        v["schedule"]["output"] = "score".into();
+    });
+    let e = open_err(gd.path());
+    assert!(e.contains("score"), "{e}");
+    edit_json(&card, |v| {
+        v["schedule"]["output"] = "eps".into();
+        v["schedule"]["noise_schedule"] = "sigmoid".into();
+    });
+    let e = open_err(gd.path());
+    assert!(e.contains("sigmoid") && e.contains("not supported"), "{e}");
+    // The import CLI: a flag of another architecture, a missing flag, a wrong shape.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let pt = data("ckpt/gd/ema.pt");
+    let o = import(&[
+        pt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--num_blocks",
+        "2",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--num_blocks"),
+        "{}",
+        stderr(&o)
+    );
+    let o = import(&[pt.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let msg = stderr(&o);
+    assert!(
+        !o.status.success() && msg.contains("ema.pt") && msg.contains("expects"),
+        "{msg}"
+    );
+    assert!(
+        !out.join("model.json").exists(),
+        "nothing is written on failure"
+    );
+}
+
+#[test]
+fn tensor_views_and_element_types_read_exactly_stored_or_deflated() {
+    let expect: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("ckpt/views/views.json")).unwrap())
+            .unwrap();
+    for file in ["views.pt", "views_deflated.pt"] {
+        let sd = StateDict::read_pt(&data(&format!("ckpt/views/{file}")), None).unwrap();
+        let names = sd.tensor_names();
+        assert_eq!(names.len(), 6, "{file}: {names:?}");
+        for (name, want) in expect.as_object().unwrap() {
+            let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
+            let values: Vec<f64> = serde_json::from_value(want["values"].clone()).unwrap();
+            assert_eq!(sd.tensor_shape(name), Some(shape), "{file} {name}");
+            let got = sd.tensor_f32(name).unwrap();
+            let want: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            // Every value is exact in its stored type and in f32: equality.
+            assert_eq!(got, want, "{file} {name}");
+        }
+    }
+}
