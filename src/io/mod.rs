@@ -196,7 +196,7 @@ fn check_exists(path: &Path) -> Result<()> {
         )),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Error::file(path, "no such file"))
+            Err(Error::file(path, "cannot read: no such file"))
         }
         Err(e) => Err(Error::file(path, format!("cannot be read: {e}"))),
     }
