@@ -748,6 +748,22 @@ fn fuzz_pytorch_checkpoint() {
     }
 }
 
+/// Opens a prior directory: a sane card (its image within the cap) or a refusal.
+fn open_prior(dir: &Path) -> Result<bool, String> {
+    match posterior::prior::NetworkPrior::open(&dir.to_string_lossy()) {
+        Ok(p) => {
+            let c = p.card();
+            posterior::limits::check_elements(
+                "card",
+                &[c.channels, c.resolution[0], c.resolution[1]],
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Err(e) => refused(e),
+    }
+}
+
 /// A diffusers directory with `config.json` (`which` = 0) or `scheduler_config.json`
 /// (`which` = 1) replaced, opened as a prior.
 fn open_diffusers(which: usize, text: &[u8]) -> Result<bool, String> {
@@ -762,18 +778,7 @@ fn open_diffusers(which: usize, text: &[u8]) -> Result<bool, String> {
     }
     let name = ["config.json", "scheduler_config.json"][which];
     std::fs::write(dir.path().join(name), text).unwrap();
-    match posterior::prior::NetworkPrior::open(&dir.path().to_string_lossy()) {
-        Ok(p) => {
-            let c = p.card();
-            posterior::limits::check_elements(
-                "card",
-                &[c.channels, c.resolution[0], c.resolution[1]],
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(true)
-        }
-        Err(e) => refused(e),
-    }
+    open_prior(dir.path())
 }
 
 #[test]
@@ -801,18 +806,7 @@ fn open_card(card: &[u8]) -> Result<bool, String> {
         dir.path().join("model.safetensors"),
     )
     .unwrap();
-    match posterior::prior::NetworkPrior::open(&dir.path().to_string_lossy()) {
-        Ok(p) => {
-            let c = p.card();
-            posterior::limits::check_elements(
-                "card",
-                &[c.channels, c.resolution[0], c.resolution[1]],
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(true)
-        }
-        Err(e) => refused(e),
-    }
+    open_prior(dir.path())
 }
 
 #[test]

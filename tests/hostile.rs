@@ -178,6 +178,19 @@ struct Row {
     expect: &'static str,
 }
 
+/// `degrade INPUT --op OP --out y.npy`.
+fn degrade(input: &'static str, op: &'static str) -> Vec<&'static str> {
+    vec!["degrade", input, "--op", op, "--out", "y.npy"]
+}
+
+/// `reconstruct MEASUREMENT ARGS... --out x.npy`.
+fn reconstruct(measurement: &'static str, args: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec!["reconstruct", measurement];
+    v.extend_from_slice(args);
+    v.extend_from_slice(&["--out", "x.npy"]);
+    v
+}
+
 fn row(input: &'static str, args: &[&'static str], expect: &'static str) -> Row {
     Row {
         input,
@@ -294,101 +307,62 @@ fn table() -> Vec<Row> {
         // Sizes claimed by small files: refused before allocation, naming the cap.
         row(
             "npy claiming 1e9 x 1e9",
-            &["degrade", "huge.npy", "--op", "blur", "--out", "y.npy"],
+            &degrade("huge.npy", "blur"),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "kernel npy claiming 1e9 x 1e9",
-            &[
-                "degrade",
-                "img16.npy",
-                "--op",
-                "blur:kernel=file,path=huge.npy",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("img16.npy", "blur:kernel=file,path=huge.npy"),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "npy shorter than its header says",
-            &["degrade", "short.npy", "--op", "blur", "--out", "y.npy"],
+            &degrade("short.npy", "blur"),
             "truncated",
         ),
         row(
             "PNG claiming 20000 x 20000",
-            &["degrade", "bomb.png", "--op", "blur", "--out", "y.npy"],
+            &degrade("bomb.png", "blur"),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "NIfTI claiming 30000^3 voxels",
-            &["degrade", "huge_dims.nii", "--op", "blur", "--out", "y.npy"],
+            &degrade("huge_dims.nii", "blur"),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "DICOM Rows 65535 with 256 rows of data",
-            &["degrade", "rows_huge.dcm", "--op", "blur", "--out", "y.npy"],
+            &degrade("rows_huge.dcm", "blur"),
             "truncated pixel data",
         ),
         row(
             "spec coils=100000",
-            &[
-                "degrade",
-                "example.png",
-                "--op",
-                "mri:coils=100000",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("example.png", "mri:coils=100000"),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "spec phase oversampling=16 of a 1030 x 1030 image",
-            &[
-                "degrade",
-                "big1030.npy",
-                "--op",
-                "phase:oversampling=16",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("big1030.npy", "phase:oversampling=16"),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "sidecar image_shape 3 x 1e9 x 1e9",
-            &["reconstruct", "shape.npy", "--out", "x.npy"],
+            &reconstruct("shape.npy", &[]),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "sidecar operator mri:coils=100000",
-            &["reconstruct", "coils.npy", "--out", "x.npy"],
+            &reconstruct("coils.npy", &[]),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "card resolution 1e6 x 1e6",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--sampler",
-                "dps",
-                "--prior",
-                "card_res",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--sampler", "dps", "--prior", "card_res"]),
             "POSTERIOR_MAX_ELEMENTS",
         ),
         row(
             "card diffusion_steps 1e9",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--sampler",
-                "dps",
-                "--prior",
-                "card_steps",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--sampler", "dps", "--prior", "card_steps"]),
             "POSTERIOR_MAX_STEPS",
         ),
         row(
@@ -398,296 +372,148 @@ fn table() -> Vec<Row> {
         ),
         row(
             "--steps 1e9 with --time-limit 1",
-            &[
-                "reconstruct",
+            &reconstruct(
                 "blur.npy",
-                "--sampler",
-                "dps",
-                "--steps",
-                "1000000000",
-                "--time-limit",
-                "1",
-                "--out",
-                "x.npy",
-            ],
+                &[
+                    "--sampler",
+                    "dps",
+                    "--steps",
+                    "1000000000",
+                    "--time-limit",
+                    "1",
+                ],
+            ),
             "POSTERIOR_MAX_STEPS",
         ),
         row(
             "--iters 1e9",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "cg",
-                "--iters",
-                "1000000000",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "cg", "--iters", "1000000000"]),
             "POSTERIOR_MAX_STEPS",
         ),
         // Finite but extreme: refused with a message, never an all-NaN exit 0.
         row(
             "image values near 3e38",
-            &["degrade", "near_max.npy", "--op", "blur", "--out", "y.npy"],
+            &degrade("near_max.npy", "blur"),
             "overflow",
         ),
         row(
             "MRI of an image scaled by 1e30",
-            &[
-                "degrade",
-                "scaled.npy",
-                "--op",
-                "mri:accel=2",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("scaled.npy", "mri:accel=2"),
             "overflow",
         ),
         row(
             "sidecar intensity scale 1e39",
-            &["reconstruct", "scale.npy", "--out", "x.npy"],
+            &reconstruct("scale.npy", &[]),
             "intensity.scale",
         ),
         row(
             "ct sod=1e30",
-            &[
-                "degrade",
-                "img16.npy",
-                "--op",
-                "ct:geometry=fan,sod=1e30",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("img16.npy", "ct:geometry=fan,sod=1e30"),
             "beyond 1e15",
         ),
         row(
             "blur sigma=inf",
-            &[
-                "degrade",
-                "img16.npy",
-                "--op",
-                "blur:sigma=inf",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("img16.npy", "blur:sigma=inf"),
             "not a finite number",
         ),
         // Settings validated the same way for every method.
         row(
             "cg --lambda nan",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "cg",
-                "--lambda",
-                "NaN",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "cg", "--lambda", "NaN"]),
             "--lambda NaN",
         ),
         row(
             "cg --lambda inf",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "cg",
-                "--lambda",
-                "inf",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "cg", "--lambda", "inf"]),
             "--lambda inf",
         ),
         row(
             "cg --lambda -1",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "cg",
-                "--lambda=-1",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "cg", "--lambda=-1"]),
             "--lambda -1",
         ),
         row(
             "cg --iters 0",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "cg",
-                "--iters",
-                "0",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "cg", "--iters", "0"]),
             "--iters 0",
         ),
         row(
             "tv --iters 0",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "tv",
-                "--iters",
-                "0",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "tv", "--iters", "0"]),
             "--iters 0",
         ),
         row(
             "adjoint --lambda 1",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "adjoint",
-                "--lambda",
-                "1",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "adjoint", "--lambda", "1"]),
             "--lambda applies to cg and tv",
         ),
         row(
             "smc --particles 1",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--sampler",
-                "smc",
-                "--particles",
-                "1",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--sampler", "smc", "--particles", "1"]),
             "--particles 1",
         ),
         // Files a reader used to take as if whole, or wrongly.
         row(
             "truncated JPEG",
-            &["degrade", "truncated.jpg", "--op", "blur", "--out", "y.npy"],
+            &degrade("truncated.jpg", "blur"),
             "truncated JPEG",
         ),
         row(
             ".nii.gz with a bad CRC",
-            &[
-                "degrade",
-                "bad_crc.nii.gz",
-                "--op",
-                "blur",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("bad_crc.nii.gz", "blur"),
             "CRC or length",
         ),
         row(
             ".nii.gz with a bad length",
-            &[
-                "degrade",
-                "bad_len.nii.gz",
-                "--op",
-                "blur",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("bad_len.nii.gz", "blur"),
             "CRC or length",
         ),
         row(
             "NIfTI bitpix disagreeing with datatype",
-            &["degrade", "bitpix.nii", "--op", "blur", "--out", "y.npy"],
+            &degrade("bitpix.nii", "blur"),
             "bitpix 8",
         ),
         row(
             "NIfTI vox_offset inside the header",
-            &[
-                "degrade",
-                "vox_offset.nii",
-                "--op",
-                "blur",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("vox_offset.nii", "blur"),
             "vox_offset",
         ),
         row(
             "DICOM BitsStored 0",
-            &["degrade", "bits0.dcm", "--op", "blur", "--out", "y.npy"],
+            &degrade("bits0.dcm", "blur"),
             "Bits Stored 0",
         ),
         row(
             "DICOM BitsStored 40",
-            &["degrade", "bits40.dcm", "--op", "blur", "--out", "y.npy"],
+            &degrade("bits40.dcm", "blur"),
             "Bits Stored 40",
         ),
         row(
             "DICOM RescaleIntercept nan",
-            &[
-                "degrade",
-                "intercept_nan.dcm",
-                "--op",
-                "blur",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("intercept_nan.dcm", "blur"),
             "Rescale Intercept",
         ),
         row(
             "DICOM colour image with a rescale",
-            &[
-                "degrade",
-                "colour_rescale.dcm",
-                "--op",
-                "blur",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("colour_rescale.dcm", "blur"),
             "colour image",
         ),
         row(
             "all-zero coil maps",
-            &[
-                "degrade",
-                "img16.npy",
-                "--op",
-                "mri:sens=zero_maps.npy",
-                "--out",
-                "y.npy",
-            ],
+            &degrade("img16.npy", "mri:sens=zero_maps.npy"),
             "zero everywhere",
         ),
         row(
             "phase sidecar image_shape disagreeing with the measurement",
-            &[
-                "reconstruct",
-                "phase_shape.npy",
-                "--method",
-                "gd",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("phase_shape.npy", &["--method", "gd"]),
             "shape",
         ),
         row(
             "card weights file a link to /dev/zero",
-            &[
-                "reconstruct",
+            &reconstruct(
                 "blur.npy",
-                "--sampler",
-                "dps",
-                "--prior",
-                "card_dev_zero",
-                "--out",
-                "x.npy",
-            ],
+                &["--sampler", "dps", "--prior", "card_dev_zero"],
+            ),
             "not a regular file",
         ),
         row(
@@ -697,19 +523,12 @@ fn table() -> Vec<Row> {
         ),
         row(
             "image /dev/zero",
-            &["degrade", "/dev/zero", "--op", "blur", "--out", "y.npy"],
+            &degrade("/dev/zero", "blur"),
             "not a regular file",
         ),
         row(
             "fbp on a blur measurement",
-            &[
-                "reconstruct",
-                "blur.npy",
-                "--method",
-                "fbp",
-                "--out",
-                "x.npy",
-            ],
+            &reconstruct("blur.npy", &["--method", "fbp"]),
             "filtered back-projection for CT",
         ),
     ]
@@ -792,10 +611,7 @@ fn a_float32_grayscale_tiff_is_read_as_stored() {
     assert_eq!(img.data.dim(), (1, h as usize, w as usize));
     assert_eq!(img.intensity.unit, "float");
     assert_eq!(img.data.iter().copied().collect::<Vec<_>>(), values);
-    ok(
-        d,
-        &["degrade", "f.tif", "--op", "blur:sigma=1", "--out", "y.npy"],
-    );
+    ok(d, &degrade("f.tif", "blur:sigma=1"));
 }
 
 // --- Faults that take more than one command -------------------------------------------
@@ -808,7 +624,7 @@ fn degrade_keeps_an_existing_measurement_when_the_sidecar_cannot_be_written() {
     ndarray_npy::write_npy(d.join("img.npy"), &img).unwrap();
     write(d, "y.npy", b"the user's earlier measurement");
     std::fs::create_dir(d.join("y.json")).unwrap(); // the sidecar cannot be written
-    let o = run(d, &["degrade", "img.npy", "--op", "blur", "--out", "y.npy"]);
+    let o = run(d, &degrade("img.npy", "blur"));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(d.join("y.npy")).unwrap(),
@@ -830,7 +646,7 @@ fn a_killed_writers_temporaries_are_removed_by_the_next_run() {
     // What SIGKILL in the middle of a write leaves: a temp of a process that is gone.
     write(d, ".y.npy.tmp-2147483600-0", b"partial");
     write(d, ".y.json.tmp-2147483600-1", b"partial");
-    ok(d, &["degrade", "img.npy", "--op", "blur", "--out", "y.npy"]);
+    ok(d, &degrade("img.npy", "blur"));
     assert_eq!(listing(d), vec!["img.npy", "y.json", "y.npy"]);
 }
 
@@ -866,28 +682,10 @@ fn allow_nonfinite_is_accepted_and_a_finite_result_is_written() {
     let d = tmp.path();
     let img = ndarray::Array2::from_shape_fn((16, 16), |(i, j)| (i * j) as f32 / 256.0);
     ndarray_npy::write_npy(d.join("img.npy"), &img).unwrap();
+    ok(d, &degrade("img.npy", "blur:sigma=1"));
     ok(
         d,
-        &[
-            "degrade",
-            "img.npy",
-            "--op",
-            "blur:sigma=1",
-            "--out",
-            "y.npy",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "reconstruct",
-            "y.npy",
-            "--method",
-            "cg",
-            "--allow-nonfinite",
-            "--out",
-            "x.npy",
-        ],
+        &reconstruct("y.npy", &["--method", "cg", "--allow-nonfinite"]),
     );
     let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(d.join("x.npy")).unwrap();
     assert!(x.iter().all(|v| v.is_finite()));
