@@ -20,6 +20,7 @@ pub mod conv;
 pub mod diffusers;
 pub mod edm;
 pub mod embed;
+pub mod fir;
 pub mod gemm;
 pub mod hash;
 pub(crate) mod layout;
@@ -30,6 +31,7 @@ pub(crate) mod packed;
 pub mod resample;
 pub mod resblock;
 pub mod safetensors;
+pub mod song;
 pub(crate) mod simd;
 pub mod unet;
 
