@@ -291,7 +291,10 @@ fn time_of_sigma(prior: &NetworkPrior, sigma: f64) -> f32 {
     }
     let t = 0.5 * (lo + hi);
     let (a, s) = prior.schedule().coeffs(t);
-    assert!((s / a / sigma - 1.0).abs() < 1e-9, "sigma {sigma} is off the path");
+    assert!(
+        (s / a / sigma - 1.0).abs() < 1e-9,
+        "sigma {sigma} is off the path"
+    );
     t as f32
 }
 
@@ -320,7 +323,8 @@ fn check_edm_goldens(prior: &NetworkPrior, dir: &Path) {
     let mut x_t = x.clone();
     for (i, &t) in ts.iter().enumerate() {
         let a = prior.schedule().coeffs(t as f64).0 as f32;
-        x_t.index_axis_mut(ndarray::Axis(0), i).mapv_inplace(|v| v * a);
+        x_t.index_axis_mut(ndarray::Axis(0), i)
+            .mapv_inplace(|v| v * a);
     }
     let den = prior.x0(x_t.view().into_dyn(), &ts).unwrap();
     let e_den = rel_err(&den, &npy4(&dir.join("denoised.npy")).into_dyn());
@@ -396,12 +400,32 @@ fn song_cards_that_disagree_with_the_weights_name_the_key() {
     let text = std::fs::read_to_string(&card).unwrap();
     let cases: [(&str, serde_json::Value, &[&str]); 6] = [
         // The stored FIR buffers say [1, 3, 3, 1].
-        ("resample_filter", serde_json::json!([1, 1]), &["song.pt", "resample_filter"]),
-        ("resample_filter", serde_json::json!([1, 2, 1]), &["model.json", "resample_filter", "even"]),
+        (
+            "resample_filter",
+            serde_json::json!([1, 1]),
+            &["song.pt", "resample_filter"],
+        ),
+        (
+            "resample_filter",
+            serde_json::json!([1, 2, 1]),
+            &["model.json", "resample_filter", "even"],
+        ),
         // A standard encoder leaves the aux_residual tensors unused.
-        ("encoder_type", "standard".into(), &["song.pt", "aux_residual"]),
-        ("encoder_type", "residual_plus".into(), &["model.json", "residual_plus"]),
-        ("embedding_type", "positional".into(), &["song.pt", "map_noise.freqs"]),
+        (
+            "encoder_type",
+            "standard".into(),
+            &["song.pt", "aux_residual"],
+        ),
+        (
+            "encoder_type",
+            "residual_plus".into(),
+            &["model.json", "residual_plus"],
+        ),
+        (
+            "embedding_type",
+            "positional".into(),
+            &["song.pt", "map_noise.freqs"],
+        ),
         ("label_dim", 10.into(), &["model.json", "label_dim"]),
     ];
     for (key, value, needles) in cases {
@@ -416,7 +440,10 @@ fn song_cards_that_disagree_with_the_weights_name_the_key() {
     std::fs::write(&card, &text).unwrap();
     edit_json(&card, |v| v["schedule"]["kind"] = "vp-discrete".into());
     let e = open_err(d.path());
-    assert!(e.contains("vp-discrete") && e.contains("preconditioning"), "{e}");
+    assert!(
+        e.contains("vp-discrete") && e.contains("preconditioning"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -426,7 +453,11 @@ fn zip64_checkpoints_read_like_the_original() {
     assert_eq!(plain.tensor_names(), z64.tensor_names());
     for k in plain.tensor_names() {
         assert_eq!(plain.tensor_shape(&k), z64.tensor_shape(&k), "{k}");
-        assert_eq!(plain.tensor_f32(&k).unwrap(), z64.tensor_f32(&k).unwrap(), "{k}");
+        assert_eq!(
+            plain.tensor_f32(&k).unwrap(),
+            z64.tensor_f32(&k).unwrap(),
+            "{k}"
+        );
     }
     // The zip64 records are what is read: the classic end record is saturated, so a
     // damaged zip64 end record or locator is an error naming the file.
@@ -460,7 +491,10 @@ fn a_bare_diffusers_unet_takes_its_schedule_after_an_at_sign() {
     let d = bare_diffusers_unet();
     let dir = d.path().to_str().unwrap();
     let e = open_err(d.path());
-    assert!(e.contains("scheduler_config.json") && e.contains("@linear,epsilon"), "{e}");
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("@linear,epsilon"),
+        "{e}"
+    );
     // The fixture's scheduler: scaled-linear betas 0.00085 .. 0.012, v-prediction.
     let spec = format!("{dir}@scaled_linear,v_prediction,beta_start=0.00085,beta_end=0.012");
     let prior = NetworkPrior::open(&spec).unwrap_or_else(|e| panic!("{e}"));
@@ -469,8 +503,14 @@ fn a_bare_diffusers_unet_takes_its_schedule_after_an_at_sign() {
     let again = format!("{dir}@beta_end=0.012,v_prediction,1000,scaled_linear,beta_start=0.00085");
     assert_eq!(NetworkPrior::open(&again).unwrap().card(), prior.card());
     // The wrong prediction type gives another denoiser: the goldens would catch it.
-    let eps = NetworkPrior::open(&format!("{dir}@scaled_linear,epsilon,beta_start=0.00085,beta_end=0.012")).unwrap();
-    assert_eq!(eps.card().schedule.output, posterior::prior::card::Output::Eps);
+    let eps = NetworkPrior::open(&format!(
+        "{dir}@scaled_linear,epsilon,beta_start=0.00085,beta_end=0.012"
+    ))
+    .unwrap();
+    assert_eq!(
+        eps.card().schedule.output,
+        posterior::prior::card::Output::Eps
+    );
     for (bad, needle) in [
         ("linear,karras", "karras"),
         ("linear,linear", "twice"),
@@ -478,7 +518,9 @@ fn a_bare_diffusers_unet_takes_its_schedule_after_an_at_sign() {
         ("sigmoid_schedule=1", "sigmoid_schedule"),
         ("linear,flow_prediction", "flow_prediction"),
     ] {
-        let e = NetworkPrior::open(&format!("{dir}@{bad}")).unwrap_err().to_string();
+        let e = NetworkPrior::open(&format!("{dir}@{bad}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle) && e.contains("schedule"), "{bad}: {e}");
     }
     // A card prior states its own schedule.
@@ -541,7 +583,11 @@ fn priors_lists_diffusers_and_song_directories_in_the_search_path() {
     // Listed names open by name, with a schedule where the directory has none.
     let x = root.path().join("x.npy");
     ndarray_npy::write_npy(&x, &ndarray::Array3::<f32>::zeros((2, 16, 16))).unwrap();
-    for prior in ["my-unet", "my-song", "no-scheduler@scaled_linear,v_prediction"] {
+    for prior in [
+        "my-unet",
+        "my-song",
+        "no-scheduler@scaled_linear,v_prediction",
+    ] {
         let o = posterior_cmd()
             .arg("denoise")
             .arg(&x)

@@ -29,8 +29,8 @@ use serde_json::{json, Map, Value};
 use crate::checkpoint::{open_weights, StateDict, TensorSource};
 use crate::error::{Error, Result};
 use crate::nn::edm::DhariwalConfig;
-use crate::nn::song::SongConfig;
 use crate::nn::safetensors::Dtype;
+use crate::nn::song::SongConfig;
 use crate::prior::card::{Architecture, ModelCard, ScheduleCard, ScheduleKind, WeightsCard};
 use crate::prior::import::{parse_bool, write_prior_dir, GuidedDiffusionFlags};
 use crate::prior::network::{diffusers_card, schedule_from_diffusers};
@@ -388,10 +388,25 @@ impl ImportArgs {
                 channel_mult_emb: self.channel_mult_emb.unwrap_or(d.channel_mult_emb),
                 num_blocks: self.num_blocks.unwrap_or(d.num_blocks),
                 attn_resolutions: attn.unwrap_or(d.attn_resolutions),
-                embedding_type: enum_flag("embedding_type", &self.embedding_type, d.embedding_type, "positional or fourier")?,
+                embedding_type: enum_flag(
+                    "embedding_type",
+                    &self.embedding_type,
+                    d.embedding_type,
+                    "positional or fourier",
+                )?,
                 channel_mult_noise: self.channel_mult_noise.unwrap_or(d.channel_mult_noise),
-                encoder_type: enum_flag("encoder_type", &self.encoder_type, d.encoder_type, "standard, skip or residual")?,
-                decoder_type: enum_flag("decoder_type", &self.decoder_type, d.decoder_type, "standard or skip")?,
+                encoder_type: enum_flag(
+                    "encoder_type",
+                    &self.encoder_type,
+                    d.encoder_type,
+                    "standard, skip or residual",
+                )?,
+                decoder_type: enum_flag(
+                    "decoder_type",
+                    &self.decoder_type,
+                    d.decoder_type,
+                    "standard or skip",
+                )?,
                 resample_filter: match &self.resample_filter {
                     Some(f) => f64_list("resample_filter", f)?,
                     None => d.resample_filter,

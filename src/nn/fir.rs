@@ -35,7 +35,7 @@ impl Fir {
         if filter.is_empty()
             || !filter.len().is_multiple_of(2)
             || filter.iter().any(|v| !v.is_finite())
-            || !(sum > 0.0)
+            || sum.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             return Err(Error::Unsupported(format!(
                 "resample_filter {filter:?}: expected an even number of finite taps with a positive sum, such as [1, 1] or [1, 3, 3, 1]"
@@ -66,7 +66,7 @@ impl Fir {
     }
 
     /// The number of taps per axis.
-    pub fn len(&self) -> usize {
+    pub fn taps(&self) -> usize {
         self.taps.len()
     }
 
@@ -130,10 +130,7 @@ impl Fir {
     }
 
     fn down_shape(&self, shape: &[usize], pad: usize) -> Result<(usize, usize)> {
-        match (
-            self.down_len(shape[2], pad),
-            self.down_len(shape[3], pad),
-        ) {
+        match (self.down_len(shape[2], pad), self.down_len(shape[3], pad)) {
             (Some(h), Some(w)) => Ok((h, w)),
             _ => Err(crate::nn::shape_err(
                 "fir down2x",
@@ -151,7 +148,12 @@ impl Fir {
         }))
     }
 
-    fn down_vjp(&self, in_shape: [usize; 4], dy: ArrayView4<f32>, pad: usize) -> Result<Array4<f32>> {
+    fn down_vjp(
+        &self,
+        in_shape: [usize; 4],
+        dy: ArrayView4<f32>,
+        pad: usize,
+    ) -> Result<Array4<f32>> {
         let [n, c, h, w] = in_shape;
         let (ho, wo) = self.down_shape(&in_shape, pad)?;
         same_shape("fir down2x", "output gradient", &[n, c, ho, wo], dy.shape())?;
@@ -192,7 +194,16 @@ fn tap_index(i: usize, a: usize, pad: usize, n: usize) -> Option<usize> {
 /// `y = gather(x)` along both axes of an `h x w` plane into `ho x wo`:
 /// `y[i] = sum_a g[a] x[2i + a - pad]` per axis.
 #[allow(clippy::too_many_arguments)]
-fn gather2d(x: &[f32], h: usize, w: usize, y: &mut [f32], ho: usize, wo: usize, g: &[f32], pad: usize) {
+fn gather2d(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    y: &mut [f32],
+    ho: usize,
+    wo: usize,
+    g: &[f32],
+    pad: usize,
+) {
     // Rows first (h x wo), then columns, whole rows at a time.
     let mut rows = vec![0.0f32; h * wo];
     for (xr, rr) in x.chunks_exact(w).zip(rows.chunks_exact_mut(wo)) {
@@ -218,7 +229,16 @@ fn gather2d(x: &[f32], h: usize, w: usize, y: &mut [f32], ho: usize, wo: usize, 
 /// `y += scatter(x)` along both axes of an `h x w` plane into `ho x wo`:
 /// `y[2i + a - pad] += g[a] x[i]` per axis (the adjoint of [`gather2d`]).
 #[allow(clippy::too_many_arguments)]
-fn scatter2d(x: &[f32], h: usize, w: usize, y: &mut [f32], ho: usize, wo: usize, g: &[f32], pad: usize) {
+fn scatter2d(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    y: &mut [f32],
+    ho: usize,
+    wo: usize,
+    g: &[f32],
+    pad: usize,
+) {
     let mut rows = vec![0.0f32; h * wo];
     for (xr, rr) in x.chunks_exact(w).zip(rows.chunks_exact_mut(wo)) {
         for (i, &v) in xr.iter().enumerate() {
@@ -249,7 +269,14 @@ mod tests {
     /// EDM's resampling written out in f64 from its definition: the 2-D filter
     /// `outer(f, f) / sum(f)^2`, a depthwise stride-2 correlation with zero padding `pad`
     /// (down) or a stride-2 transposed convolution with `4 filter` cropped by `pad` (up).
-    fn naive(x: &[f64], h: usize, w: usize, f: &[f64], up: bool, pad: usize) -> (Vec<f64>, usize, usize) {
+    fn naive(
+        x: &[f64],
+        h: usize,
+        w: usize,
+        f: &[f64],
+        up: bool,
+        pad: usize,
+    ) -> (Vec<f64>, usize, usize) {
         let k = f.len();
         let s: f64 = f.iter().sum::<f64>().powi(2);
         let k2 = |a: usize, b: usize| f[a] * f[b] / s;
@@ -276,7 +303,10 @@ mod tests {
                 for j in 0..wo {
                     for a in 0..k {
                         for b in 0..k {
-                            let (si, sj) = ((2 * i + a) as isize - pad as isize, (2 * j + b) as isize - pad as isize);
+                            let (si, sj) = (
+                                (2 * i + a) as isize - pad as isize,
+                                (2 * j + b) as isize - pad as isize,
+                            );
                             if si >= 0 && sj >= 0 && (si as usize) < h && (sj as usize) < w {
                                 y[i * wo + j] += k2(a, b) * x[si as usize * w + sj as usize];
                             }
@@ -290,7 +320,11 @@ mod tests {
 
     #[test]
     fn down_and_up_match_the_written_out_filters() {
-        for f in [vec![1.0, 1.0], vec![1.0, 3.0, 3.0, 1.0], vec![1.0, 2.0, 5.0, 5.0, 2.0, 1.0]] {
+        for f in [
+            vec![1.0, 1.0],
+            vec![1.0, 3.0, 3.0, 1.0],
+            vec![1.0, 2.0, 5.0, 5.0, 2.0, 1.0],
+        ] {
             let fir = Fir::new(&f).unwrap();
             for (h, w) in [(4, 6), (8, 8), (6, 2)] {
                 let (n, c) = (2, 3);
@@ -327,7 +361,9 @@ mod tests {
         assert!(fir.is_box() && !Fir::new(&[1.0, 3.0, 3.0, 1.0]).unwrap().is_box());
         let x = Array4::from_shape_vec((1, 2, 4, 6), rand_vec(48, 7)).unwrap();
         let d = fir.down2x(x.view()).unwrap();
-        let e = (&d - &avg_pool2x(x.view())).iter().fold(0f32, |m, v| m.max(v.abs()));
+        let e = (&d - &avg_pool2x(x.view()))
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
         assert!(e < 1e-6, "{e}");
         assert_eq!(fir.up2x(x.view()), upsample_nearest2x(x.view()));
     }
@@ -366,7 +402,12 @@ mod tests {
 
     #[test]
     fn bad_filters_and_shapes_are_errors() {
-        for f in [vec![], vec![1.0, 2.0, 1.0], vec![1.0, -1.0], vec![f64::NAN, 1.0]] {
+        for f in [
+            vec![],
+            vec![1.0, 2.0, 1.0],
+            vec![1.0, -1.0],
+            vec![f64::NAN, 1.0],
+        ] {
             let e = Fir::new(&f).unwrap_err();
             assert!(matches!(e, Error::Unsupported(_)), "{f:?}");
         }

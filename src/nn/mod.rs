@@ -31,8 +31,8 @@ pub(crate) mod packed;
 pub mod resample;
 pub mod resblock;
 pub mod safetensors;
-pub mod song;
 pub(crate) mod simd;
+pub mod song;
 pub mod unet;
 
 pub use act::{silu, silu_vjp};

@@ -325,7 +325,8 @@ impl SongBlock {
             g = a.vjp(mid.view(), g.view())?;
             g *= SKIP_SCALE;
         }
-        self.res.vjp(x, emb, kept.h1.as_ref().map(|h| h.view()), g.view())
+        self.res
+            .vjp(x, emb, kept.h1.as_ref().map(|h| h.view()), g.view())
     }
 }
 
@@ -434,7 +435,7 @@ impl Builder<'_> {
     /// Checks the `resample_filter` buffer EDM stores for a resampling layer `key` against
     /// the configured filter (to f16 rounding) and returns the filter.
     fn filter(&mut self, key: &str) -> Result<Fir> {
-        let k = self.fir.len();
+        let k = self.fir.taps();
         let name = format!("{key}.resample_filter");
         let stored = self.take(&name, &[1, 1, k, k])?;
         let want = self.fir.kernel_2d();
@@ -531,7 +532,7 @@ impl SongUNet {
         let map_layer1 = b.linear("map_layer1", emb, emb)?;
         let mc = cfg.model_channels;
         let levels = cfg.channel_mult.len();
-        let fpad = (fir.len() - 1) / 2;
+        let fpad = (fir.taps() - 1) / 2;
         let mut enc = Vec::new();
         let mut skips = Vec::new();
         let (mut cout, mut caux) = (cfg.in_channels, cfg.in_channels);
@@ -550,7 +551,13 @@ impl SongUNet {
                     EncoderType::Standard => {}
                     EncoderType::Skip => {
                         enc.push(Step::AuxDown(b.filter(&name("aux_down"))?));
-                        enc.push(Step::AuxSkip(b.conv(&name("aux_skip"), cout, caux, 1, 0)?));
+                        enc.push(Step::AuxSkip(b.conv(
+                            &name("aux_skip"),
+                            cout,
+                            caux,
+                            1,
+                            0,
+                        )?));
                     }
                     EncoderType::Residual => {
                         let key = name("aux_residual");
@@ -565,7 +572,14 @@ impl SongUNet {
             for i in 0..cfg.num_blocks {
                 let cin = cout;
                 cout = mc * mult;
-                let blk = b.block(&name(&format!("block{i}")), cin, cout, emb, UpDown::None, attention)?;
+                let blk = b.block(
+                    &name(&format!("block{i}")),
+                    cin,
+                    cout,
+                    emb,
+                    UpDown::None,
+                    attention,
+                )?;
                 enc.push(Step::Block(Box::new(blk)));
                 skips.push(cout);
             }
@@ -588,7 +602,14 @@ impl SongUNet {
                 let cin = cout + skips.pop().ok_or_else(|| bookkeeping("skip widths"))?;
                 cout = mc * mult;
                 let attention = i == cfg.num_blocks && cfg.attn_resolutions.contains(&r);
-                let blk = b.block(&name(&format!("block{i}")), cin, cout, emb, UpDown::None, attention)?;
+                let blk = b.block(
+                    &name(&format!("block{i}")),
+                    cin,
+                    cout,
+                    emb,
+                    UpDown::None,
+                    attention,
+                )?;
                 dec.push(Step::Block(Box::new(blk)));
             }
             let skip_decoder = cfg.decoder_type == DecoderType::Skip;
@@ -686,7 +707,12 @@ impl SongUNet {
                     let a = aux_of(st)?;
                     rec.aux_shape = shape4(&a);
                     let mut y = fir.down2x_valid(conv.forward(a.view())?.view())?;
-                    crate::nn::same_shape("EDM SongUNet aux_residual", "output", st.x.shape(), y.shape())?;
+                    crate::nn::same_shape(
+                        "EDM SongUNet aux_residual",
+                        "output",
+                        st.x.shape(),
+                        y.shape(),
+                    )?;
                     y.zip_mut_with(&st.x, |o, &x| *o = (*o + x) * SKIP_SCALE);
                     let y = Arc::new(y);
                     st.aux = Some(Arc::clone(&y));
@@ -704,7 +730,9 @@ impl SongUNet {
                             rec.had_aux = true;
                             Arc::try_unwrap(prev).unwrap_or_else(|p| p.as_ref().clone())
                         }
-                        None => Array4::zeros((st.x.dim().0, conv.out_channels(), a.dim().2, a.dim().3)),
+                        None => {
+                            Array4::zeros((st.x.dim().0, conv.out_channels(), a.dim().2, a.dim().3))
+                        }
                     };
                     conv.forward_add(a.view(), &mut out)?;
                     st.aux = Some(Arc::new(out));
@@ -842,7 +870,10 @@ impl SongTape<'_> {
                         Some(k) => {
                             let split = rec.split;
                             gx = Some(gi.slice(s![.., ..split, .., ..]).to_owned());
-                            add_into(&mut skip_grads[k], gi.slice(s![.., split.., .., ..]).to_owned());
+                            add_into(
+                                &mut skip_grads[k],
+                                gi.slice(s![.., split.., .., ..]).to_owned(),
+                            );
                         }
                         None => gx = Some(gi),
                     }
@@ -909,5 +940,156 @@ impl SongTape<'_> {
             g += &a;
         }
         Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::testutil::rand_vec;
+
+    /// Random parameters (weights scaled by `1/sqrt(fan_in)`), the configured FIR kernel
+    /// for `resample_filter` buffers, NCSN++-like Fourier frequencies.
+    struct RandomWeights {
+        fir: Fir,
+        seed: u64,
+    }
+
+    impl ParamSource for RandomWeights {
+        fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+            self.seed += 1;
+            let n: usize = shape.iter().product();
+            if key.ends_with("resample_filter") {
+                return Ok(self.fir.kernel_2d());
+            }
+            let v = rand_vec(n, self.seed);
+            // Uniform(-1, 1) has variance 1/3: weights of unit gain are sqrt(3 / fan_in) v.
+            let (base, scale) = match shape {
+                [o, ..] if shape.len() > 1 => (0.0, (3.0 * *o as f32 / n as f32).sqrt()),
+                _ if key.ends_with("freqs") => (0.0, 4.0),
+                _ if key.contains("norm") && key.ends_with("weight") => (1.0, 0.2),
+                _ => (0.0, 0.1),
+            };
+            Ok(v.iter().map(|x| base + scale * x).collect())
+        }
+    }
+
+    fn config(encoder: EncoderType, decoder: DecoderType, filter: &[f64]) -> SongConfig {
+        SongConfig {
+            img_resolution: 8,
+            model_channels: 4,
+            channel_mult: vec![2, 1],
+            num_blocks: 1,
+            attn_resolutions: vec![4],
+            embedding_type: if encoder == EncoderType::Residual {
+                EmbeddingType::Fourier
+            } else {
+                EmbeddingType::Positional
+            },
+            encoder_type: encoder,
+            decoder_type: decoder,
+            resample_filter: filter.to_vec(),
+            ..SongConfig::preset("ddpmpp", 8, 2).unwrap()
+        }
+    }
+
+    /// The VJP against central differences of the f32 forward, for every encoder and decoder
+    /// path (the golden tests cover DDPM++, NCSN++ and skip/skip against EDM's code): step
+    /// 1e-2 gives ~1e-4 truncation and f32 rounding, so a 1e-2 relative tolerance, while a
+    /// mis-chained path is off by O(1).
+    #[test]
+    fn vjp_matches_directional_differences_for_every_encoder_and_decoder() {
+        let dot = |a: &Array4<f32>, b: &Array4<f32>| -> f64 {
+            a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
+        };
+        let mut k = 0;
+        for encoder in [
+            EncoderType::Standard,
+            EncoderType::Skip,
+            EncoderType::Residual,
+        ] {
+            for decoder in [DecoderType::Standard, DecoderType::Skip] {
+                k += 1;
+                let filter: &[f64] = if k % 2 == 0 {
+                    &[1.0, 1.0]
+                } else {
+                    &[1.0, 3.0, 3.0, 1.0]
+                };
+                let cfg = config(encoder, decoder, filter);
+                let mut src = RandomWeights {
+                    fir: Fir::new(filter).unwrap(),
+                    seed: 100 * k,
+                };
+                let net = SongUNet::build(cfg, &mut src, "").unwrap();
+                let shape = (2, 2, 8, 8);
+                let x = Array4::from_shape_vec(shape, rand_vec(256, k)).unwrap();
+                let labels = [0.3f32, -1.1];
+                let v = Array4::from_shape_vec(shape, rand_vec(256, 50 + k)).unwrap();
+                let (y, g) = net.forward_vjp(x.view(), &labels, v.view()).unwrap();
+                assert_eq!(y, net.forward(x.view(), &labels).unwrap());
+                let d = Array4::from_shape_vec(shape, rand_vec(256, 80 + k)).unwrap();
+                let st = 1e-2f32;
+                let yp = net.forward((&x + &(&d * st)).view(), &labels).unwrap();
+                let ym = net.forward((&x - &(&d * st)).view(), &labels).unwrap();
+                let fd = (dot(&v, &yp) - dot(&v, &ym)) / (2.0 * st as f64);
+                let an = dot(&g, &d);
+                assert!(
+                    (fd - an).abs() < 1e-2 * an.abs().max(1e-1),
+                    "{encoder:?}/{decoder:?}: {fd} vs {an}"
+                );
+                // The aux paths matter: dropping the input's aux gradient is caught.
+                assert!(an.abs() > 1e-3, "{encoder:?}/{decoder:?}: degenerate check");
+            }
+        }
+    }
+
+    #[test]
+    fn inputs_and_configs_are_checked() {
+        let cfg = config(EncoderType::Standard, DecoderType::Standard, &[1.0, 1.0]);
+        let mut src = RandomWeights {
+            fir: Fir::new(&[1.0, 1.0]).unwrap(),
+            seed: 1,
+        };
+        let net = SongUNet::build(cfg.clone(), &mut src, "").unwrap();
+        let x = Array4::<f32>::zeros((1, 2, 7, 8));
+        assert!(matches!(
+            net.forward(x.view(), &[0.0]),
+            Err(Error::Shape(_))
+        ));
+        let x = Array4::<f32>::zeros((1, 2, 8, 8));
+        assert!(matches!(
+            net.forward(x.view(), &[0.0, 1.0]),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            net.forward(x.view(), &[f32::NAN]),
+            Err(Error::NonFinite(_))
+        ));
+        let bad = SongConfig {
+            label_dim: 10,
+            ..cfg.clone()
+        };
+        assert!(matches!(bad.check(), Err(Error::Unsupported(_))));
+        let bad = SongConfig {
+            img_resolution: 7,
+            ..cfg.clone()
+        };
+        assert!(bad.check().is_err());
+        let bad = SongConfig {
+            model_channels: 1,
+            ..cfg
+        };
+        assert!(bad.check().is_err());
+        assert!(SongConfig::preset("adm", 32, 3).is_err());
+        let n = SongConfig::preset("ncsnpp", 32, 3).unwrap();
+        assert_eq!(
+            (
+                n.embedding_type,
+                n.encoder_type,
+                n.channel_mult_noise,
+                n.resample_filter.len()
+            ),
+            (EmbeddingType::Fourier, EncoderType::Residual, 2, 4)
+        );
     }
 }

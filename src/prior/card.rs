@@ -129,7 +129,10 @@ impl Architecture {
 
     /// Whether the network is one of EDM's, queried through its preconditioning.
     fn is_edm(&self) -> bool {
-        matches!(self, Architecture::EdmDhariwal(_) | Architecture::EdmSong(_))
+        matches!(
+            self,
+            Architecture::EdmDhariwal(_) | Architecture::EdmSong(_)
+        )
     }
 
     /// The parameter count the card declares, if any.

@@ -491,7 +491,9 @@ pub fn split_prior_spec(spec: &str) -> Result<(&str, Option<ScheduleCard>)> {
         return Ok((spec, None));
     }
     match spec.rsplit_once('@') {
-        Some((name, schedule)) if !name.is_empty() => Ok((name, Some(parse_schedule_spec(schedule)?))),
+        Some((name, schedule)) if !name.is_empty() => {
+            Ok((name, Some(parse_schedule_spec(schedule)?)))
+        }
         _ => Ok((spec, None)),
     }
 }
@@ -516,7 +518,11 @@ pub fn parse_schedule_spec(text: &str) -> Result<ScheduleCard> {
                 "linear" | "scaled_linear" | "squaredcos_cap_v2" => ("beta_schedule", item),
                 "epsilon" | "sample" | "v_prediction" => ("prediction_type", item),
                 _ if item.parse::<u64>().is_ok() => ("num_train_timesteps", item),
-                _ => return Err(spec_err(format!("`{item}` is not a beta schedule, a prediction type or a step count"))),
+                _ => {
+                    return Err(spec_err(format!(
+                        "`{item}` is not a beta schedule, a prediction type or a step count"
+                    )))
+                }
             },
         };
         let value: serde_json::Value = match key {
@@ -529,8 +535,7 @@ pub fn parse_schedule_spec(text: &str) -> Result<ScheduleCard> {
             return Err(spec_err(format!("`{key}` is given twice")));
         }
     }
-    schedule_from_diffusers(&serde_json::Value::Object(cfg))
-        .map_err(|e| spec_err(e.to_string()))
+    schedule_from_diffusers(&serde_json::Value::Object(cfg)).map_err(|e| spec_err(e.to_string()))
 }
 
 /// The card of the prior in `dir`, its weights file and the file that describes its
