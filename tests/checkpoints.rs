@@ -215,67 +215,6 @@ fn diffusers_unet_directory_is_a_prior_matching_diffusers() {
     check_diffusers(&open(&out), &dir);
 }
 
-#[test]
-fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
-    let dir = data("ckpt/edm");
-    let check = |prior: &NetworkPrior| {
-        let x_in = npy4(&dir.join("x_in.npy"));
-        let labels = npy1(&dir.join("labels.npy"));
-        let out = prior.raw(x_in.view(), &labels).unwrap();
-        let e_out = rel_err(&out.into_dyn(), &npy4(&dir.join("out.npy")).into_dyn());
-        let v = npy4(&dir.join("v.npy"));
-        let (_, vjp) = prior
-            .network()
-            .forward_vjp(x_in.view(), &labels, v.view())
-            .unwrap();
-        let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
-        // D(x; sigma) through the denoiser: on the VE path sigma(t) = sigma_min (sigma_max /
-        // sigma_min)^t, a = 1.
-        let x = npy4(&dir.join("x.npy"));
-        let ts: Vec<f32> = npy1(&dir.join("sigma.npy"))
-            .iter()
-            .map(|&s| ((s as f64 / 0.002).ln() / (80.0f64 / 0.002).ln()) as f32)
-            .collect();
-        let den = prior.x0(x.view().into_dyn(), &ts).unwrap();
-        let e_den = rel_err(&den, &npy4(&dir.join("denoised.npy")).into_dyn());
-        eprintln!("edm: forward {e_out:.2e}, vjp {e_vjp:.2e}, D(x; sigma) {e_den:.2e}");
-        assert!(
-            e_out < 1e-4 && e_vjp < 1e-4 && e_den < 1e-4,
-            "{e_out} {e_vjp} {e_den}"
-        );
-    };
-    // The directory's card names the .pt, read natively.
-    let prior = open(&dir);
-    assert_eq!(prior.card().architecture.type_name(), "edm-dhariwal-unet");
-    check(&prior);
-    // `posterior import --arch edm-dhariwal` writes a safetensors prior with the same network.
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("edm");
-    let o = import(&[
-        dir.join("edm.pt").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--arch",
-        "edm-dhariwal",
-        "--precond",
-        "edm",
-        "--in_channels",
-        "2",
-        "--img_resolution",
-        "16",
-        "--model_channels",
-        "8",
-        "--channel_mult",
-        "1,8",
-        "--num_blocks",
-        "1",
-        "--attn_resolutions",
-        "8",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    check(&open(&out));
-}
-
 /// The time on `prior`'s path where the noise level `s / a` is `sigma` (bisection: it
 /// increases with t on every path).
 fn time_of_sigma(prior: &NetworkPrior, sigma: f64) -> f32 {
@@ -337,6 +276,41 @@ fn check_edm_goldens(prior: &NetworkPrior, dir: &Path) {
     let moved: Vec<f32> = labels.iter().map(|l| l * 1.01 + 0.01).collect();
     let out = prior.raw(x_in.view(), &moved).unwrap();
     assert!(rel_err(&out.into_dyn(), &want) > 1e-3, "{dir:?}");
+}
+
+#[test]
+fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
+    let dir = data("ckpt/edm");
+    // The directory's card names the .pt, read natively.
+    let prior = open(&dir);
+    assert_eq!(prior.card().architecture.type_name(), "edm-dhariwal-unet");
+    check_edm_goldens(&prior, &dir);
+    // `posterior import --arch edm-dhariwal` writes a safetensors prior with the same network.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("edm");
+    let o = import(&[
+        dir.join("edm.pt").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--arch",
+        "edm-dhariwal",
+        "--precond",
+        "edm",
+        "--in_channels",
+        "2",
+        "--img_resolution",
+        "16",
+        "--model_channels",
+        "8",
+        "--channel_mult",
+        "1,8",
+        "--num_blocks",
+        "1",
+        "--attn_resolutions",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_edm_goldens(&open(&out), &dir);
 }
 
 /// `posterior import --arch edm-song` of a fixture's `song.pt` with `flags`; the imported

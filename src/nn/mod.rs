@@ -1,4 +1,6 @@
-//! Network layer primitives on the CPU: the building blocks of guided-diffusion's ADM U-Net.
+//! Network layer primitives on the CPU: the building blocks of guided-diffusion's ADM U-Net
+//! (which also computes diffusers' `UNet2DModel` and EDM's `DhariwalUNet`) and of EDM's
+//! `SongUNet` ([`song`]).
 //!
 //! Every layer works on batched f32 data in PyTorch's layout (images NCHW, sequences NCT,
 //! features NF) and stores its parameters exactly as PyTorch does (conv weight
