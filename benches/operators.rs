@@ -38,11 +38,7 @@ const CASES: &[(&str, &str, [usize; 3])] = &[
 ];
 
 fn physics(spec: &str, shape: &[usize]) -> Physics {
-    let ctx = BuildContext {
-        image_shape: shape.to_vec(),
-        seed: 0,
-        base_dir: std::env::temp_dir(),
-    };
+    let ctx = BuildContext::new(shape, 0, std::env::temp_dir());
     build(spec, &ctx).unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 

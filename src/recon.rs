@@ -26,16 +26,20 @@ pub enum Method {
     Gd,
     /// Fienup's hybrid input-output, then error reduction (phase retrieval only).
     Hio,
+    /// L-BFGS (argmin) on the data objective through the VJP (any model, nonlinear
+    /// included), on the same objective as `gd`.
+    Lbfgs,
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Method::Adjoint,
         Method::Cg,
         Method::Tv,
         Method::Fbp,
         Method::Gd,
         Method::Hio,
+        Method::Lbfgs,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +49,7 @@ impl Method {
             Method::Fbp => "fbp",
             Method::Gd => "gd",
             Method::Hio => "hio",
+            Method::Lbfgs => "lbfgs",
         }
     }
     /// Iterations run when the user gives none.
@@ -55,6 +60,7 @@ impl Method {
             Method::Tv => 300,
             Method::Gd => 200,
             Method::Hio => 1000,
+            Method::Lbfgs => 100,
         }
     }
 }
@@ -96,6 +102,10 @@ pub struct ReconOptions {
     pub nonnegative: bool,
     /// Seed for methods with a random start (hio).
     pub seed: u64,
+    /// The data objective of `gd` and `lbfgs`: least squares (Gaussian) or the Poisson
+    /// negative log-likelihood of counts (Beer-Lambert CT). With Poisson, both run on the
+    /// nonlinear model itself instead of its linearisation.
+    pub likelihood: solve::Likelihood,
 }
 
 impl ReconOptions {
@@ -107,6 +117,7 @@ impl ReconOptions {
             filter: "ramp".into(),
             nonnegative: false,
             seed: 0,
+            likelihood: solve::Likelihood::Gaussian,
         }
     }
     pub fn iters(&self) -> usize {
@@ -181,31 +192,7 @@ pub fn reconstruct(
             let filter = crate::solve::fbp::Filter::parse(&opts.filter)?;
             crate::solve::fbp::fbp_spec(&physics.spec, &physics.context, y, filter)
         }
-        Method::Gd => {
-            let x = match (linear, &physics.operator) {
-                // A linearised model: descend on the linear problem.
-                (Some(op), Operator::Nonlinear(_)) => solve::gradient_descent_linear(
-                    op,
-                    y_lin,
-                    None,
-                    iters,
-                    opts.nonnegative,
-                    on_iter,
-                )?,
-                _ => {
-                    let x0 = random_start(&physics.operator, y.view(), opts.seed)?;
-                    solve::gradient_descent(
-                        &physics.operator,
-                        y,
-                        Some(x0),
-                        iters,
-                        opts.nonnegative,
-                        on_iter,
-                    )?
-                }
-            };
-            Ok(x)
-        }
+        Method::Gd | Method::Lbfgs => descend(physics, linear, y.view(), y_lin, opts, on_iter),
         Method::Hio => {
             if physics.family.name != "phase" {
                 return Err(Error::Invalid(format!(
@@ -214,6 +201,54 @@ pub fn reconstruct(
                 )));
             }
             crate::spec::phase::hio(physics, y, iters, opts.seed)
+        }
+    }
+}
+
+/// `gd` and `lbfgs`: on the linearised model with least squares where the model
+/// linearises and the likelihood is Gaussian (as before), otherwise on the model itself
+/// from [`random_start`] (phase retrieval) or zero (Beer-Lambert: `x = 0` is the
+/// unattenuated start).
+fn descend(
+    physics: &Physics,
+    linear: Option<&dyn LinearOperator>,
+    y: ArrayViewD<f32>,
+    y_lin: ArrayViewD<f32>,
+    opts: &ReconOptions,
+    on_iter: IterCallback,
+) -> Result<ArrayD<f32>> {
+    let iters = opts.iters();
+    let lbfgs = opts.method == Method::Lbfgs;
+    if lbfgs && opts.nonnegative {
+        return Err(Error::Unsupported(
+            "lbfgs is unconstrained: --nonneg applies to gd and tv".into(),
+        ));
+    }
+    let run = |obj: &solve::DataObjective, x0: ArrayD<f32>, cb: IterCallback| {
+        if lbfgs {
+            Ok(solve::lbfgs(obj, x0, iters, None, cb)?.0)
+        } else {
+            Ok(solve::gradient_descent_objective(obj, x0, iters, opts.nonnegative, cb)?.0)
+        }
+    };
+    let linearised = matches!(physics.operator, Operator::Nonlinear(_));
+    match linear {
+        Some(op) if linearised && opts.likelihood == solve::Likelihood::Gaussian => {
+            let obj = solve::DataObjective::linear(op, y_lin, solve::Likelihood::Gaussian)?;
+            run(
+                &obj,
+                ArrayD::zeros(ndarray::IxDyn(op.domain_shape())),
+                on_iter,
+            )
+        }
+        _ => {
+            let obj = solve::DataObjective::new(&physics.operator, y.view(), opts.likelihood)?;
+            let x0 = if physics.family.name == "phase" {
+                random_start(&physics.operator, y.view(), opts.seed)?
+            } else {
+                ArrayD::zeros(ndarray::IxDyn(physics.operator.domain_shape()))
+            };
+            run(&obj, x0, on_iter)
         }
     }
 }

@@ -682,9 +682,12 @@ fn reconstruct_runs_resident_for_masks_and_falls_back_otherwise() {
     let y = measurement(&op, 2, 0.05);
     let problem = Arc::new(Problem::new(Operator::Linear(Box::new(op)), y, 0.05).unwrap());
     // CPU reference first (the prior without a device copy).
-    let mut cpu = Dds::new(problem.clone(), dds_settings(&o)).unwrap();
+    let mut cpu = Dds::new(problem.clone(), dds_settings(&o).unwrap()).unwrap();
     let want = Executor::new(6).run(&mut cpu, &prior, 1).unwrap();
-    let (dds, dps) = (dds_settings(&o), dps_settings("inpaint", &o));
+    let (dds, dps) = (
+        dds_settings(&o).unwrap(),
+        dps_settings("inpaint", &o).unwrap(),
+    );
     // Without a device copy of the network: not resident.
     assert!(
         sampler::resident_posterior(&prior, &problem, "dds", &dds, &dps, 1, 6)

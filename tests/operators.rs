@@ -41,7 +41,7 @@ fn specs() -> Vec<String> {
     let mut all: Vec<String> = spec::families()
         .iter()
         .flat_map(|f| f.examples.iter())
-        .filter(|e| !e.contains("path=") && !e.contains("sens="))
+        .filter(|e| !e.contains("path=") && !e.contains("sens=") && !e.contains("maps="))
         .map(|s| s.to_string())
         .collect();
     all.extend(EXTRA.iter().map(|s| s.to_string()));

@@ -9,10 +9,12 @@
 //! PNG grid per image. [`run::merge`] joins the output directories of shards
 //! (`--shard K/N`) into the same results an unsharded run gives.
 
+pub mod coverage;
 pub mod data;
 pub mod results;
 pub mod run;
 pub mod suite;
+pub mod tune;
 
 pub use results::Record;
 pub use run::{merge, parse_shard, run, Event, Plan, RunOptions};

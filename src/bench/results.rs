@@ -49,6 +49,15 @@ pub struct Record {
     /// Volume mode: per-slice PSNR / SSIM / NRMSE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices: Option<SliceMetrics>,
+    /// Network work: evaluations of the network on one image, a VJP through it counted as
+    /// 2 (particles and samples multiply); 0 for classical methods. `None` in records of
+    /// older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<f64>,
+    /// Methods that return an ensemble (SMC; `samples >= 2`): calibration of its std map
+    /// and, for SMC, the weight diagnostics (ESS per step, resamplings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<super::coverage::EnsembleStats>,
 }
 
 /// An item that failed (the sampler or solver returned an error). Failures are kept in
@@ -271,7 +280,7 @@ pub fn summary(
             continue;
         }
         s.push_str(&format!(
-            "### {} — `{}`, noise `{}`\n\n| method | n | PSNR (dB) | SSIM | NRMSE | NFE |\n|---|---|---|---|---|---|\n",
+            "### {} — `{}`, noise `{}`\n\n| method | n | PSNR (dB) | SSIM | NRMSE | NFE | work |\n|---|---|---|---|---|---|---|\n",
             task.name, task.op, task.noise
         ));
         for (mi, v) in &rows {
@@ -280,14 +289,19 @@ pub fn summary(
             let (q, qs) = col(|r| r.ssim);
             let (e, es) = col(|r| r.nrmse);
             let (nfe, _) = col(|r| r.nfe as f64);
+            let work = match v.iter().map(|r| r.work).collect::<Option<Vec<f64>>>() {
+                Some(w) => format!("{:.0}", mean_std(&w).0),
+                None => "-".into(),
+            };
             s.push_str(&format!(
-                "| {} | {} | {p:.2} ± {ps:.2} | {q:.4} ± {qs:.4} | {e:.4} ± {es:.4} | {nfe:.0} |\n",
-                suite.methods[*mi].name,
+                "| {} | {} | {p:.2} ± {ps:.2} | {q:.4} ± {qs:.4} | {e:.4} ± {es:.4} | {nfe:.0} | {work} |\n",
+                method_label(suite, *mi),
                 v.len()
             ));
         }
         s.push('\n');
     }
+    s.push_str(&uncertainty_section(suite, &by));
     s.push_str("## Cost\n\n| task | method | seconds | peak memory (MiB) |\n|---|---|---|---|\n");
     for ((ti, mi), v) in &by {
         let (t, ts) = mean_std(&v.iter().map(|r| r.seconds).collect::<Vec<_>>());
@@ -322,6 +336,67 @@ pub fn summary(
     }
     s.push_str(&format!("\n## Run\n\n{run_notes}\n"));
     s
+}
+
+/// The label of method `mi` in the tables.
+fn method_label(suite: &Suite, mi: usize) -> &str {
+    &suite.methods[mi].name
+}
+
+/// `## Uncertainty`: per task, the methods that returned an ensemble, with the calibration
+/// of their std maps ([`super::coverage`]) and, for SMC, the weights' health. Empty when no
+/// record has an ensemble.
+fn uncertainty_section(suite: &Suite, by: &BTreeMap<(usize, usize), Vec<&Record>>) -> String {
+    let mut rows = String::new();
+    for ((ti, mi), v) in by {
+        let stats: Vec<&super::coverage::EnsembleStats> =
+            v.iter().filter_map(|r| r.ensemble.as_ref()).collect();
+        if stats.is_empty() {
+            continue;
+        }
+        let (cov, cs) = mean_std(&stats.iter().map(|e| e.coverage90).collect::<Vec<_>>());
+        let corr: Vec<f64> = stats.iter().filter_map(|e| e.std_error_corr).collect();
+        let corr = if corr.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", mean_std(&corr).0)
+        };
+        let (sd, _) = mean_std(&stats.iter().map(|e| e.mean_std).collect::<Vec<_>>());
+        let finals: Vec<f64> = stats
+            .iter()
+            .filter_map(|e| e.ess_per_step.last().copied())
+            .collect();
+        let mins: Vec<f64> = stats.iter().filter_map(|e| e.ess_min()).collect();
+        let resamples: Vec<f64> = stats
+            .iter()
+            .filter_map(|e| e.resamples.map(|r| r as f64))
+            .collect();
+        let fmt = |v: &[f64], d: usize| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.*}", d, mean_std(v).0)
+            }
+        };
+        rows.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} ± {:.1} | {corr} | {sd:.4} | {} | {} | {} |\n",
+            suite.tasks[*ti].name,
+            method_label(suite, *mi),
+            stats.len(),
+            stats[0].members,
+            100.0 * cov,
+            100.0 * cs,
+            fmt(&finals, 2),
+            fmt(&mins, 2),
+            fmt(&resamples, 1),
+        ));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "## Uncertainty\n\nMethods that return an ensemble: coverage = % of pixels whose truth lies in the central 90% interval `mean ± 1.645 std` (calibrated: 90); corr = correlation between the std map and the absolute error; mean std in image units; for SMC the final ESS, the smallest ESS over the steps (both means over samples, before resampling) and the resamplings per run.\n\n| task | method | n | members | coverage (%) | corr | mean std | final ESS | min ESS | resamplings |\n|---|---|---|---|---|---|---|---|---|---|\n{rows}\n"
+    )
 }
 
 /// The `## Quality` section of a summary (for comparing runs).
@@ -376,6 +451,8 @@ mod tests {
             peak_mib: Some(10.0),
             detail: "cg".into(),
             slices: None,
+            work: Some(0.0),
+            ensemble: None,
         }
     }
 

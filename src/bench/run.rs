@@ -18,6 +18,7 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
+use super::coverage::EnsembleStats;
 use super::data::{load_images, BenchImage};
 use super::results::{self, Appender, Record, SliceMetrics};
 use super::suite::{MethodKind, SuiteFile};
@@ -93,6 +94,8 @@ pub struct Plan {
     /// The prior's directory, when the suite has sampler methods.
     pub prior_dir: Option<PathBuf>,
     pub prior_info: Option<PriorInfo>,
+    /// The text of the `SUITE.tuned.toml` whose rows were added (`NAME-tuned` methods).
+    pub tuned_text: Option<String>,
     noises: Vec<NoiseModel>,
 }
 
@@ -100,9 +103,28 @@ impl Plan {
     /// Checks the suite and selects the work. Fails, naming the problem, on a missing data
     /// path, an unknown method, an operator that cannot act on the images or does not fit
     /// the prior, a method that does not apply to a task, and bad options.
-    pub fn new(file: SuiteFile, opts: &RunOptions) -> Result<Plan> {
+    pub fn new(mut file: SuiteFile, opts: &RunOptions) -> Result<Plan> {
+        file.suite.check_shape()?;
+        // Tuned rows: `NAME-tuned` methods from SUITE.tuned.toml beside the suite.
+        let mut tuned_text = None;
+        if !file.suite.scoring_validation {
+            let path = super::tune::tuned_path(&file.path);
+            if let Some((tuned, text)) = super::tune::read_tuned(&path)? {
+                if tuned.suite != file.suite.name {
+                    return Err(Error::file(
+                        &path,
+                        format!(
+                            "holds tuned settings of suite `{}`, not `{}`",
+                            tuned.suite, file.suite.name
+                        ),
+                    ));
+                }
+                let extra = super::tune::tuned_methods(&file, &tuned);
+                file.suite.methods.extend(extra);
+                tuned_text = Some(text);
+            }
+        }
         let suite = &file.suite;
-        suite.check_shape()?;
         if let Some(names) = &opts.methods {
             for n in names {
                 if !suite.methods.iter().any(|m| &m.name == n) {
@@ -175,7 +197,14 @@ impl Plan {
         for task in &suite.tasks {
             let ctx = |e: Error| Error::Invalid(format!("task `{}`: {e}", task.name));
             noises.push(parse_noise(&task.noise).map_err(ctx)?);
-            build_physics(&task.op, &shape, 0, &base).map_err(ctx)?;
+            let physics = build_physics(&task.op, &shape, 0, &base).map_err(ctx)?;
+            if let (Some(_), Some(first)) = (&task.maps, images.first()) {
+                // Estimated maps: try them on the first image's noise-free measurement.
+                let y = physics
+                    .measure(first.data.view().into_dyn(), &NoiseModel::None, 0)
+                    .map_err(ctx)?;
+                estimated_maps_physics(task, &shape, &base, y.view()).map_err(ctx)?;
+            }
         }
         // The prior, when needed.
         let needs_prior = suite
@@ -214,7 +243,7 @@ impl Plan {
                         let info = prior_info
                             .as_ref()
                             .ok_or_else(|| ctx(Error::Invalid("no prior was loaded".into())))?;
-                        check_sampler(m, kind, physics, &noises[ti], suite.range, info)
+                        check_sampler(m, kind, physics, &noises[ti], suite, &task.name, info)
                             .map_err(ctx)?;
                     }
                 }
@@ -254,6 +283,7 @@ impl Plan {
             items,
             prior_dir,
             prior_info,
+            tuned_text,
             noises,
         })
     }
@@ -274,6 +304,40 @@ fn build_physics(op: &str, shape: &[usize], seed: u64, base: &Path) -> Result<Ph
     spec::build(op, &BuildContext::new(shape, seed, base))
 }
 
+/// The data objective of `gd` and `lbfgs` for a task's noise: Poisson counts are fitted by
+/// their likelihood, everything else by least squares.
+fn likelihood_for(noise: &NoiseModel) -> crate::solve::Likelihood {
+    match noise {
+        NoiseModel::Poisson { .. } => crate::solve::Likelihood::Poisson,
+        _ => crate::solve::Likelihood::Gaussian,
+    }
+}
+
+/// The model a task's methods reconstruct with: the simulation's own, or (a task with
+/// `maps`) one with coil maps estimated from the measurement `y`, as for real data.
+fn estimated_maps_physics(
+    task: &super::suite::Task,
+    shape: &[usize],
+    base: &Path,
+    y: ndarray::ArrayViewD<f32>,
+) -> Result<Physics> {
+    let maps = task.maps.as_deref().unwrap_or("espirit");
+    if !matches!(maps, "espirit" | "walsh") {
+        return Err(Error::Invalid(format!(
+            "`maps = \"{maps}\"`: expected \"espirit\" or \"walsh\""
+        )));
+    }
+    if spec::Spec::parse(&task.op)?.family != "mri" {
+        return Err(Error::Invalid(format!(
+            "`maps` applies to mri tasks, not `{}`",
+            task.op
+        )));
+    }
+    let k = crate::io::kspace::KSpace::from_measurement(y)?;
+    let ctx = BuildContext::new(shape, 0, base).with_kspace(Arc::new(k));
+    spec::build(&format!("mri:maps={maps}"), &ctx)
+}
+
 fn check_classical(method: Method, physics: &Physics) -> Result<()> {
     let family = physics.family.name;
     match method {
@@ -285,7 +349,7 @@ fn check_classical(method: Method, physics: &Physics) -> Result<()> {
             "hio is for phase retrieval, not `{}`",
             physics.spec
         ))),
-        Method::Gd | Method::Hio => Ok(()),
+        Method::Gd | Method::Hio | Method::Lbfgs => Ok(()),
         _ if family == "phase" => Err(Error::Invalid(format!(
             "`{method}` needs a linear model; phase retrieval takes gd or hio"
         ))),
@@ -293,28 +357,50 @@ fn check_classical(method: Method, physics: &Physics) -> Result<()> {
     }
 }
 
-fn overrides(m: &super::suite::MethodSpec) -> Overrides {
+fn overrides(m: &super::suite::MethodSpec, task: &str, work: Option<f64>) -> Overrides {
+    let name = m.sampler.as_deref().unwrap_or_default();
+    let steps = match work {
+        Some(w) => Some(posterior::steps_for_work(
+            name,
+            m.particles,
+            m.samples.unwrap_or(1),
+            w,
+        )),
+        None => m.steps,
+    };
     Overrides {
-        steps: m.steps,
+        steps,
         particles: m.particles,
         calibration: None,
+        set: match m.per_task.get(task) {
+            Some((set, _)) => {
+                let mut all = m.set.clone();
+                all.extend(set.iter().map(|(k, v)| (k.clone(), *v)));
+                all
+            }
+            None => m.set.clone(),
+        },
     }
 }
 
-fn dds_volume_settings(m: &super::suite::MethodSpec) -> (DdsSettings, SliceTv) {
+fn dds_volume_settings(m: &super::suite::MethodSpec) -> Result<(DdsSettings, SliceTv)> {
     let d = DdsSettings::default();
     let t = SliceTv::default();
-    (
+    let d = crate::sample::settings::apply_dds(
         DdsSettings {
             steps: m.steps.unwrap_or(d.steps),
             ..d
         },
+        &m.set,
+    )?;
+    Ok((
+        d,
         SliceTv {
             rho: m.rho.unwrap_or(t.rho),
             lambda: m.tv_lambda.unwrap_or(t.lambda),
             ..t
         },
-    )
+    ))
 }
 
 /// Builds the sampler on a zero measurement: checks that the operator fits the prior
@@ -324,9 +410,11 @@ fn check_sampler(
     kind: MethodKind,
     physics: Physics,
     noise: &NoiseModel,
-    range: [f32; 2],
+    suite: &super::suite::Suite,
+    task: &str,
     info: &PriorInfo,
 ) -> Result<()> {
+    let range = suite.range;
     let units = PriorUnits::new((range[0], range[1]), info.range)?;
     let family = physics.family.name;
     let y = ArrayD::zeros(physics.operator.range_shape());
@@ -341,14 +429,14 @@ fn check_sampler(
     }
     match kind {
         MethodKind::DdsVolume => {
-            let (s, tv) = dds_volume_settings(m);
+            let (s, tv) = dds_volume_settings(m)?;
             DdsVolume::new(vec![Arc::new(problem)], s, tv).map(|_| ())
         }
         _ => posterior::build(
             m.sampler.as_deref().unwrap_or_default(),
             Arc::new(problem),
             family,
-            &overrides(m),
+            &overrides(m, task, suite.work),
         )
         .map(|_| ()),
     }
@@ -362,6 +450,9 @@ pub struct RunInfo {
     pub suite_text: String,
     /// Where it was read from (relative data paths are taken from its directory).
     pub suite_path: PathBuf,
+    /// The text of `SUITE.tuned.toml` when the run added its tuned rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned_text: Option<String>,
 }
 
 const RUN_FORMAT: &str = "posterior-bench-run/1";
@@ -395,13 +486,16 @@ pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<R
         format: RUN_FORMAT.into(),
         suite_text: plan.file.text.clone(),
         suite_path: std::fs::canonicalize(&plan.file.path).unwrap_or(plan.file.path.clone()),
+        tuned_text: plan.tuned_text.clone(),
     };
     let info_path = out.join("suite.json");
     match read_run_info(out)? {
-        Some(prev) if prev.suite_text != info.suite_text => {
+        Some(prev)
+            if prev.suite_text != info.suite_text || prev.tuned_text != info.tuned_text =>
+        {
             return Err(Error::file(
                 out,
-                "holds results of a different suite (or an edited suite file): use a fresh --out directory",
+                "holds results of a different suite (or an edited suite file, or other tuned settings): use a fresh --out directory",
             ))
         }
         Some(_) => {}
@@ -535,11 +629,32 @@ fn measure(
         &plan.file.base_dir(),
     )?;
     let y = physics.measure(truth.view().into_dyn(), &plan.noises[task], mseed)?;
+    let physics = match suite.tasks[task].maps {
+        Some(_) => estimated_maps_physics(
+            &suite.tasks[task],
+            truth.shape(),
+            &plan.file.base_dir(),
+            y.view(),
+        )?,
+        None => physics,
+    };
     Ok((physics, y, mseed))
 }
 
-/// The reconstruction of one image by one method: (image, spread, nfe, vjps, detail).
-type Recon = (Array3<f32>, Option<Array3<f32>>, usize, usize, String);
+/// The reconstruction of one image by one method.
+struct Recon {
+    image: Array3<f32>,
+    /// The ensemble's pixelwise std, for methods that return one.
+    spread: Option<Array3<f32>>,
+    nfe: usize,
+    vjps: usize,
+    /// Network evaluations of one image, a VJP counted as 2.
+    work: f64,
+    detail: String,
+    /// Members of the ensemble (SMC particles, or samples).
+    members: usize,
+    smc: Option<crate::sample::posterior::SmcReport>,
+}
 
 fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
     let suite = &plan.file.suite;
@@ -552,20 +667,34 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
     };
     match m.kind()? {
         MethodKind::Classical(method) => {
+            let tuned_lambda = m
+                .per_task
+                .get(&suite.tasks[item.task].name)
+                .and_then(|(_, l)| *l);
             let opts = ReconOptions {
                 method,
                 iters: m.iters,
-                lambda: m.lambda,
+                lambda: tuned_lambda.or(m.lambda),
                 filter: m.filter.clone().unwrap_or_else(|| "ramp".into()),
                 nonnegative: m.nonneg,
                 seed,
+                likelihood: likelihood_for(&plan.noises[item.task]),
             };
             let x = recon::reconstruct(&physics, y.view(), &opts, &mut |_, _| {})?;
             let detail = match method.default_iters() {
                 0 => method.name().to_string(),
                 _ => format!("{} ({} iterations)", method.name(), opts.iters()),
             };
-            Ok((to3(physics.extract(x.view(), false))?, None, 0, 0, detail))
+            Ok(Recon {
+                image: to3(physics.extract(x.view(), false))?,
+                spread: None,
+                nfe: 0,
+                vjps: 0,
+                work: 0.0,
+                detail,
+                members: 1,
+                smc: None,
+            })
         }
         MethodKind::Sampler => {
             let dir = plan
@@ -573,30 +702,68 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("no prior".into()))?;
             let prior = NetworkPrior::open(&dir.to_string_lossy())?;
+            // The image range comes from the measurement (MRI, CT), never the truth; other
+            // families keep the suite's range (the files' bit depth).
+            let range = crate::sample::units::measured_range(&physics, y.view())?
+                .unwrap_or((suite.range[0], suite.range[1]));
             let r = reconstruct_with_prior(
                 physics,
                 y,
                 &plan.noises[item.task],
-                (suite.range[0], suite.range[1]),
+                range,
                 prior,
                 m.sampler.as_deref().unwrap_or_default(),
-                &overrides(m),
+                &overrides(m, &suite.tasks[item.task].name, suite.work),
                 Executor::new(seed),
                 m.samples.unwrap_or(1),
             )?;
             let spread = r.spread.map(to3).transpose()?;
-            Ok((
-                to3(r.image)?,
+            let members = r
+                .smc
+                .as_ref()
+                .map_or(m.samples.unwrap_or(1), |s| s.particles);
+            Ok(Recon {
+                image: to3(r.image)?,
                 spread,
-                r.outcome.nfe,
-                r.outcome.vjps,
-                r.label,
-            ))
+                nfe: r.outcome.nfe,
+                vjps: r.outcome.vjps,
+                work: ((r.outcome.nfe + 2 * r.outcome.vjps) * r.batch) as f64,
+                detail: r.label,
+                members,
+                smc: r.smc,
+            })
         }
         MethodKind::DdsVolume => Err(Error::Invalid(
             "dds-volume reconstructs whole volumes only".into(),
         )),
     }
+}
+
+/// The mean PSNR of method `mi` on task `task` over the plan's images (first seed; a PSNR
+/// above 100 dB counts as 100): what `posterior tune` maximises.
+pub fn mean_psnr(plan: &Plan, task: usize, mi: usize) -> Result<f64> {
+    let suite = &plan.file.suite;
+    let span = (suite.range[1] - suite.range[0]) as f64;
+    let (mut total, mut n) = (0.0, 0usize);
+    for u in &plan.units {
+        for &img in &u.images {
+            let item = Item {
+                number: 0,
+                unit: u.index,
+                task,
+                seed: 0,
+                method: mi,
+            };
+            let r = reconstruct_image(plan, img, &item)?;
+            let q = Quality::compare(r.image.view(), plan.images[img].data.view(), span)?;
+            total += q.psnr.min(100.0);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(Error::Invalid("no image to score".into()));
+    }
+    Ok(total / n as f64)
 }
 
 /// DDS with the slice-axis TV step on a whole volume: (slices, nfe, vjps, detail).
@@ -614,16 +781,29 @@ fn reconstruct_volume(
         .ok_or_else(|| Error::Invalid("no prior".into()))?;
     let prior = NetworkPrior::open(&dir.to_string_lossy())?;
     let info = prior.info().clone();
-    let units = PriorUnits::new((suite.range[0], suite.range[1]), info.range)?;
+    // One range for the volume, from its measurements (MRI, CT: the largest slice range),
+    // never the truth.
+    let measured: Vec<_> = unit
+        .images
+        .iter()
+        .map(|&img| measure(plan, img, item.task, seed))
+        .collect::<Result<_>>()?;
+    let mut hi = None::<f32>;
+    for (physics, y, _) in &measured {
+        if let Some((_, h)) = crate::sample::units::measured_range(physics, y.view())? {
+            hi = Some(hi.map_or(h, |m| m.max(h)));
+        }
+    }
+    let range = hi.map_or((suite.range[0], suite.range[1]), |h| (0.0, h));
+    let units = PriorUnits::new(range, info.range)?;
     let mut problems = Vec::new();
-    for &img in &unit.images {
-        let (physics, y, _) = measure(plan, img, item.task, seed)?;
+    for (physics, y, _) in measured {
         let sigma = gaussian_level(&plan.noises[item.task], y.view());
         let p: Problem =
             problem_in_prior_units(physics.operator, physics.embedding, y, sigma, units)?;
         problems.push(Arc::new(p));
     }
-    let (settings, tv) = dds_volume_settings(m);
+    let (settings, tv) = dds_volume_settings(m)?;
     let mut sampler = DdsVolume::new(problems, settings, tv)?;
     let label = crate::sample::Sampler::name(&sampler);
     let denoiser: &dyn Denoiser = &prior;
@@ -658,23 +838,29 @@ fn run_item(plan: &Plan, unit: &Unit, item: &Item, out: &Path) -> Result<Record>
     let span = (suite.range[1] - suite.range[0]) as f64;
     memory::reset_peak();
     let start = Instant::now();
-    let (slices, spreads, nfe, vjps, detail) = if m.kind()? == MethodKind::DdsVolume {
+    let mut members = 1;
+    let mut smc = None;
+    let (slices, spreads, nfe, vjps, work, detail) = if m.kind()? == MethodKind::DdsVolume {
         let (s, nfe, vjps, d) = reconstruct_volume(plan, unit, item)?;
-        (s, Vec::new(), nfe, vjps, d)
+        let work = (nfe * s.len()) as f64;
+        (s, Vec::new(), nfe, vjps, work, d)
     } else {
-        let (mut s, mut sp, mut nfe, mut vjps, mut detail) =
-            (Vec::new(), Vec::new(), 0, 0, String::new());
+        let (mut s, mut sp, mut nfe, mut vjps, mut work, mut detail) =
+            (Vec::new(), Vec::new(), 0, 0, 0.0, String::new());
         for &img in &unit.images {
-            let (x, spread, n, v, d) = reconstruct_image(plan, img, item)?;
-            s.push(x);
-            if let Some(x) = spread {
+            let r = reconstruct_image(plan, img, item)?;
+            s.push(r.image);
+            if let Some(x) = r.spread {
                 sp.push(x);
             }
-            nfe += n;
-            vjps += v;
-            detail = d;
+            nfe += r.nfe;
+            vjps += r.vjps;
+            work += r.work;
+            detail = r.detail;
+            members = r.members;
+            smc = r.smc;
         }
-        (s, sp, nfe, vjps, detail)
+        (s, sp, nfe, vjps, work, detail)
     };
     let seconds = start.elapsed().as_secs_f64();
     let peak_mib = memory::peak_mib();
@@ -704,6 +890,31 @@ fn run_item(plan: &Plan, unit: &Unit, item: &Item, out: &Path) -> Result<Record>
         let q = Quality::compare(slices[0].view(), truths[0].view(), span)?;
         (q.psnr, q.ssim, q.nrmse, None)
     };
+    // Calibration of the ensemble's std map (the mean over slices in volume mode; the SMC
+    // diagnostics of the last slice).
+    let ensemble = (spreads.len() == slices.len() && !spreads.is_empty()).then(|| {
+        let per: Vec<_> = slices
+            .iter()
+            .zip(&spreads)
+            .zip(&truths)
+            .map(|((x, sd), t)| EnsembleStats::new(members, x.view(), sd.view(), t.view()))
+            .collect();
+        let k = per.len() as f64;
+        let corr: Vec<f64> = per.iter().filter_map(|e| e.std_error_corr).collect();
+        let mut e = EnsembleStats {
+            coverage90: per.iter().map(|e| e.coverage90).sum::<f64>() / k,
+            std_error_corr: (corr.len() == per.len())
+                .then(|| corr.iter().sum::<f64>() / corr.len() as f64),
+            mean_std: per.iter().map(|e| e.mean_std).sum::<f64>() / k,
+            ..per[0].clone()
+        };
+        if let Some(r) = &smc {
+            e.ess_per_step = r.ess_per_step.clone();
+            e.resamples = Some(r.resamples);
+            e.nonfinite = Some(r.nonfinite);
+        }
+        e
+    });
     // Reconstructions for the grids (and for anyone who wants to look).
     let x = if suite.volume.is_some() {
         stack(&slices)?
@@ -742,6 +953,8 @@ fn run_item(plan: &Plan, unit: &Unit, item: &Item, out: &Path) -> Result<Record>
         peak_mib,
         detail,
         slices: per_slice,
+        work: Some(work),
+        ensemble,
     })
 }
 
@@ -915,7 +1128,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
             )
         })?;
         if let Some(first) = &info {
-            if first.suite_text != i.suite_text {
+            if first.suite_text != i.suite_text || first.tuned_text != i.tuned_text {
                 return Err(Error::file(
                     d,
                     format!(
@@ -930,8 +1143,21 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
         runs.push(results::read_lines(&d.join("results.jsonl"))?.0);
     }
     let info = info.ok_or_else(|| Error::Invalid("no runs".into()))?;
-    let suite = SuiteFile::parse(&info.suite_text)
+    let mut suite = SuiteFile::parse(&info.suite_text)
         .map_err(|e| Error::Invalid(format!("the recorded suite does not parse: {e}")))?;
+    if let Some(t) = &info.tuned_text {
+        let tuned: super::tune::TunedFile = toml::from_str(t).map_err(|e| {
+            Error::Invalid(format!("the recorded tuned settings do not parse: {e}"))
+        })?;
+        let file = SuiteFile {
+            suite: suite.clone(),
+            path: info.suite_path.clone(),
+            text: info.suite_text.clone(),
+        };
+        suite
+            .methods
+            .extend(super::tune::tuned_methods(&file, &tuned));
+    }
     let merged = results::merge_records(runs)?;
     let lines: Vec<String> = merged.iter().map(|(_, l)| l.clone()).collect();
     let records: Vec<Record> = merged.into_iter().map(|(r, _)| r).collect();

@@ -39,6 +39,21 @@ pub struct Suite {
     /// Volume mode: consecutive images form volumes of `slices` slices.
     #[serde(default)]
     pub volume: Option<VolumeSpec>,
+    /// Equal-cost comparison: every sampler's steps are set so that it spends this much
+    /// network work per image (evaluations of the network on one image, a VJP counted 2,
+    /// particles and samples multiplied; see `posterior::sample::posterior::work_per_step`),
+    /// overriding its `steps`.
+    #[serde(default)]
+    pub work: Option<f64>,
+    /// Validation images for `posterior tune` (same form as `[[data]]`; never scored by
+    /// `bench`). A dataset source may read the `validation` split or disjoint indices of
+    /// the `test` split.
+    #[serde(default)]
+    pub validation: Vec<DataSource>,
+    /// Set by `posterior tune` on the copy of the suite it scores: its `data` are the
+    /// validation sources.
+    #[serde(skip)]
+    pub scoring_validation: bool,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -86,6 +101,11 @@ pub struct Task {
     pub op: String,
     #[serde(default = "default_noise")]
     pub noise: String,
+    /// MRI only: reconstruct with coil maps estimated from each simulated measurement
+    /// (`espirit` or `walsh`) instead of the true maps the measurement was simulated with.
+    /// ESPIRiT needs a fully sampled centre larger than its 6 x 6 kernel.
+    #[serde(default)]
+    pub maps: Option<String>,
 }
 
 fn default_noise() -> String {
@@ -135,6 +155,14 @@ pub struct MethodSpec {
     /// dds-volume: slice-axis TV weight.
     #[serde(default)]
     pub tv_lambda: Option<f64>,
+    /// Sampler: its other settings by name, e.g. `set = { zeta = 0.5 }` (the keys of
+    /// `posterior reconstruct --set`; checked against the sampler before any work).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: crate::sample::SettingValues,
+    /// Per-task settings of a tuned row (`posterior tune`'s `SUITE.tuned.toml`): sampler
+    /// settings merged over `set`, and a classical `lambda`. Not part of the suite file.
+    #[serde(skip)]
+    pub per_task: std::collections::BTreeMap<String, (crate::sample::SettingValues, Option<f32>)>,
 }
 
 /// Volume mode settings.
@@ -166,6 +194,7 @@ impl MethodSpec {
                     (self.samples.is_some(), "samples"),
                     (self.rho.is_some(), "rho"),
                     (self.tv_lambda.is_some(), "tv_lambda"),
+                    (!self.set.is_empty(), "set"),
                 ] {
                     if given {
                         return Err(Error::Invalid(format!(
@@ -191,6 +220,9 @@ impl MethodSpec {
                         )));
                     }
                 }
+                crate::sample::settings::settings_of(s)
+                    .and_then(|_| crate::sample::settings::check(s, &self.set))
+                    .map_err(|e| Error::Invalid(format!("{who}: {e}")))?;
                 if s == "dds-volume" {
                     if self.particles.is_some() || self.samples.is_some() {
                         return Err(Error::Invalid(format!(
@@ -318,7 +350,7 @@ impl Suite {
                         ));
                     }
                     let split = d.split.as_deref().unwrap_or("test");
-                    if split != "test" {
+                    if split != "test" && !(self.scoring_validation && split == "validation") {
                         return bad(format!(
                             "data `{}`: split `{split}`: suites score held-out images only; use split = \"test\"",
                             d.name
@@ -350,6 +382,14 @@ impl Suite {
                         d.name
                     ));
                 }
+            }
+        }
+        self.check_validation()?;
+        if let Some(w) = self.work {
+            if !(w.is_finite() && w >= 1.0) {
+                return bad(format!(
+                    "work = {w}: expected the network work per image, a number >= 1"
+                ));
             }
         }
         for m in &self.methods {
@@ -389,6 +429,62 @@ impl Suite {
                 .any(|m| !matches!(m.kind(), Ok(MethodKind::Classical(_))))
         {
             return bad("the suite has sampler methods but names no `prior`".into());
+        }
+        Ok(())
+    }
+}
+
+impl Suite {
+    /// Checks the `[[validation]]` sources: datasets (split `test` or `validation`) or files,
+    /// named apart from the data sources, and no image that the suite scores.
+    fn check_validation(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        for v in &self.validation {
+            if self.data.iter().any(|d| d.name == v.name) {
+                return bad(format!(
+                    "validation `{}`: a data source has the same name; give it its own",
+                    v.name
+                ));
+            }
+            let split = v.split.as_deref().unwrap_or("test");
+            match v.kind.as_str() {
+                "dataset" if v.indices.is_empty() => {
+                    return bad(format!("validation `{}`: give `indices`", v.name))
+                }
+                "dataset" if !matches!(split, "test" | "validation") => {
+                    return bad(format!(
+                        "validation `{}`: split `{split}`: expected `validation` or `test`",
+                        v.name
+                    ))
+                }
+                "dataset" | "files" => {}
+                other => {
+                    return bad(format!(
+                        "validation `{}`: kind `{other}`: expected `dataset` or `files`",
+                        v.name
+                    ))
+                }
+            }
+            for d in &self.data {
+                let same_source = d.path == v.path
+                    && d.kind == v.kind
+                    && d.split.as_deref().unwrap_or("test") == split;
+                if !same_source {
+                    continue;
+                }
+                if let Some(i) = d.indices.iter().find(|i| v.indices.contains(i)) {
+                    return bad(format!(
+                        "validation `{}`: index {i} is also scored by data `{}`: validation images must never be test images",
+                        v.name, d.name
+                    ));
+                }
+                if let Some(f) = d.files.iter().find(|f| v.files.contains(f)) {
+                    return bad(format!(
+                        "validation `{}`: file `{f}` is also scored by data `{}`",
+                        v.name, d.name
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -529,6 +625,38 @@ method = "cg"
                     .replace("name = \"t\"", "name = \"t\"\nprior = \"p\"")
                     .replace("method = \"cg\"", "sampler = \"dds-volume\""),
                 "add a [volume] section",
+            ),
+            (
+                MINIMAL.replace("method = \"cg\"", "method = \"cg\"\nset = { zeta = 1 }"),
+                "`set` is a sampler setting",
+            ),
+            (
+                MINIMAL
+                    .replace("name = \"t\"", "name = \"t\"\nprior = \"p\"")
+                    .replace("method = \"cg\"", "sampler = \"dps\"\nset = { gamma = 1 }"),
+                "dps has no setting `gamma`",
+            ),
+            (
+                MINIMAL
+                    .replace("name = \"t\"", "name = \"t\"\nprior = \"p\"")
+                    .replace("method = \"cg\"", "sampler = \"dds\"\nset = { cg_iters = 2.5 }"),
+                "expected an integer",
+            ),
+            (
+                MINIMAL.replace("range = [0.0, 1.0]", "range = [0.0, 1.0]\nwork = 0"),
+                "work = 0",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[validation]]\nname = \"v\"\nkind = \"files\"\npath = \".\"\nfiles = [\"x.png\"]\n"
+                ),
+                "file `x.png` is also scored",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[validation]]\nname = \"a\"\nkind = \"files\"\npath = \".\"\nfiles = [\"y.png\"]\n"
+                ),
+                "a data source has the same name",
             ),
         ];
         for (text, want) in &cases {

@@ -53,6 +53,7 @@ pub fn run(a: &DegradeArgs) -> Result<()> {
             axis,
             to_grayscale,
         },
+        from_data: false,
     };
     measurement::write(&a.out, &y, &side)?;
     if let Some(p) = &a.preview {

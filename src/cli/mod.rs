@@ -1,5 +1,8 @@
-//! The command-line interface: `posterior degrade`, `reconstruct`, `ops`, `demo`, `sample`,
-//! `denoise`, `import`.
+//! The command-line interface: `posterior degrade`, `reconstruct`, `maps`, `ops`, `demo`,
+//! `sample`, `denoise`, `import`, `calibrate`, `bench`, `tune`, `priors`.
+//!
+//! Every subcommand has a one-line help (`posterior --help`) and an example in its long
+//! help (`posterior SUBCOMMAND --help`).
 //!
 //! Each subcommand is a thin layer over the library: it parses arguments, calls the
 //! library, prints results, and turns errors into a message and a non-zero exit (in
@@ -17,11 +20,13 @@ mod degrade;
 mod demo;
 mod denoise;
 mod import;
+mod maps;
 mod ops;
 mod priors;
 mod progress;
 mod reconstruct;
 mod sample;
+mod tune;
 
 pub use progress::Progress;
 
@@ -34,39 +39,108 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum Command {
     /// Simulate a measurement of an image: apply an operator and noise, write Y.npy and its
     /// JSON sidecar.
+    #[command(
+        after_long_help = "Example:\n  posterior degrade photo.png --op blur:kernel=motion,intensity=0.5 \\\n      --noise gaussian:sigma=0.01 --seed 1 --out y.npy --preview y.png"
+    )]
     Degrade(DegradeArgs),
-    /// Reconstruct an image from a measurement written by `degrade`.
-    Reconstruct(ReconstructArgs),
+    /// Reconstruct an image from a measurement: a `degrade` output, or a photo, sinogram or
+    /// raw k-space from elsewhere with --op.
+    #[command(
+        after_long_help = "Examples:\n  posterior reconstruct y.npy --method tv --out x.png --truth photo.png\n  posterior reconstruct blurred.png --op blur:kernel=file,path=psf.png,boundary=reflect --method tv --out x.png\n  posterior reconstruct kspace.cfl --op mri --maps espirit --method tv --out x.nii\n  posterior reconstruct file_brain.h5 --op mri --slice 10 --method cg --out x.png\n  posterior reconstruct sino.npy --op ct:geometry=fan,views=60 --image-shape 1,128,128 --method fbp --out x.png"
+    )]
+    Reconstruct(Box<ReconstructArgs>),
+    /// Estimate coil sensitivity maps (ESPIRiT or Walsh) from raw multi-coil k-space.
+    #[command(
+        after_long_help = "Examples:\n  posterior maps kspace.cfl --out maps.cfl                 # BART ecalib -m1 settings\n  posterior maps file_brain.h5 --slice 10 --method walsh --out maps.npy"
+    )]
+    Maps(MapsArgs),
     /// List every operator with its parameters and defaults, and the noise models.
+    #[command(after_long_help = "Example:\n  posterior ops")]
     Ops,
     /// Degrade the bundled example image with several operators, reconstruct each, write
     /// the PNGs and print PSNR/SSIM.
+    #[command(after_long_help = "Example:\n  posterior demo --out demo")]
     Demo(DemoArgs),
     /// Draw samples from a prior with an unconditional sampler (DDPM, DDIM, Euler, Heun,
     /// DPM-Solver++(2M)): a network prior (directory or shipped name) or a Gaussian mixture.
+    #[command(
+        after_long_help = "Example:\n  posterior sample --prior brain-mri --steps 50 --n 16 --seed 0 --clip --out brain.png"
+    )]
     Sample(SampleArgs),
     /// Run a network prior once on a noisy input and write its Tweedie estimate (or, with
     /// --raw, the network's own output).
+    #[command(
+        after_long_help = "Example:\n  posterior denoise x_t.npy --prior fmnist-32 --t 0.5 --out x0.npy"
+    )]
     Denoise(DenoiseArgs),
     /// Turn a checkpoint into a prior directory without Python: a guided-diffusion or EDM
     /// PyTorch state dict (.pt) or a diffusers UNet2DModel directory.
+    #[command(
+        after_long_help = "Example:\n  posterior import ffhq_10m.pt --out ffhq256 --image_size 256 --num_channels 128 ..."
+    )]
     Import(Box<import::ImportArgs>),
     /// Measure a prior's denoising error per time on held-out images and write FLAIR's
     /// regulariser table (put it in the prior's directory as calibration.json).
+    #[command(
+        after_long_help = "Example:\n  posterior calibrate --prior fmnist-32 --data held_out.npy --out calibration.json"
+    )]
     Calibrate(CalibrateArgs),
-    /// List the priors reachable by name (shipped under priors/ or in $POSTERIOR_PRIORS).
     /// Run a benchmark suite (problems/*.toml): every image, task and method, with a table
     /// (results.md), one JSON line per result (results.jsonl) and image grids; a rerun
     /// resumes. `bench merge DIR... --out DIR` joins shards.
+    #[command(
+        after_long_help = "Examples:\n  posterior bench problems/mri-brain-4x.toml --out runs/mri-4x\n  posterior bench problems/fmnist-restoration.toml --methods tv,dds --limit 2 --out runs/quick"
+    )]
     Bench(BenchArgs),
+    /// Tune methods' settings on a suite's validation images (never its test images) with
+    /// argmin, maximising mean PSNR; writes SUITE.tuned.toml beside the suite, whose rows
+    /// `bench` then adds.
+    #[command(
+        after_long_help = "Example:\n  posterior tune problems/mri-brain-4x.toml --methods dps,dds,tv --budget 10"
+    )]
+    Tune(TuneArgs),
+    /// List the priors reachable by name (shipped under priors/ or in $POSTERIOR_PRIORS).
+    #[command(after_long_help = "Example:\n  posterior priors --json")]
     Priors {
         /// Print a JSON list of objects (name, domain, resolution, channels, range, ...).
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct MapsArgs {
+    /// Raw multi-coil k-space: fastMRI .h5, BART .cfl [H, W, 1, coils], .npy (coils, 2, H, W)
+    /// or complex (coils, H, W).
+    pub kspace: PathBuf,
+    /// espirit (BART ecalib -m1) | walsh (adaptive combine of the calibration images).
+    #[arg(long, default_value = "espirit")]
+    pub method: String,
+    /// The slice of a multi-slice file (default: the middle one).
+    #[arg(long)]
+    pub slice: Option<usize>,
+    /// ESPIRiT kernel side (default 6); the fully sampled centre must be larger.
+    #[arg(long)]
+    pub kernel: Option<usize>,
+    /// Largest calibration region side (default 24).
+    #[arg(long)]
+    pub region: Option<usize>,
+    /// ESPIRiT: singular values kept, s_i / s_0 > sqrt(threshold) (default 0.001).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// ESPIRiT: maps set to zero where the eigenvalue is below this (default 0.8).
+    #[arg(long)]
+    pub crop: Option<f64>,
+    /// Where to write the maps: .npy complex64 (coils, H, W) or BART .cfl [H, W, 1, coils].
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the eigenvalue map (1, H, W) here (.npy).
+    #[arg(long)]
+    pub eigenvalues: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +165,30 @@ pub struct BenchArgs {
     /// Only load and check the suite (data, methods, operators, prior); run nothing.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// The suite file; its [[validation]] images are scored.
+    pub suite: PathBuf,
+    /// The suite's methods to tune (comma-separated labels).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub methods: Vec<String>,
+    /// Settings to tune as METHOD:SETTING (comma-separated), e.g. dds:gamma,dps:zeta;
+    /// default: tv/cg lambda, dps zeta, dds gamma and cg_iters, reddiff lambda and lr, flair
+    /// weight, smc twist_scale.
+    #[arg(long, value_delimiter = ',')]
+    pub params: Option<Vec<String>>,
+    /// Only these tasks (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<String>>,
+    /// Evaluations per method and task (each reconstructs every validation image once; the
+    /// first scores the defaults).
+    #[arg(long)]
+    pub budget: usize,
+    /// Where to write (default: SUITE.tuned.toml beside the suite).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,10 +280,41 @@ pub struct DegradeArgs {
 
 #[derive(Args, Debug)]
 pub struct ReconstructArgs {
-    /// The measurement (.npy) written by `posterior degrade`, with its .json sidecar beside it.
+    /// The measurement: a `degrade` .npy with its .json sidecar, or (with --op) a photo
+    /// (PNG/JPEG/TIFF), a .npy (image, sinogram (views, detectors), k-space (coils, 2, H, W)),
+    /// raw k-space (fastMRI .h5, BART .cfl).
     pub measurement: PathBuf,
-    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | hio (phase retrieval). Default
-    /// cg; not combined with --sampler.
+    /// The operator that made a measurement without a sidecar, e.g.
+    /// `blur:kernel=file,path=psf.png`, `mri` (raw k-space), `ct:geometry=fan,views=60`.
+    #[arg(long = "op")]
+    pub op: Option<String>,
+    /// The image shape C,H,W where the data does not determine it (CT, phase retrieval).
+    #[arg(long, value_delimiter = ',')]
+    pub image_shape: Option<Vec<usize>>,
+    /// K-space files with several slices: one slice index, or `all` (the default for .h5
+    /// and multi-slice .cfl: the volume slice by slice).
+    #[arg(long)]
+    pub slice: Option<String>,
+    /// MRI coil maps for raw k-space: espirit (default) | walsh | a file (.npy, .cfl); the
+    /// same as `maps=` in --op.
+    #[arg(long)]
+    pub maps: Option<String>,
+    /// The noise level: a number (Gaussian sigma per real entry, in the measurement's
+    /// units) or a noise spec; default: the sidecar's, else estimated from the data.
+    #[arg(long)]
+    pub noise: Option<String>,
+    /// The image intensity range LO,HI mapped onto the prior's (and used for PNG output);
+    /// default: from the measurement (MRI: 99.5th percentile of the zero-filled magnitude;
+    /// CT: of the FBP) or the file's bit depth.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub image_range: Option<Vec<f32>>,
+    /// Save the operator and options used beside the measurement (MEASUREMENT.json), so
+    /// that the next `reconstruct` needs no --op.
+    #[arg(long)]
+    pub write_sidecar: bool,
+    /// Classical method: adjoint | cg | tv | fbp (CT) | gd | lbfgs | hio (phase retrieval).
+    /// Default cg; not combined with --sampler. gd and lbfgs fit Poisson counts by their
+    /// likelihood (Beer-Lambert CT), other data by least squares.
     #[arg(long, conflicts_with = "sampler")]
     pub method: Option<String>,
     /// Posterior sampler with a diffusion prior: dps | reddiff | dds | smc (= tds) | fps.
@@ -201,6 +330,11 @@ pub struct ReconstructArgs {
     /// SMC particles per posterior sample.
     #[arg(long)]
     pub particles: Option<usize>,
+    /// A sampler setting, KEY=VALUE (repeatable): dps zeta, eta; dds gamma, cg_iters, eta,
+    /// cg_tol; reddiff lambda, lr; flair weight, lr, t_end, dc_steps, dc_lr, cg_iters;
+    /// smc/tds/fps twist_scale, ess_fraction, clip, eta, cg_iters, cg_tol.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Independent posterior samples; the output is their mean, --std their spread.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
@@ -239,13 +373,22 @@ pub struct ReconstructArgs {
     /// Seed for methods with a random start (hio) and for the samplers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where to write the reconstruction: .png (display range of the input) or .npy (units
-    /// of the input image).
+    /// Where to write the reconstruction: .png (the image range), .npy (units of the input
+    /// image), .cfl (BART), .nii / .nii.gz (NIfTI; a volume when a volume was read).
     #[arg(long)]
     pub out: PathBuf,
-    /// The original image: print PSNR / SSIM / NRMSE against it.
+    /// The original image: print PSNR / SSIM / NRMSE against it (in the measurement's
+    /// units; a fastMRI file's reference image is used when this is absent).
     #[arg(long)]
     pub truth: Option<PathBuf>,
+}
+
+impl ReconstructArgs {
+    /// Where `--write-sidecar` writes: the measurement's name with `.json`.
+    pub fn write_sidecar_path(&self) -> Option<PathBuf> {
+        self.write_sidecar
+            .then(|| crate::measurement::Sidecar::path_for(&self.measurement))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -299,6 +442,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Degrade(a) => degrade::run(&a),
         Command::Reconstruct(a) => reconstruct::run(&a),
+        Command::Maps(a) => maps::run(&a),
         Command::Ops => {
             print!("{}", ops::listing());
             Ok(())
@@ -310,5 +454,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => calibrate::run(&a),
         Command::Import(a) => import::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Tune(a) => tune::run(&a),
     }
 }

@@ -46,6 +46,8 @@
 
 mod cfl;
 mod dicom;
+pub mod fastmri;
+pub mod kspace;
 mod nii;
 mod npy;
 mod raster;
@@ -60,7 +62,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use cfl::{read_cfl, write_cfl};
-pub use npy::{read_npy, read_npy_complex, write_npy};
+pub use nii::write_volume as write_nifti_volume;
+pub use npy::{read_npy, read_npy_complex, write_npy, write_npy_complex};
 
 /// The extensions [`read_image`] understands (DICOM files are also recognised by their
 /// `DICM` preamble whatever their name).

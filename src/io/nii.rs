@@ -202,6 +202,45 @@ pub(super) fn read_volume(path: &Path) -> Result<Array3<f32>> {
     Ok(v.as_standard_layout().into_owned())
 }
 
+/// Writes a volume `(D, H, W)` (slices of images shown with row 0 at the top) as NIfTI-1
+/// float32, gzip-compressed for `.nii.gz`, atomically. Voxel axes: x = image columns (left
+/// to right), y = image rows from the bottom (so viewers show row 0 at the top), z = slices;
+/// the sform maps them to millimetres by `voxel_mm = (column, row, slice)` spacing with the
+/// volume's first voxel at the origin (no patient orientation is known for raw data).
+pub fn write_volume(path: &Path, volume: ArrayView3<f32>, voxel_mm: [f32; 3]) -> Result<()> {
+    let (d, h, w) = volume.dim();
+    let xyz = Array3::from_shape_fn((w, h, d), |(x, y, z)| volume[[z, h - 1 - y, x]]);
+    let mut header = ::nifti::NiftiHeader::default();
+    header.pixdim[1..4].copy_from_slice(&voxel_mm);
+    header.xyzt_units = 2; // millimetres
+    header.sform_code = 1; // scanner-anatomical (here: the voxel grid in mm)
+    header.srow_x = [voxel_mm[0], 0.0, 0.0, 0.0];
+    header.srow_y = [0.0, voxel_mm[1], 0.0, 0.0];
+    header.srow_z = [0.0, 0.0, voxel_mm[2], 0.0];
+    let gz = super::extension(path) == "nii.gz";
+    super::write_atomic(path, |tmp| {
+        // The writer picks its file names from the extension: write `TMP.nii[.gz]`, then
+        // move it onto the temporary name.
+        let mut named = tmp.as_os_str().to_owned();
+        named.push(if gz { ".nii.gz" } else { ".nii" });
+        let named = std::path::PathBuf::from(named);
+        let written = ::nifti::writer::WriterOptions::new(&named)
+            .reference_header(&header)
+            .write_header_file(false)
+            .compress(gz)
+            .write_nifti(&xyz)
+            .map_err(|e| Error::file(path, format!("could not write NIfTI: {e}")))
+            .and_then(|()| {
+                std::fs::rename(&named, tmp)
+                    .map_err(|e| Error::file(path, format!("could not write NIfTI: {e}")))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&named);
+        }
+        written
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,3 +76,12 @@ pub fn write_npy(path: &Path, array: ArrayViewD<f32>) -> Result<()> {
             .map_err(|e| Error::file(path, format!("could not write .npy: {e}")))
     })
 }
+
+/// Writes a complex64 array as a C-order `.npy` file, atomically.
+pub fn write_npy_complex(path: &Path, array: ndarray::ArrayViewD<Complex32>) -> Result<()> {
+    let owned = array.as_standard_layout();
+    write_atomic(path, |tmp| {
+        ndarray_npy::write_npy(tmp, &owned)
+            .map_err(|e| Error::file(path, format!("could not write .npy: {e}")))
+    })
+}

@@ -41,7 +41,6 @@ use ndarray::{ArrayD, Axis};
 use super::{eps_from_x0, start, AncestralKernel, Context, DdimStep, Problem, Sampler, State};
 use crate::error::{Error, Result};
 use crate::prior::Knot;
-use posterior_operators::LinearOperatorExt;
 
 /// The step DPS takes before its guidance correction.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -183,10 +182,7 @@ pub struct Dps {
 /// (`||A||` from 30 power iterations, seeded: deterministic), 1 for a nonlinear one. See the
 /// module docs for why.
 pub fn guidance_gain(problem: &Problem) -> f64 {
-    match problem.linear() {
-        Some(op) => 1.0 / op.norm_estimate(30, 0).max(1.0),
-        None => 1.0,
-    }
+    1.0 / problem.norm_guard()
 }
 
 impl Dps {

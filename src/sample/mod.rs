@@ -44,6 +44,7 @@ pub mod ode;
 pub mod posterior;
 pub mod problem;
 pub mod reddiff;
+pub mod settings;
 pub mod smc;
 pub mod stats;
 pub mod units;
@@ -58,6 +59,7 @@ pub use flair::{Flair, FlairSettings};
 pub use ode::{Euler, Heun};
 pub use problem::Problem;
 pub use reddiff::{RedDiff, RedDiffSettings};
+pub use settings::{SettingValue, SettingValues};
 pub use smc::{Ensemble, Smc, SmcMethod, SmcSettings};
 
 /// The state of a sampler between steps.

@@ -9,6 +9,7 @@ use ndarray::{ArrayD, Axis};
 
 use super::calibrate::CalibrationTable;
 use super::flair::{Flair, FlairSettings};
+use super::settings::{self, SettingValues};
 use super::units::{problem_in_prior_units, PriorUnits};
 use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
@@ -55,6 +56,9 @@ pub struct Overrides {
     /// FLAIR's regulariser weights `lambda(t)` (the prior's calibration table); `None`
     /// keeps the uniform table.
     pub calibration: Option<CalibrationTable>,
+    /// The sampler's other settings by name (`zeta`, `gamma`, `twist_scale`, ...; see
+    /// [`super::settings`]); a key the sampler does not have is an error.
+    pub set: SettingValues,
 }
 
 /// The sampler called `name` for `problem`; `family` is the operator family (`blur`,
@@ -72,13 +76,14 @@ pub fn build(
         )));
     }
     Ok(match name {
-        "dps" => PosteriorSampler::Plain(Box::new(Dps::new(problem, dps_settings(family, o))?)),
+        "dps" => PosteriorSampler::Plain(Box::new(Dps::new(problem, dps_settings(family, o)?)?)),
         "reddiff" | "red-diff" => {
             let d = RedDiffSettings::default();
             let s = RedDiffSettings {
                 steps: steps(d.steps),
                 ..d
             };
+            let s = settings::apply_reddiff(s, &o.set)?;
             PosteriorSampler::Plain(Box::new(RedDiff::new(problem, s)?))
         }
         "flair" => {
@@ -88,9 +93,10 @@ pub fn build(
                 table: o.calibration.clone().unwrap_or(d.table.clone()),
                 ..d
             };
+            let s = settings::apply_flair(s, &o.set)?;
             PosteriorSampler::Plain(Box::new(Flair::new(problem, s)?))
         }
-        "dds" => PosteriorSampler::Plain(Box::new(Dds::new(problem, dds_settings(o))?)),
+        "dds" => PosteriorSampler::Plain(Box::new(Dds::new(problem, dds_settings(o)?)?)),
         "smc" | "tds" | "fps" => {
             let d = if name == "fps" {
                 SmcSettings::fps()
@@ -102,6 +108,7 @@ pub fn build(
                 particles: o.particles.unwrap_or(d.particles),
                 ..d
             };
+            let s = settings::apply_smc(s, &o.set)?;
             PosteriorSampler::Smc(Box::new(Smc::new(problem, s)?))
         }
         other => {
@@ -113,22 +120,52 @@ pub fn build(
     })
 }
 
-/// DPS's settings for the operator `family` (its official step size) with `o`'s overrides.
-pub fn dps_settings(family: &str, o: &Overrides) -> DpsSettings {
-    let d = DpsSettings::for_task(family);
-    DpsSettings {
-        steps: o.steps.unwrap_or(d.steps),
-        ..d
+/// Network work per step of sampler `name` for one posterior sample: evaluations of the
+/// network on one image, a VJP through it counted as 2 (a VJP reuses the forward pass and
+/// runs the backward pass, about twice a forward's cost; measured on the shipped U-Nets at
+/// 2.2-2.6x, see benches/README.md). DPS and TDS take one VJP per step (3), DDS, RED-diff,
+/// FLAIR and FPS none (1); SMC multiplies by its particles. The last step of DPS and TDS has
+/// no VJP for TDS only; this counts every step alike (an upper bound by 2 K).
+pub fn work_per_step(name: &str, particles: usize) -> f64 {
+    match name {
+        "dps" => 3.0,
+        "smc" | "tds" => 3.0 * particles as f64,
+        "fps" => particles as f64,
+        _ => 1.0,
     }
 }
 
+/// The step count that spends `work` (see [`work_per_step`]) on `samples` posterior samples
+/// of sampler `name`, with `particles` for SMC (the sampler's default when `None`); at
+/// least 1.
+pub fn steps_for_work(name: &str, particles: Option<usize>, samples: usize, work: f64) -> usize {
+    let k = particles.unwrap_or(SmcSettings::default().particles);
+    let per = work_per_step(name, k) * samples.max(1) as f64;
+    ((work / per).floor() as usize).max(1)
+}
+
+/// DPS's settings for the operator `family` (its official step size) with `o`'s overrides.
+pub fn dps_settings(family: &str, o: &Overrides) -> Result<DpsSettings> {
+    let d = DpsSettings::for_task(family);
+    settings::apply_dps(
+        DpsSettings {
+            steps: o.steps.unwrap_or(d.steps),
+            ..d
+        },
+        &o.set,
+    )
+}
+
 /// DDS's settings with `o`'s overrides.
-pub fn dds_settings(o: &Overrides) -> DdsSettings {
+pub fn dds_settings(o: &Overrides) -> Result<DdsSettings> {
     let d = DdsSettings::default();
-    DdsSettings {
-        steps: o.steps.unwrap_or(d.steps),
-        ..d
-    }
+    settings::apply_dds(
+        DdsSettings {
+            steps: o.steps.unwrap_or(d.steps),
+            ..d
+        },
+        &o.set,
+    )
 }
 
 /// The Gaussian noise level per real measurement entry that a noise model implies:
@@ -151,12 +188,33 @@ pub fn gaussian_level(noise: &NoiseModel, y: ndarray::ArrayViewD<f32>) -> f64 {
 pub struct PriorReconstruction {
     /// The estimate in image units: the mean of the samples (SMC: of the weighted means).
     pub image: ArrayD<f32>,
-    /// The pixelwise posterior standard deviation in image units: the SMC ensemble's, or
-    /// the spread of two or more samples; `None` otherwise.
+    /// The pixelwise posterior standard deviation in image units: the SMC ensemble's (with
+    /// two or more samples, within plus between their ensembles), or the spread of two or
+    /// more samples; `None` otherwise.
     pub spread: Option<ArrayD<f32>>,
     /// The sampler's description.
     pub label: String,
     pub outcome: Outcome,
+    /// Images per denoiser call: the samples, times the particles for SMC. A run evaluated
+    /// the network on `outcome.nfe * batch` images and back-propagated through it
+    /// `outcome.vjps * batch` times.
+    pub batch: usize,
+    /// The SMC ensemble's weight diagnostics (SMC samplers only).
+    pub smc: Option<SmcReport>,
+}
+
+/// What an SMC run's weights did (see [`super::smc::StepTrace`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SmcReport {
+    /// Particles per posterior sample.
+    pub particles: usize,
+    /// The mean ESS over samples at each step, before resampling (the last entry: the
+    /// final weights).
+    pub ess_per_step: Vec<f64>,
+    /// How many times some sample's particles were resampled.
+    pub resamples: usize,
+    /// Particles lost to non-finite values over the run.
+    pub nonfinite: usize,
 }
 
 /// Reconstructs the measurement `y` of `physics` (noise model `noise`, image range
@@ -192,15 +250,20 @@ pub fn reconstruct_with_prior(
     let mut sampler = build(name, problem.clone(), family, &o)?;
     // DPS and DDS run resident on the GPU when the prior does and the operator has a device
     // twin (no per-step host round trip, so no time limit and one report at the end).
-    let resident = if executor.has_time_limit() {
+    let resident = if executor.has_time_limit() || !matches!(name, "dps" | "dds") {
         None
     } else {
+        let (dds, dps) = if name == "dds" {
+            (dds_settings(&o)?, DpsSettings::default())
+        } else {
+            (DdsSettings::default(), dps_settings(family, &o)?)
+        };
         crate::gpu::sampler::resident_posterior(
             &prior,
             &problem,
             name,
-            &dds_settings(&o),
-            &dps_settings(family, &o),
+            &dds,
+            &dps,
             samples,
             executor.seed(),
         )?
@@ -233,9 +296,26 @@ pub fn reconstruct_with_prior(
         PosteriorSampler::Smc(s) => s.ensemble(),
         PosteriorSampler::Plain(_) => None,
     };
+    let (batch, smc) = match &sampler {
+        PosteriorSampler::Smc(s) => {
+            let k = s.settings().particles;
+            let report = ensemble.map(|e| SmcReport {
+                particles: k,
+                ess_per_step: e.trace.iter().map(|t| t.ess_mean).collect(),
+                resamples: e.resamples,
+                nonfinite: e.trace.iter().map(|t| t.nonfinite).sum(),
+            });
+            (samples * k, report)
+        }
+        PosteriorSampler::Plain(_) => (samples, None),
+    };
     let (mean, spread) = match ensemble {
         Some(ens) => {
-            let var = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
+            // The law of total variance over the independent samples' ensembles: the mean
+            // within-ensemble variance plus the variance of the ensembles' means.
+            let within = ens.std.mapv(|v| v * v).mean_axis(Axis(0));
+            let between = ens.mean.var_axis(Axis(0), 0.0);
+            let var = within.map(|w| w + between);
             (ens.mean.mean_axis(Axis(0)), var.map(|v| v.mapv(f32::sqrt)))
         }
         None => (
@@ -249,6 +329,8 @@ pub fn reconstruct_with_prior(
         spread: spread.map(|s| s.mapv(|v| v * units.scale.abs())),
         label,
         outcome,
+        batch,
+        smc,
     })
 }
 

@@ -22,6 +22,8 @@ pub struct Problem {
     operator: Operator,
     y: ArrayD<f32>,
     sigma_y: f64,
+    /// `||A||` of a linear operator, estimated once on first use.
+    norm: std::sync::OnceLock<Option<f64>>,
 }
 
 impl Problem {
@@ -46,7 +48,28 @@ impl Problem {
             operator,
             y,
             sigma_y,
+            norm: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `||A||` (the largest singular value) of a linear operator, by 30 seeded power
+    /// iterations on `A^T A` (deterministic), computed once and cached; `None` for a
+    /// nonlinear model.
+    pub fn operator_norm(&self) -> Option<f64> {
+        *self.norm.get_or_init(|| {
+            self.linear()
+                .map(|op| op.norm_estimate(30, 0))
+                .filter(|n| n.is_finite())
+        })
+    }
+
+    /// The scale guard shared by the samplers whose data steps grow with the operator:
+    /// `max(1, ||A||)` for a linear operator, 1 for a nonlinear one. Official step sizes and
+    /// twist widths were set for operators of norm at most 1 (masks, blurs, averaging
+    /// downsamplers: unchanged by the guard); CT line integrals reach norms of ~100 in prior
+    /// units, where the unguarded steps diverge.
+    pub fn norm_guard(&self) -> f64 {
+        self.operator_norm().map_or(1.0, |n| n.max(1.0))
     }
 
     /// The forward model.

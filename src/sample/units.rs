@@ -12,6 +12,15 @@
 //!   `scale E^T J_A^T v`.
 //!
 //! The noise keeps its units (those of `y`), so `sigma_y` is unchanged.
+//!
+//! # Where the image range comes from
+//! The image range is read off the measurement, never off the truth ([`measured_range`]):
+//! - MRI: `[0, p99.5]` of the magnitude of the zero-filled reconstruction (the adjoint,
+//!   scaled by the least-squares fit of `c A^T y` to `y`), the rule the shipped `brain-mri`
+//!   prior's card scales its training slices by (99.5th percentile to 1);
+//! - CT: `[0, p99.5]` of the filtered back-projection (ramp filter);
+//! - photos and other image-like measurements: the file's bit depth (`[0, 1]` in working
+//!   units for 8/16-bit files), chosen by the caller, as is `--image-range LO,HI`.
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn};
 use posterior_operators::forward::{ForwardOperator, Operator};
@@ -19,7 +28,54 @@ use posterior_operators::linear::{Composed, LinearOperator, Scaled};
 
 use super::Problem;
 use crate::error::{Error, Result};
-use crate::spec::Embedding;
+use crate::spec::{Embedding, Physics};
+
+/// The `q`-quantile (`q` in [0, 1], linear interpolation) of finite `values`; 0 when empty.
+pub fn quantile(values: impl IntoIterator<Item = f32>, q: f64) -> f32 {
+    let mut v: Vec<f32> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let t = (pos - lo as f64) as f32;
+    v[lo] * (1.0 - t) + v[hi] * t
+}
+
+/// The percentile of the zero-filled or FBP magnitude that sets the top of the image range.
+pub const RANGE_PERCENTILE: f64 = 0.995;
+
+/// The image range `(lo, hi)` implied by a measurement of `physics` (see the module docs), for
+/// the families whose units the measurement determines (`mri`, `ct`); `None` for the others,
+/// whose range is the file's bit depth.
+pub fn measured_range(physics: &Physics, y: ArrayViewD<f32>) -> Result<Option<(f32, f32)>> {
+    let image = match physics.family.name {
+        "mri" => {
+            let op = physics.operator.as_linear().ok_or_else(|| {
+                Error::Unsupported("mri measurements are linear; got a nonlinear model".into())
+            })?;
+            let x = crate::solve::scaled_adjoint(op, y)?;
+            physics.extract(x.view(), false)
+        }
+        "ct" => crate::solve::fbp::fbp_spec(
+            &physics.spec,
+            &physics.context,
+            y,
+            crate::solve::fbp::Filter::parse("ramp")?,
+        )?,
+        _ => return Ok(None),
+    };
+    let hi = quantile(image.iter().map(|v| v.abs()), RANGE_PERCENTILE);
+    if !(hi.is_finite() && hi > 0.0) {
+        return Err(Error::NonFinite(format!(
+            "the {} measurement's {} image is zero or not finite: cannot set an intensity range              from it; give --image-range LO,HI",
+            physics.family.name,
+            if physics.family.name == "ct" { "filtered back-projection" } else { "zero-filled" }
+        )));
+    }
+    Ok(Some((0.0, hi)))
+}
 
 /// `x_img = scale x_prior + offset`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,7 +144,7 @@ impl LinearOperator for RealToComplex {
 
 fn embedding_op(embedding: Embedding, domain: &[usize]) -> Result<Option<RealToComplex>> {
     match embedding {
-        Embedding::Identity => Ok(None),
+        Embedding::Identity | Embedding::Complex => Ok(None),
         Embedding::RealToComplex => {
             if domain.len() != 3 || domain[0] != 2 {
                 return Err(Error::Invalid(format!(

@@ -60,11 +60,7 @@ mod tests {
     use posterior_operators::ct::shepp_logan_image;
 
     fn ctx(n: usize) -> BuildContext {
-        BuildContext {
-            image_shape: vec![1, n, n],
-            seed: 0,
-            base_dir: ".".into(),
-        }
+        BuildContext::new(&[1, n, n], 0, ".")
     }
 
     fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {

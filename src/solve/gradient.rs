@@ -2,8 +2,9 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 use posterior_operators::linear::dot;
-use posterior_operators::{LinearOperator, LinearOperatorExt, Operator};
+use posterior_operators::{LinearOperator, Operator};
 
+use super::objective::{DataObjective, Likelihood};
 use super::IterCallback;
 use crate::error::Result;
 
@@ -19,12 +20,9 @@ pub fn gradient_descent(
     nonnegative: bool,
     on_iter: IterCallback,
 ) -> Result<ArrayD<f32>> {
-    let model = Model {
-        domain_shape: op.domain_shape(),
-        forward: &|x| op.forward(x).map_err(Into::into),
-        vjp: &|x, v| op.vjp(x, v).map_err(Into::into),
-    };
-    descend(&model, y, x0, iters, nonnegative, on_iter)
+    let obj = DataObjective::new(op, y, Likelihood::Gaussian)?;
+    let x0 = x0.unwrap_or_else(|| ArrayD::zeros(IxDyn(op.domain_shape())));
+    Ok(gradient_descent_objective(&obj, x0, iters, nonnegative, on_iter)?.0)
 }
 
 /// [`gradient_descent`] for a linear operator borrowed as such.
@@ -36,46 +34,43 @@ pub fn gradient_descent_linear(
     nonnegative: bool,
     on_iter: IterCallback,
 ) -> Result<ArrayD<f32>> {
-    let model = Model {
-        domain_shape: op.domain_shape(),
-        forward: &|x| op.apply_to(x).map_err(Into::into),
-        vjp: &|_, v| op.adjoint_to(v).map_err(Into::into),
-    };
-    descend(&model, y, x0, iters, nonnegative, on_iter)
+    let obj = DataObjective::linear(op, y, Likelihood::Gaussian)?;
+    let x0 = x0.unwrap_or_else(|| ArrayD::zeros(IxDyn(op.domain_shape())));
+    Ok(gradient_descent_objective(&obj, x0, iters, nonnegative, on_iter)?.0)
 }
 
-type ForwardFn<'a> = &'a dyn Fn(ArrayViewD<f32>) -> Result<ArrayD<f32>>;
-type VjpFn<'a> = &'a dyn Fn(ArrayViewD<f32>, ArrayViewD<f32>) -> Result<ArrayD<f32>>;
-
-/// A differentiable model as the descent sees it.
-struct Model<'a> {
-    domain_shape: &'a [usize],
-    forward: ForwardFn<'a>,
-    vjp: VjpFn<'a>,
+/// What a gradient-descent run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DescentReport {
+    /// The objective at the returned point.
+    pub value: f64,
+    /// Operator applications (forward passes of the trial points plus the VJPs).
+    pub applications: usize,
+    /// Iterations taken.
+    pub iterations: usize,
 }
 
-fn descend(
-    op: &Model,
-    y: ArrayViewD<f32>,
-    x0: Option<ArrayD<f32>>,
+/// Gradient descent with Armijo backtracking (see [`gradient_descent`]) on any
+/// [`DataObjective`] (Gaussian or Poisson), from `x0`, for at most `iters` iterations;
+/// `on_iter(iteration, value)` after each. Stops early when the gradient vanishes or no
+/// step decreases the objective.
+pub fn gradient_descent_objective(
+    obj: &DataObjective,
+    x0: ArrayD<f32>,
     iters: usize,
     nonnegative: bool,
     on_iter: IterCallback,
-) -> Result<ArrayD<f32>> {
-    let mut x = x0.unwrap_or_else(|| ArrayD::zeros(IxDyn(op.domain_shape)));
-    let loss = |x: &ArrayD<f32>| -> Result<(f64, ArrayD<f32>)> {
-        let r = (op.forward)(x.view())? - &y;
-        Ok((0.5 * dot(r.view(), r.view()), r))
-    };
-    let (mut f, mut r) = loss(&x)?;
+) -> Result<(ArrayD<f32>, DescentReport)> {
+    let mut x = x0;
+    let (mut f, mut g) = obj.value_grad(x.view())?;
     let mut step = 1.0f32;
+    let mut taken = 0;
     for it in 1..=iters {
-        let g = (op.vjp)(x.view(), r.view())?;
         let gg = dot(g.view(), g.view());
-        if gg == 0.0 {
+        if gg == 0.0 || !gg.is_finite() {
             break;
         }
-        let mut accepted = false;
+        let mut accepted = None;
         for _ in 0..40 {
             let mut cand = x.clone();
             Zip::from(&mut cand).and(&g).for_each(|c, &g| {
@@ -84,24 +79,32 @@ fn descend(
                     *c = 0.0;
                 }
             });
-            let (fc, rc) = loss(&cand)?;
+            let fc = obj.value(cand.view())?;
             let decrease = dot((&x - &cand).view(), g.view());
             if fc <= f - 0.5 * decrease && fc.is_finite() {
-                x = cand;
-                f = fc;
-                r = rc;
+                accepted = Some(cand);
                 step *= 2.0;
-                accepted = true;
                 break;
             }
             step *= 0.5;
         }
-        on_iter(it, f);
-        if !accepted {
+        let Some(cand) = accepted else {
+            on_iter(it, f);
             break;
-        }
+        };
+        x = cand;
+        (f, g) = obj.value_grad(x.view())?;
+        taken = it;
+        on_iter(it, f);
     }
-    Ok(x)
+    Ok((
+        x,
+        DescentReport {
+            value: f,
+            applications: obj.applications(),
+            iterations: taken,
+        },
+    ))
 }
 
 #[cfg(test)]

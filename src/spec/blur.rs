@@ -1,7 +1,14 @@
-//! The `blur` operator family: circular convolution of every channel with one normalised
-//! kernel (Gaussian, uniform, random camera shake, or a kernel file).
+//! The `blur` operator family: convolution of every channel with one normalised kernel
+//! (Gaussian, uniform, random camera shake, or a kernel file), with a periodic (`circular`,
+//! the default), `reflect` or `valid` boundary ([`posterior_operators::blur::Boundary`]).
+//!
+//! A photo blurred by a camera is not periodic: `boundary=reflect` models the scene as
+//! continuing symmetrically past the border, `boundary=valid` reconstructs a scene larger
+//! than the photo by the kernel size minus one (the recorded pixels are those whose whole
+//! footprint lies in the scene).
 
-use posterior_operators::blur::{self, Blur};
+use ndarray::Array2;
+use posterior_operators::blur::{self, Boundary};
 use posterior_operators::Operator;
 
 use super::{BuildContext, Embedding, FamilyInfo, ParamInfo, Spec};
@@ -38,12 +45,19 @@ pub static INFO: FamilyInfo = FamilyInfo {
             default: "",
             help: "file: kernel image (png/jpg/tif, gray) or 2-D .npy; non-negative, normalised, centred on pixel (kh/2, kw/2)",
         },
+        ParamInfo {
+            key: "boundary",
+            default: "circular",
+            help: "circular (periodic, FFT) | reflect (symmetric extension, same size) | valid (measurement smaller by kernel - 1)",
+        },
     ],
     examples: &[
         "blur:kernel=gaussian,sigma=3",
         "blur:kernel=motion,intensity=0.5",
         "blur:kernel=uniform,size=9",
         "blur:kernel=file,path=kernel.png",
+        "blur:kernel=gaussian,sigma=2,boundary=reflect",
+        "blur:kernel=uniform,size=5,boundary=valid",
     ],
     grayscale_only: false,
 };
@@ -71,6 +85,47 @@ fn reject(spec: &Spec, key: &str, kernel: &str) -> Result<()> {
 
 pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
     let (c, h, w) = ctx.chw()?;
+    let boundary = Boundary::parse(&spec.choice(
+        "boundary",
+        &["circular", "reflect", "valid"],
+        "circular",
+    )?)?;
+    let (k, label, path) = kernel(spec, ctx)?;
+    let op = blur::with_boundary(&[c, h, w], k, &label, boundary).map_err(|e| match path {
+        Some(p) => Error::file(p, format!("not a usable blur kernel: {e}")),
+        None => e.into(),
+    })?;
+    Ok((Operator::Linear(op), Embedding::Identity))
+}
+
+/// The image shape `(C, H, W)` whose blur has `measured` shape `(C, h, w)`: the same for
+/// circular and reflect boundaries, larger by the kernel size minus one for `valid`.
+pub fn image_shape(spec: &Spec, measured: &[usize], ctx: &BuildContext) -> Result<Vec<usize>> {
+    let boundary = Boundary::parse(&spec.choice(
+        "boundary",
+        &["circular", "reflect", "valid"],
+        "circular",
+    )?)?;
+    if boundary != Boundary::Valid {
+        return Ok(measured.to_vec());
+    }
+    // Default kernel sizes depend on the image size: size the kernel for the measurement,
+    // then once more for the image that gives.
+    let mut shape = measured.to_vec();
+    for _ in 0..2 {
+        let ctx = BuildContext::new(&shape, ctx.seed, ctx.base_dir.clone());
+        let (k, _, _) = kernel(spec, &ctx)?;
+        shape = boundary.image_shape(measured, k.dim());
+    }
+    Ok(shape)
+}
+
+/// The kernel a spec describes for the image of `ctx`, its label, and its file if any.
+fn kernel(
+    spec: &Spec,
+    ctx: &BuildContext,
+) -> Result<(Array2<f32>, String, Option<std::path::PathBuf>)> {
+    let (_, h, w) = ctx.chw()?;
     let kernel = spec.choice("kernel", &KERNELS, "gaussian")?;
     let fit = largest_odd_at_most(h.min(w));
     let size: Option<usize> = match kernel.as_str() {
@@ -101,18 +156,19 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
             reject(spec, key, &kernel)?;
         }
     }
-    let (k, label) = match kernel.as_str() {
+    Ok(match kernel.as_str() {
         "gaussian" => {
             let sigma: f64 = spec.get("sigma", 3.0)?;
             let size = size.unwrap_or(61.min(fit));
             (
                 blur::gaussian(sigma, size)?,
                 format!("gaussian, sigma={sigma}"),
+                None,
             )
         }
         "uniform" => {
             let size = size.unwrap_or(9.min(fit));
-            (blur::uniform(size)?, "uniform".to_string())
+            (blur::uniform(size)?, "uniform".to_string(), None)
         }
         "motion" => {
             let intensity: f64 = spec.get("intensity", 0.5)?;
@@ -122,19 +178,19 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
             (
                 blur::motion(size, intensity, ctx.seed)?,
                 format!("motion, intensity={intensity}, seed={}", ctx.seed),
+                None,
             )
         }
         _ => {
             let p: String = spec.require("path")?;
             let path = ctx.resolve(&p);
-            let k = crate::io::read_gray(&path)?;
-            let op = Blur::new(&[c, h, w], k, &format!("file {p}"))
-                .map_err(|e| Error::file(&path, format!("not a usable blur kernel: {e}")))?;
-            return Ok((Operator::Linear(Box::new(op)), Embedding::Identity));
+            (
+                crate::io::read_gray(&path)?,
+                format!("file {p}"),
+                Some(path),
+            )
         }
-    };
-    let op = Blur::new(&[c, h, w], k, &label)?;
-    Ok((Operator::Linear(Box::new(op)), Embedding::Identity))
+    })
 }
 
 #[cfg(test)]
@@ -165,7 +221,12 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{ex}: {e}"));
                 let op = p.operator.as_linear().unwrap();
                 assert_eq!(op.domain_shape(), &shape);
-                assert_eq!(op.range_shape(), &shape);
+                if ex.contains("valid") {
+                    // A 5x5 kernel: the measurement is 4 rows and columns smaller.
+                    assert_eq!(op.range_shape(), &[shape[0], 60, 60]);
+                } else {
+                    assert_eq!(op.range_shape(), &shape);
+                }
                 adjoint_test(op, 1).verdict(ex, 1e-5).unwrap();
                 // A constant image stays constant (normalised kernel).
                 let x = ndarray::ArrayD::from_elem(ndarray::IxDyn(&shape), 0.5f32);

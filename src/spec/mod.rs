@@ -81,6 +81,10 @@ pub struct BuildContext {
     pub seed: u64,
     /// Relative file paths in the spec (kernels, masks, coil maps) are resolved from here.
     pub base_dir: PathBuf,
+    /// Measured k-space the operator is built for (raw data from a scanner or another
+    /// tool): the `mri` family then takes the coils, size and sampling mask from it and
+    /// estimates coil maps from its calibration region (see [`mri`]).
+    pub kspace: Option<std::sync::Arc<crate::io::kspace::KSpace>>,
 }
 
 impl BuildContext {
@@ -91,7 +95,14 @@ impl BuildContext {
             image_shape: image_shape.to_vec(),
             seed,
             base_dir: base_dir.into(),
+            kspace: None,
         }
+    }
+
+    /// The same context for an operator built around measured k-space.
+    pub fn with_kspace(mut self, kspace: std::sync::Arc<crate::io::kspace::KSpace>) -> Self {
+        self.kspace = Some(kspace);
+        self
     }
 
     /// `(C, H, W)` of the image, or an error if the image is not 3-D.
@@ -123,6 +134,9 @@ pub enum Embedding {
     /// The domain is a complex image `(2, H, W)`; a real `(1, H, W)` image enters with zero
     /// imaginary part, and comes back as the magnitude (or the (re, im) pair on request).
     RealToComplex,
+    /// The image is the complex `(2, H, W)` domain itself (re, im), as measured k-space
+    /// gives it; it comes back as the magnitude `(1, H, W)` (or the pair on request).
+    Complex,
 }
 
 /// A built forward model: the operator, how images enter its domain, and the spec it came from.
@@ -141,7 +155,7 @@ impl Physics {
     /// Maps an image `(C, H, W)` into the operator's domain.
     pub fn embed(&self, image: ArrayViewD<f32>) -> Result<ArrayD<f32>> {
         match self.embedding {
-            Embedding::Identity => Ok(image.to_owned()),
+            Embedding::Identity | Embedding::Complex => Ok(image.to_owned()),
             Embedding::RealToComplex => {
                 if image.ndim() != 3 || image.shape()[0] != 1 {
                     return Err(Error::Invalid(format!(
@@ -180,7 +194,7 @@ impl Physics {
     /// `keep_complex`, which returns the `(2, H, W)` pair.
     pub fn extract(&self, x: ArrayViewD<f32>, keep_complex: bool) -> ArrayD<f32> {
         match self.embedding {
-            Embedding::RealToComplex if !keep_complex => {
+            Embedding::RealToComplex | Embedding::Complex if !keep_complex => {
                 let re = x.index_axis(Axis(0), 0);
                 let im = x.index_axis(Axis(0), 1);
                 let mag = ndarray::Zip::from(&re)
@@ -190,6 +204,34 @@ impl Physics {
             }
             _ => x.to_owned(),
         }
+    }
+}
+
+/// The image shape `(C, H, W)` a measurement of shape `measured` implies for the spec
+/// `text`, where the operator determines it (blur, inpainting, super-resolution: a 2-D
+/// measurement is one channel); `None` where it does not (CT, phase retrieval: give the
+/// shape). Relative paths in the spec are resolved from `base_dir`.
+pub fn image_shape_for(
+    text: &str,
+    measured: &[usize],
+    base_dir: &Path,
+    seed: u64,
+) -> Result<Option<Vec<usize>>> {
+    let parsed = Spec::parse(text)?;
+    let chw = match *measured {
+        [h, w] => vec![1, h, w],
+        [c, h, w] => vec![c, h, w],
+        _ => return Ok(None),
+    };
+    let ctx = BuildContext::new(&chw, seed, base_dir);
+    match parsed.family.as_str() {
+        "blur" => blur::image_shape(&parsed, &chw, &ctx).map(Some),
+        "inpaint" => Ok(Some(chw)),
+        "sr" => {
+            let f: usize = parsed.get("factor", 4)?;
+            Ok(Some(vec![chw[0], chw[1] * f, chw[2] * f]))
+        }
+        _ => Ok(None),
     }
 }
 

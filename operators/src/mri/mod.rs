@@ -21,8 +21,11 @@
 //! - Scaling: no extra factors; with a full mask and `sum_c |S_c|^2 = 1` both operators are
 //!   isometries (`A^T A = I`).
 
+pub mod calibration;
 pub mod coils;
+pub mod espirit;
 pub mod masks;
+pub mod walsh;
 
 use ndarray::parallel::prelude::*;
 use ndarray::{Array2, Array3, ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn};
@@ -32,8 +35,11 @@ use crate::error::{Error, Result};
 use crate::fft::Fft2;
 use crate::linear::LinearOperator;
 
+pub use calibration::{calibration_region, detect_mask, Region};
 pub use coils::{check_sensitivities, synthetic_sensitivities};
+pub use espirit::{espirit, CoilMaps, EspiritSettings};
 pub use masks::{make_mask, sampled_fraction, MaskKind};
+pub use walsh::{walsh, WalshSettings};
 
 /// Checks a mask: at least 1 x 1, every entry 0 or 1. Returns it row-major.
 fn check_mask(op: &str, mask: &Array2<f32>) -> Result<Vec<f32>> {

@@ -32,27 +32,41 @@
 //!
 //! # TDS
 //!
-//! Twist `h_i(x) = N(y; A(x0_hat(x)), v_i I)` with `v_i = sigma_y^2 + r_i^2`. Decision (the
-//! paper leaves `r_i` to the user): `r_i^2 = twist_scale^2 * s_i^2 / (a_i^2 + s_i^2)`, the
-//! variance of `x0` given `x_i` per coordinate for a unit-variance Gaussian prior (`1 - abar`
-//! on VP), so the twist is flat at `t = 1` and sharpens to the exact likelihood as `t -> 0`.
-//! Proposal: the ancestral step with its mean shifted by `sd^2 grad_x log h_i(x_i)` (the
-//! gradient through the denoiser: one VJP), same `sd`. Per step this costs one batched
-//! denoiser call whose forward pass is kept for the VJP ([`crate::prior::Pullback`]: the
-//! cotangent `J^T (y - A(x0_hat)) / v_i` needs the estimate first); [`super::Context`]
-//! counts 1 NFE + 1 VJP per step, except the last step (1 NFE, no VJP).
+//! Twist `h_i(x) = N(y; A(x0_hat(x)), v_i I)` with `v_i = sigma_y^2 + (twist_scale G r_i)^2`.
+//! Decisions (the paper leaves `r_i` to the user):
+//! - `r_i^2 = s_i^2 / (a_i^2 + s_i^2)`, the variance of `x0` given `x_i` per coordinate for a
+//!   unit-variance Gaussian prior (`1 - abar` on VP; the official code's "pseudoinverse-
+//!   guided" choice with `tau^2 = 1`), so the twist is flat at `t = 1` and sharpens to the
+//!   likelihood as `t -> 0`;
+//! - `G = max(1, ||A||)`, the problem's norm guard ([`Problem::norm_guard`], shared with DPS):
+//!   the predictive variance of `A x0` is at most `||A||^2 r^2`; without it the twist of a
+//!   CT projector (norm ~100 in prior units) is 10^4 times too sharp, its log-weights spread
+//!   over thousands of nats and the guided step throws the particles off;
+//!
+//! Proposal: the ancestral step whose `x0` is the conditional Tweedie estimate
+//! `x0_tw = x0_hat + (s_i^2 / a_i) grad_x log h_i(x_i)` (exact for a Gaussian prior and a
+//! linear `A`), clipped to the prior's range (`clip`, default on) as the official code does:
+//! the mean moves by `d = c_x0 (x0_tw - x0_hat)`, same `sd`. An imperfect network's
+//! Jacobian can make the unclipped step overshoot by orders of magnitude late in the run,
+//! where `v ~ sigma_y^2` (measured on fmnist-32: values of 1e15 after 50 steps); the clip
+//! bounds it, and the weight `log p - log q = -z.d / sd - |d|^2 / (2 sd^2)` keeps the target
+//! exact for any such `d`. The gradient goes through the denoiser (one VJP). Per step this
+//! costs one batched denoiser call whose forward pass is kept for the VJP
+//! ([`crate::prior::Pullback`]); [`super::Context`] counts 1 NFE + 1 VJP per step, except
+//! the last step (1 NFE, no VJP).
 //!
 //! # FPS
 //!
 //! The measurement is noised along the path: `y_0 = a_0 y + s_0 A z`, then per step the DDIM
-//! update [`DdimStep`] with "clean point" `y` and noise `A z` (`eta = 1` by default, for which
+//! update [`super::DdimStep`] with "clean point" `y` and noise `A z` (`eta = 1` by default, for which
 //! `(y_i)` has exactly the joint law of `A x_i + a_i n` under the forward process; one
 //! sequence per posterior sample, shared by its `K` particles). Twist
-//! `h_i(x) = N(y_i; A x, tau_i^2 I)`. Decision: `tau_i^2 = a_i^2 sigma_y^2 + s_i^2`, not the
-//! `a_i^2 sigma_y^2` of a measurement of the forward trajectory itself: `y_i`'s path noise is
-//! drawn independently of the particles', so `y_i - A x_i` also carries `s_i` noise, and a
-//! twist as narrow as `a_i sigma_y` makes `1 / h_i` at the pinned particles a heavy-tailed
-//! weight (measured: resampling at nearly every step and single-draw biases of 20 s.e.).
+//! `h_i(x) = N(y_i; A x, tau_i^2 I)`. Decision: `tau_i^2 = a_i^2 sigma_y^2 + (G s_i)^2`
+//! (`G` the norm guard as for TDS), not the `a_i^2 sigma_y^2` of a measurement of the
+//! forward trajectory itself: `y_i`'s path noise is drawn independently of the particles',
+//! so `y_i - A x_i` also carries `s_i A z` noise, and a twist as narrow as `a_i sigma_y`
+//! makes `1 / h_i` at the pinned particles a heavy-tailed weight (measured: resampling at
+//! nearly every step and single-draw biases of 20 s.e.).
 //! The first particles are drawn from the twisted initial law `p(x_0) h_0(x_0)` (the same
 //! Gaussian conditional with `mu = 0`, `sd = s(1)`), whose weight is a constant.
 //! Proposal: the exact Gaussian conditional
@@ -69,9 +83,27 @@
 //!
 //! Difference from the published FPS-SMC: it weights each move by the predictive
 //! `p(y_{i+1} | x_i)` alone, i.e. treats the noised measurements as independent
-//! observations, which is exact only in its continuous-time limit; here the twists
-//! telescope and the final weight is the exact likelihood, so the ensemble targets the
-//! posterior itself at any step count (up to the chain's own discretisation).
+//! observations, which is exact only in its continuous-time limit, resamples at every step
+//! and returns one particle; here the twists telescope and the final weight is the exact
+//! likelihood, so the ensemble targets the posterior itself at any step count (up to the
+//! chain's own discretisation), resampling follows the ESS, and the whole ensemble is kept.
+//!
+//! # One driver, two proposals
+//!
+//! The driver ([`Smc`]) owns the weights, resampling, diagnostics and the output; a method
+//! is a [`Proposal`]: its start, its twist at a knot (the denoiser call) and its move. Per
+//! step: twist (completing the previous move's weight with `log h_i(x_i)`), resample where
+//! the ESS asks, move (adding `log p - log q - log h_i(x_i)`). A particle whose estimate or
+//! weight is non-finite gets weight 0 and its sample is resampled at once, so one diverged
+//! particle never poisons the ensemble; a run fails only when every particle of a sample
+//! is lost, and the message names the step and time.
+//!
+//! # Diagnostics
+//!
+//! Every step records a [`StepTrace`] (ESS before resampling, mean and smallest over the
+//! samples; the spread of the log-weights; resampled samples; non-finite particles); the
+//! finished [`Ensemble`] holds the trace and the resampling count, and the benchmark writes
+//! the per-step ESS and the count into `results.jsonl`.
 //!
 //! # Output
 //!
@@ -88,20 +120,21 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn};
-use posterior_operators::LinearOperator;
+use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use rand::Rng as _;
-use rayon::prelude::*;
 
 use super::problem::Problem;
-use super::{AncestralKernel, Context, DdimStep, Executor, Outcome, Sampler, State};
+use super::{Context, Executor, Outcome, Sampler, State};
 use crate::error::{Error, Result};
 use crate::prior::{Denoiser, Knot};
 
-/// The samplers of the toolkit that serve nonlinear forward models.
-/// FPS: the factor on `s_i` in the twist width `tau_i` (see the module docs).
-const FPS_WIDTH: f64 = 1.0;
+mod fps;
+mod tds;
+mod weights;
 
+pub use weights::{ess, normalise_log_weights, systematic, StepTrace};
+
+/// The samplers of the toolkit that serve nonlinear forward models.
 pub const NONLINEAR_SAMPLERS: &str = "dps, reddiff, smc (tds) or flair";
 
 /// Which proposal and twist an [`Smc`] run uses (see the module docs).
@@ -136,8 +169,12 @@ pub struct SmcSettings {
     /// Resample a sample's particles when their ESS falls below `ess_fraction * K`; in
     /// `[0, 1]` (0 never resamples). Default 0.5.
     pub ess_fraction: f64,
-    /// TDS: the factor on `r_i` in the twist variance `sigma_y^2 + r_i^2` (default 1).
+    /// TDS: the factor on `r_i` in the twist variance `sigma_y^2 + (twist_scale G r_i)^2`
+    /// (default 1; larger is flatter).
     pub twist_scale: f64,
+    /// TDS: clip the conditional Tweedie estimate of the proposal to the prior's range
+    /// (default true, as the official code).
+    pub clip: bool,
     /// FPS: the stochasticity of the measurement bridge `y_i`, in `[0, 1]` (default 1, the
     /// forward process's own joint law).
     pub eta: f64,
@@ -155,6 +192,7 @@ impl Default for SmcSettings {
             particles: 20,
             ess_fraction: 0.5,
             twist_scale: 1.0,
+            clip: true,
             eta: 1.0,
             cg_iters: 100,
             cg_tol: 1e-6,
@@ -175,7 +213,8 @@ impl SmcSettings {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting's range; the message names the setting and the method.
+    pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(format!("smc ({}): {m}", self.method.name())));
         if self.steps == 0 {
             return bad("the number of steps must be at least 1".into());
@@ -223,6 +262,8 @@ pub struct Ensemble {
     pub ess: Vec<f64>,
     /// How many times some sample's particles were resampled.
     pub resamples: usize,
+    /// What the weights did at every step.
+    pub trace: Vec<StepTrace>,
 }
 
 impl Ensemble {
@@ -250,19 +291,90 @@ impl Ensemble {
     }
 }
 
+/// How a run's particles are laid out: `n` posterior samples of `k` particles each, and the
+/// prior's intensity range.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    n: usize,
+    k: usize,
+    range: (f32, f32),
+}
+
+impl Layout {
+    /// Rows of the particle batch, `n k`.
+    fn rows(&self) -> usize {
+        self.n * self.k
+    }
+}
+
+/// What a proposal computed at the current knot. Every array is per particle
+/// `(N K, ...)` and travels with its particle when the ensemble is resampled.
+struct Twist {
+    /// `x0_hat(x_i)`.
+    x0: ArrayD<f32>,
+    /// `log h_i(x_i)` (zeros at the last step, where no twist is needed).
+    log_h: Vec<f64>,
+    /// What the proposal keeps for its move (TDS: the twist's gradient `grad_x log h_i`).
+    carry: Option<ArrayD<f32>>,
+}
+
+impl Twist {
+    /// The denoised estimate alone (the last step).
+    fn plain(x0: ArrayD<f32>) -> Twist {
+        let rows = x0.shape().first().copied().unwrap_or(0);
+        Twist {
+            x0,
+            log_h: vec![0.0; rows],
+            carry: None,
+        }
+    }
+}
+
+/// An SMC method: its start, its twist at a knot (the one denoiser call of a step) and its
+/// move. The driver ([`Smc`]) owns the weights, resampling and output.
+trait Proposal: Send {
+    /// The particles at the first knot `(N K, ...)` and their log-weights.
+    fn start(
+        &mut self,
+        cx: &mut Context,
+        layout: &Layout,
+        knots: &[Knot],
+    ) -> Result<(ArrayD<f32>, Vec<f64>)>;
+    /// Denoises the particles at `cur` and evaluates `log h_i` (and what the move needs);
+    /// `last`: the step to the clean point, which needs only the estimate.
+    fn twist(
+        &mut self,
+        cx: &mut Context,
+        layout: &Layout,
+        x: &ArrayD<f32>,
+        cur: Knot,
+        last: bool,
+    ) -> Result<Twist>;
+    /// Draws `x_{i+1}` from `x_i` and returns it with `log p(x_{i+1} | x_i) - log q(x_{i+1} |
+    /// x_i)` per particle, constants shared by every particle dropped.
+    fn propose(
+        &mut self,
+        cx: &mut Context,
+        layout: &Layout,
+        x: &ArrayD<f32>,
+        twist: &Twist,
+        cur: Knot,
+        nxt: Knot,
+    ) -> Result<(ArrayD<f32>, Vec<f64>)>;
+}
+
 /// A sequential Monte Carlo posterior sampler (see the module docs).
 pub struct Smc {
     problem: Arc<Problem>,
     settings: SmcSettings,
+    proposal: Box<dyn Proposal>,
     knots: Vec<Knot>,
-    /// Posterior samples `N` of the current run.
-    n: usize,
+    layout: Layout,
     /// Log-weights of the `N K` particles.
     logw: Vec<f64>,
-    /// FPS: the current noised measurement per sample, `(N, ...range)`.
-    y_cur: Option<ArrayD<f32>>,
     ensemble: Option<Ensemble>,
     resamples: usize,
+    trace: Vec<StepTrace>,
     /// Tests only: leave the weights at zero (a deliberately broken sampler).
     ignore_weights: bool,
 }
@@ -280,20 +392,29 @@ impl Smc {
             )));
         }
         if settings.method == SmcMethod::Fps && problem.linear().is_none() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "fps needs a linear operator with Gaussian noise, but {} is nonlinear; use {NONLINEAR_SAMPLERS}",
                 problem.operator().name()
             )));
         }
+        let proposal: Box<dyn Proposal> = match settings.method {
+            SmcMethod::Tds => Box::new(tds::Tds::new(problem.clone(), &settings)),
+            SmcMethod::Fps => Box::new(fps::Fps::new(problem.clone(), &settings)),
+        };
         Ok(Smc {
             problem,
             settings,
+            proposal,
             knots: Vec::new(),
-            n: 0,
+            layout: Layout {
+                n: 0,
+                k: 0,
+                range: (f32::NEG_INFINITY, f32::INFINITY),
+            },
             logw: Vec::new(),
-            y_cur: None,
             ensemble: None,
             resamples: 0,
+            trace: Vec::new(),
             ignore_weights: false,
         })
     }
@@ -305,6 +426,10 @@ impl Smc {
     /// The weighted ensemble of the last finished run.
     pub fn ensemble(&self) -> Option<&Ensemble> {
         self.ensemble.as_ref()
+    }
+    /// What the weights did at every step so far (also in the finished [`Ensemble`]).
+    pub fn trace(&self) -> &[StepTrace] {
+        &self.trace
     }
 
     /// Runs `n` posterior samples with an [`Executor`] seeded with `seed` and returns the
@@ -325,10 +450,6 @@ impl Smc {
         Ok((out, ens))
     }
 
-    fn k(&self) -> usize {
-        self.settings.particles
-    }
-
     fn add_logw(&mut self, inc: &[f64]) {
         if self.ignore_weights {
             return;
@@ -338,98 +459,106 @@ impl Smc {
         }
     }
 
-    /// TDS twist variance `sigma_y^2 + r^2` at a knot.
-    fn tds_var(&self, k: Knot) -> f64 {
-        let r2 = self.settings.twist_scale.powi(2) * k.s * k.s / (k.a * k.a + k.s * k.s);
-        self.problem.sigma_y().powi(2) + r2
+    /// The normalised weights of sample `i`; the error names the step and time.
+    fn weights_of(&self, i: usize, at: Knot, step: usize) -> Result<Vec<f64>> {
+        let k = self.layout.k;
+        normalise_log_weights(&self.logw[i * k..(i + 1) * k]).map_err(|e| {
+            Error::NonFinite(format!(
+                "{e}, for posterior sample {i} at step {step} (t = {:.4}); the ensemble was lost there",
+                at.t
+            ))
+        })
     }
 
-    /// FPS twist width at a knot: `tau^2 = a^2 sigma_y^2 + (fps_width s)^2`.
-    fn fps_tau(&self, k: Knot) -> f64 {
-        let sig = self.problem.sigma_y();
-        (k.a * k.a * sig * sig + (FPS_WIDTH * k.s).powi(2)).sqrt()
-    }
-
-    /// `-|y_n - A x_j|^2 / (2 tau^2)` per particle for the per-sample measurements `ys`
-    /// `(N, ...range)`; zeros when `tau = 0`.
-    fn gaussian_fit(&self, x: &ArrayD<f32>, ys: &ArrayD<f32>, tau: f64) -> Result<Vec<f64>> {
-        let rows = x.shape()[0];
-        if tau <= 0.0 {
-            return Ok(vec![0.0; rows]);
+    /// Marks the particles whose estimate or twist is non-finite (their log-weight becomes
+    /// `-inf`); returns how many per sample.
+    fn drop_non_finite(&mut self, tw: &mut Twist) -> Vec<usize> {
+        let k = self.layout.k;
+        let mut lost = vec![0; self.layout.n];
+        for (j, x0) in tw.x0.axis_iter(Axis(0)).enumerate() {
+            let bad = !tw.log_h[j].is_finite()
+                || x0.iter().any(|v| !v.is_finite())
+                || tw
+                    .carry
+                    .as_ref()
+                    .is_some_and(|c| c.index_axis(Axis(0), j).iter().any(|v| !v.is_finite()));
+            if bad {
+                tw.log_h[j] = f64::NEG_INFINITY;
+                self.logw[j] = f64::NEG_INFINITY;
+                lost[j / k] += 1;
+            }
         }
-        let ax = self.problem.forward_batch(x.view())?;
-        let k = self.k();
-        Ok(ax
-            .axis_iter(Axis(0))
-            .enumerate()
-            .map(|(j, a)| {
-                let y = ys.index_axis(Axis(0), j / k);
-                let sq: f64 = a
-                    .iter()
-                    .zip(y.iter())
-                    .map(|(&p, &q)| (q as f64 - p as f64).powi(2))
-                    .sum();
-                -sq / (2.0 * tau * tau)
-            })
-            .collect())
+        lost
     }
 
-    /// Resamples every sample whose ESS is below the threshold; permutes the rows of
-    /// `arrays` accordingly.
+    /// Resamples every sample whose ESS is below the threshold or that lost a particle;
+    /// permutes the rows of `x` and of the twist accordingly, and records the step.
     fn maybe_resample(
         &mut self,
         rng: &mut posterior_operators::rng::Rng,
-        arrays: &mut [&mut ArrayD<f32>],
-        logs: &mut [&mut Vec<f64>],
+        x: &mut ArrayD<f32>,
+        tw: &mut Twist,
+        lost: &[usize],
+        cur: Knot,
+        step: usize,
     ) -> Result<()> {
-        let k = self.k();
-        let mut index: Vec<usize> = (0..self.n * k).collect();
-        let mut any = false;
-        for i in 0..self.n {
-            let w = normalise_log_weights(&self.logw[i * k..(i + 1) * k])?;
-            if ess(&w) < self.settings.ess_fraction * k as f64 {
+        let k = self.layout.k;
+        let mut index: Vec<usize> = (0..self.layout.rows()).collect();
+        let mut trace = StepTrace::new(step, cur.t, lost.iter().sum());
+        for i in 0..self.layout.n {
+            let w = self.weights_of(i, cur, step)?;
+            let e = ess(&w);
+            trace.add_ess(e, self.layout.n);
+            let finite = self.logw[i * k..(i + 1) * k]
+                .iter()
+                .filter(|l| l.is_finite());
+            let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &l| {
+                (a.min(l), b.max(l))
+            });
+            trace.logw_spread = trace.logw_spread.max(hi - lo);
+            if e < self.settings.ess_fraction * k as f64 || lost[i] > 0 {
                 let u: f64 = rng.random::<f64>();
                 for (slot, j) in systematic(&w, k, u).into_iter().enumerate() {
                     index[i * k + slot] = i * k + j;
                 }
                 self.logw[i * k..(i + 1) * k].fill(0.0);
-                any = true;
+                trace.resampled += 1;
                 self.resamples += 1;
             }
         }
-        if any {
-            for a in arrays.iter_mut() {
-                **a = a.select(Axis(0), &index);
+        if trace.resampled > 0 {
+            *x = x.select(Axis(0), &index);
+            tw.x0 = tw.x0.select(Axis(0), &index);
+            if let Some(c) = &mut tw.carry {
+                *c = c.select(Axis(0), &index);
             }
-            for l in logs.iter_mut() {
-                **l = index.iter().map(|&j| l[j]).collect();
-            }
+            tw.log_h = index.iter().map(|&j| tw.log_h[j]).collect();
         }
+        self.trace.push(trace);
         Ok(())
     }
 
-    /// The weighted mean of `x` `(N K, ...)` per sample, with the current weights.
-    fn weighted_mean(&self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-        let (mean, _) = self.weighted_moments(x, false)?;
-        Ok(mean)
-    }
-
+    /// The weighted mean and (with `with_std`) the pixelwise weighted standard deviation of
+    /// `x` `(N K, ...)` per sample, with the current weights. Particles of weight 0 are
+    /// skipped, so a dropped non-finite particle never reaches the moments.
     fn weighted_moments(
         &self,
         x: &ArrayD<f32>,
         with_std: bool,
+        at: Knot,
+        step: usize,
     ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
-        let k = self.k();
+        let k = self.layout.k;
         let mut shape = x.shape().to_vec();
-        shape[0] = self.n;
+        shape[0] = self.layout.n;
         let mut mean = ArrayD::zeros(IxDyn(&shape));
         let mut std = ArrayD::zeros(IxDyn(&shape));
-        for i in 0..self.n {
-            let w = normalise_log_weights(&self.logw[i * k..(i + 1) * k])?;
-            let d: usize = shape[1..].iter().product();
+        let d: usize = shape[1..].iter().product();
+        for i in 0..self.layout.n {
+            let w = self.weights_of(i, at, step)?;
             let mut m1 = vec![0.0f64; d];
             let mut m2 = vec![0.0f64; d];
-            for (j, wj) in w.iter().enumerate() {
+            for (j, &wj) in w.iter().enumerate().filter(|(_, &wj)| wj > 0.0) {
                 let row = x.index_axis(Axis(0), i * k + j);
                 for ((a, b), &v) in m1.iter_mut().zip(m2.iter_mut()).zip(row.iter()) {
                     *a += wj * v as f64;
@@ -451,67 +580,46 @@ impl Smc {
         Ok((mean, std))
     }
 
-    /// FPS: the next noised measurement per sample by the DDIM bridge towards `y`.
-    fn fps_bridge(
-        &self,
-        cx: &mut Context,
-        y_cur: &ArrayD<f32>,
-        cur: Knot,
-        nxt: Knot,
-    ) -> Result<ArrayD<f32>> {
-        let y = self.problem.y();
-        let y0 = broadcast_rows(y, self.n);
-        let mut eps = y_cur.clone();
-        let (a, s) = (cur.a as f32, cur.s as f32);
-        eps.zip_mut_with(&y0, |e, &y| *e = (*e - a * y) / s);
-        let step = DdimStep::between(cur, nxt, self.settings.eta);
-        let az = if step.sigma > 0.0 {
-            Some(self.measured_noise(cx)?)
-        } else {
-            None
-        };
-        Ok(step.apply(&y0, &eps, az.as_ref(), 1.0))
-    }
-
-    /// `A z` per sample, `z ~ N(0, I)` on the domain: `(N, ...range)`.
-    fn measured_noise(&self, cx: &mut Context) -> Result<ArrayD<f32>> {
-        let mut shape = vec![self.n];
-        shape.extend_from_slice(self.problem.operator().domain_shape());
-        let z = cx.normal(&shape);
-        self.problem.forward_batch(z.view())
-    }
-
-    /// Finishes a run at the clean knot: final weights, ensemble, one draw per sample.
+    /// Finishes a run at the clean knot: the ensemble (the final weight is the likelihood
+    /// over the last twist, see the module docs), and one draw per sample.
     fn finish(
         &mut self,
         cx: &mut Context,
         mut state: State,
-        x0: ArrayD<f32>,
+        mut tw: Twist,
+        cur: Knot,
         nxt: Knot,
     ) -> Result<State> {
-        let (_, sq) = self.problem.data_grad_batch(x0.view())?;
+        let step = state.step;
+        let lost = self.drop_non_finite(&mut tw);
+        // The last move's weight is completed by log h_{S-1}(x_{S-1}) and the final step
+        // weighs by log p(y | x_clean) - log h_{S-1}(x_{S-1}): the likelihood stays.
+        let (_, sq) = self.problem.data_grad_batch(tw.x0.view())?;
         let s2 = self.problem.sigma_y().powi(2);
-        // The completed weight of the last move would add `log h_{S-1}(x_{S-1})` and the
-        // final step subtract it again (no resampling in between): only the likelihood stays.
         let inc: Vec<f64> = sq.iter().map(|q| -q / (2.0 * s2)).collect();
         self.add_logw(&inc);
-        let k = self.k();
-        let (mean, std) = self.weighted_moments(&x0, true)?;
-        let mut weights = Array2::zeros((self.n, k));
-        let mut ess_v = Vec::with_capacity(self.n);
-        let mut pick = Vec::with_capacity(self.n);
-        for i in 0..self.n {
-            let w = normalise_log_weights(&self.logw[i * k..(i + 1) * k])?;
-            ess_v.push(ess(&w));
+        let x0 = tw.x0;
+        let k = self.layout.k;
+        let (mean, std) = self.weighted_moments(&x0, true, cur, step)?;
+        let mut weights = Array2::zeros((self.layout.n, k));
+        let mut ess_v = Vec::with_capacity(self.layout.n);
+        let mut pick = Vec::with_capacity(self.layout.n);
+        let mut trace = StepTrace::new(step, cur.t, lost.iter().sum());
+        for i in 0..self.layout.n {
+            let w = self.weights_of(i, cur, step)?;
+            let e = ess(&w);
+            ess_v.push(e);
+            trace.add_ess(e, self.layout.n);
             let u: f64 = cx.rng().random::<f64>();
             pick.push(i * k + systematic(&w, 1, u)[0]);
             weights.row_mut(i).assign(&ndarray::Array1::from(w));
         }
-        let mut pshape = vec![self.n, k];
+        self.trace.push(trace);
+        let mut pshape = vec![self.layout.n, k];
         pshape.extend_from_slice(&x0.shape()[1..]);
         let particles = x0
             .to_shape(IxDyn(&pshape))
-            .map_err(|e| Error::Invalid(format!("smc: particle reshape failed: {e}")))?
+            .map_err(|e| Error::Shape(format!("smc: particle reshape failed: {e}")))?
             .to_owned();
         state.x = x0.select(Axis(0), &pick);
         state.x0_hat = Some(mean.clone());
@@ -522,158 +630,8 @@ impl Smc {
             std,
             ess: ess_v,
             resamples: self.resamples,
+            trace: self.trace.clone(),
         });
-        state.step += 1;
-        state.t = nxt.t;
-        Ok(state)
-    }
-
-    fn step_tds(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        if nxt.is_clean() {
-            let x0 = cx.x0(state.x.view(), cur.t)?;
-            return self.finish(cx, state, x0, nxt);
-        }
-        // One denoiser evaluation that keeps its forward pass for the twist's VJP.
-        let (mut x0, pullback) = cx.x0_pullback(state.x.view(), cur.t)?;
-        let (grad, sq) = self.problem.data_grad_batch(x0.view())?;
-        let var = self.tds_var(cur);
-        let mut logh: Vec<f64> = sq.iter().map(|q| -q / (2.0 * var)).collect();
-        self.add_logw(&logh);
-        // grad log h wrt x0 is -grad / var; through the denoiser by the VJP. Computed before
-        // resampling (a resampled particle is a copy of its parent, so its twist gradient is
-        // the parent's) and resampled with the particles.
-        let v = grad.mapv(|g| -g / var as f32);
-        let mut g = pullback(v.view())?;
-        self.maybe_resample(
-            cx.rng(),
-            &mut [&mut state.x, &mut x0, &mut g],
-            &mut [&mut logh],
-        )?;
-        let kern = AncestralKernel::between(cur, nxt);
-        let sd = kern.sd;
-        let mut x = kern.mean(&state.x, &x0);
-        let z = cx.normal(x.shape());
-        let sd2 = sd * sd;
-        x.zip_mut_with(&g, |x, &g| *x += sd2 * g);
-        x.zip_mut_with(&z, |x, &z| *x += sd * z);
-        // log p - log q = -sd z.g - sd^2 |g|^2 / 2 per particle, then - log h_i(x_i).
-        let inc: Vec<f64> = g
-            .axis_iter(Axis(0))
-            .zip(z.axis_iter(Axis(0)))
-            .zip(&logh)
-            .map(|((gr, zr), h)| {
-                let (mut zg, mut gg) = (0.0f64, 0.0f64);
-                for (&gi, &zi) in gr.iter().zip(zr.iter()) {
-                    zg += gi as f64 * zi as f64;
-                    gg += gi as f64 * gi as f64;
-                }
-                -(sd as f64) * zg - 0.5 * (sd2 as f64) * gg - h
-            })
-            .collect();
-        self.add_logw(&inc);
-        state.x = x;
-        state.x0_hat = Some(self.weighted_mean(&x0)?);
-        state.step += 1;
-        state.t = nxt.t;
-        Ok(state)
-    }
-
-    /// FPS: per particle, an exact draw from `N(x'; mu, sd^2 I) N(y_n; A x', tau^2 I)`
-    /// (normalised) and the log of its normaliser `N(y_n; A mu, tau^2 I + sd^2 A A^T)` up to
-    /// a constant shared by all particles (see the module docs). `mu` is `(N K, ...)`, `ys`
-    /// `(N, ...range)`. The quadratic form is evaluated as `(|e|^2 + gamma |u|^2) / tau^2`
-    /// with `u = S A^T r`, `e = r - A u`, a sum of two nonnegative terms: the textbook
-    /// `|r|^2 - r.A u` cancels catastrophically in f32 when `gamma` is small (`t ~ 1`).
-    fn fps_conditional(
-        &self,
-        cx: &mut Context,
-        mu: &ArrayD<f32>,
-        ys: &ArrayD<f32>,
-        sd: f64,
-        tau: f64,
-    ) -> Result<(ArrayD<f32>, Vec<f64>)> {
-        let op = self
-            .problem
-            .linear()
-            .ok_or_else(|| Error::Invalid("fps needs a linear operator".into()))?;
-        let gamma = tau * tau / (sd * sd);
-        let z1 = cx.normal(mu.shape());
-        let mut rshape = vec![mu.shape()[0]];
-        rshape.extend_from_slice(op.range_shape());
-        let z2 = cx.normal(&rshape);
-        let k = self.k();
-        let (iters, tol) = (self.settings.cg_iters, self.settings.cg_tol);
-        let problem = &self.problem;
-        let solve = |rhs: ArrayD<f32>| problem.solve_regularized(gamma, rhs.view(), iters, tol);
-        let rows: Vec<(ArrayD<f32>, f64)> = (0..mu.shape()[0])
-            .into_par_iter()
-            .map(|j| {
-                let m = mu.index_axis(Axis(0), j);
-                let yn = ys.index_axis(Axis(0), j / k);
-                let mut r = apply(op, m.view());
-                r.zip_mut_with(&yn, |r, &y| *r = y - *r);
-                let u = solve(adjoint(op, r.view()))?;
-                let au = apply(op, u.view());
-                let ee: f64 = r
-                    .iter()
-                    .zip(au.iter())
-                    .map(|(&r, &a)| (r as f64 - a as f64).powi(2))
-                    .sum();
-                let uu: f64 = u.iter().map(|&v| (v as f64).powi(2)).sum();
-                let log_z = -(ee + gamma * uu) / (2.0 * tau * tau);
-                // Draw: mu' = mu + sd z1, x' = mu' + S A^T (y + tau z2 - A mu').
-                let mut mp = m.to_owned();
-                mp.zip_mut_with(&z1.index_axis(Axis(0), j), |v, &z| *v += sd as f32 * z);
-                let mut r2 = apply(op, mp.view());
-                let z2j = z2.index_axis(Axis(0), j);
-                ndarray::Zip::from(&mut r2)
-                    .and(&yn)
-                    .and(&z2j)
-                    .for_each(|r, &y, &z| *r = y + tau as f32 * z - *r);
-                let u2 = solve(adjoint(op, r2.view()))?;
-                mp.zip_mut_with(&u2, |v, &u| *v += u);
-                Ok((mp, log_z))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut x = ArrayD::zeros(mu.raw_dim());
-        let mut log_z = Vec::with_capacity(rows.len());
-        for (j, (row, lz)) in rows.into_iter().enumerate() {
-            x.index_axis_mut(Axis(0), j).assign(&row);
-            log_z.push(lz);
-        }
-        Ok((x, log_z))
-    }
-
-    fn step_fps(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
-        let (cur, nxt) = (self.knots[state.step], self.knots[state.step + 1]);
-        let mut x0 = cx.x0(state.x.view(), cur.t)?;
-        let y_cur = self
-            .y_cur
-            .take()
-            .ok_or_else(|| Error::Invalid("fps: step called before init".into()))?;
-        if nxt.is_clean() {
-            return self.finish(cx, state, x0, nxt);
-        }
-        let mut logh = self.gaussian_fit(&state.x, &y_cur, self.fps_tau(cur))?;
-        self.add_logw(&logh);
-        self.maybe_resample(cx.rng(), &mut [&mut state.x, &mut x0], &mut [&mut logh])?;
-        let y_next = self.fps_bridge(cx, &y_cur, cur, nxt)?;
-        let kern = AncestralKernel::between(cur, nxt);
-        let mu = kern.mean(&state.x, &x0);
-        let (sd, tau) = (kern.sd as f64, self.fps_tau(nxt));
-        let (x, log_z) = self.fps_conditional(cx, &mu, &y_next, sd, tau)?;
-        let logh_next = self.gaussian_fit(&x, &y_next, tau)?;
-        let inc: Vec<f64> = log_z
-            .iter()
-            .zip(&logh_next)
-            .zip(&logh)
-            .map(|((z, hn), h)| z - hn - h)
-            .collect();
-        self.add_logw(&inc);
-        self.y_cur = Some(y_next);
-        state.x = x;
-        state.x0_hat = Some(self.weighted_mean(&x0)?);
         state.step += 1;
         state.t = nxt.t;
         Ok(state)
@@ -696,103 +654,48 @@ impl Sampler for Smc {
         let den = cx.denoiser();
         self.problem.check_prior(den.info())?;
         self.knots = den.schedule().knots(self.settings.steps);
-        self.n = n;
-        let k = self.k();
-        self.logw = vec![0.0; n * k];
+        self.layout = Layout {
+            n,
+            k: self.settings.particles,
+            range: den.info().range,
+        };
         self.ensemble = None;
         self.resamples = 0;
-        let first = self.knots[0];
-        let shape = den.info().batch_shape(n * k);
-        let mut x = cx.normal(&shape).mapv(|v| v * first.s as f32);
-        if self.settings.method == SmcMethod::Fps {
-            let mut y0 = broadcast_rows(self.problem.y(), n).mapv(|v| v * first.a as f32);
-            let az = self.measured_noise(cx)?;
-            y0.zip_mut_with(&az, |y, &e| *y += first.s as f32 * e);
-            let tau = self.fps_tau(first);
-            if tau > 0.0 {
-                // Start from the twisted initial law p(x_0) h_0(x_0): its weight is a
-                // constant, and the -log h_0 here cancels the +log h_0 of the first step.
-                let zero = ArrayD::zeros(x.raw_dim());
-                x = self.fps_conditional(cx, &zero, &y0, first.s, tau)?.0;
-                let logh = self.gaussian_fit(&x, &y0, tau)?;
-                self.logw = logh.iter().map(|h| -h).collect();
-            }
-            self.y_cur = Some(y0);
-        }
+        self.trace.clear();
+        let (x, logw) = self.proposal.start(cx, &self.layout, &self.knots)?;
+        self.logw = logw;
         Ok(State {
             x,
             x0_hat: None,
             step: 0,
             total: self.knots.len() - 1,
-            t: first.t,
+            t: self.knots[0].t,
         })
     }
-    fn step(&mut self, cx: &mut Context, state: State) -> Result<State> {
-        match self.settings.method {
-            SmcMethod::Tds => self.step_tds(cx, state),
-            SmcMethod::Fps => self.step_fps(cx, state),
+    fn step(&mut self, cx: &mut Context, mut state: State) -> Result<State> {
+        let step = state.step;
+        let (cur, nxt) = super::dps::knot_pair(&self.knots, step, "smc")?;
+        let last = nxt.is_clean();
+        let mut tw = self.proposal.twist(cx, &self.layout, &state.x, cur, last)?;
+        if last {
+            return self.finish(cx, state, tw, cur, nxt);
         }
+        // The twist completes the previous move's weight.
+        let lost = self.drop_non_finite(&mut tw);
+        let log_h = tw.log_h.clone();
+        self.add_logw(&log_h);
+        self.maybe_resample(cx.rng(), &mut state.x, &mut tw, &lost, cur, step)?;
+        let (x, inc) = self
+            .proposal
+            .propose(cx, &self.layout, &state.x, &tw, cur, nxt)?;
+        let inc: Vec<f64> = inc.iter().zip(&tw.log_h).map(|(i, h)| i - h).collect();
+        self.add_logw(&inc);
+        state.x = x;
+        state.x0_hat = Some(self.weighted_moments(&tw.x0, false, cur, step)?.0);
+        state.step += 1;
+        state.t = nxt.t;
+        Ok(state)
     }
-}
-
-/// `y` repeated as `n` rows: `(n, ...y.shape)`.
-fn broadcast_rows(y: &ArrayD<f32>, n: usize) -> ArrayD<f32> {
-    let mut shape = vec![n];
-    shape.extend_from_slice(y.shape());
-    let mut out = ArrayD::zeros(IxDyn(&shape));
-    for mut r in out.axis_iter_mut(Axis(0)) {
-        r.assign(y);
-    }
-    out
-}
-
-fn apply(op: &dyn LinearOperator, x: ArrayViewD<f32>) -> ArrayD<f32> {
-    let mut y = ArrayD::zeros(IxDyn(op.range_shape()));
-    op.apply(x, y.view_mut());
-    y
-}
-
-fn adjoint(op: &dyn LinearOperator, y: ArrayViewD<f32>) -> ArrayD<f32> {
-    let mut x = ArrayD::zeros(IxDyn(op.domain_shape()));
-    op.adjoint(y, x.view_mut());
-    x
-}
-
-/// Normalised weights from log-weights by log-sum-exp; an error when no weight is finite.
-pub fn normalise_log_weights(logw: &[f64]) -> Result<Vec<f64>> {
-    let mx = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if !mx.is_finite() {
-        return Err(Error::Invalid(format!(
-            "smc: every particle has zero or non-finite weight (largest log-weight {mx}); \
-             the measurement may be inconsistent with the prior or sigma_y too small"
-        )));
-    }
-    let e: Vec<f64> = logw.iter().map(|l| (l - mx).exp()).collect();
-    let s: f64 = e.iter().sum();
-    Ok(e.into_iter().map(|v| v / s).collect())
-}
-
-/// The effective sample size `1 / sum w^2` of normalised weights.
-pub fn ess(w: &[f64]) -> f64 {
-    1.0 / w.iter().map(|v| v * v).sum::<f64>().max(f64::MIN_POSITIVE)
-}
-
-/// Systematic resampling: `m` indices into `w` (normalised) at positions `(u + j) / m`,
-/// `u` in `[0, 1)`. Index `i` appears `floor(m w_i)` or `ceil(m w_i)` times.
-pub fn systematic(w: &[f64], m: usize, u: f64) -> Vec<usize> {
-    let mut out = Vec::with_capacity(m);
-    let mut cum = 0.0;
-    let mut i = 0;
-    let last = w.len().saturating_sub(1);
-    for j in 0..m {
-        let p = (u + j as f64) / m as f64;
-        while i < last && cum + w[i] <= p {
-            cum += w[i];
-            i += 1;
-        }
-        out.push(i);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -835,36 +738,6 @@ mod tests {
             particles,
             ..SmcSettings::default()
         }
-    }
-
-    #[test]
-    fn systematic_resampling_keeps_floor_or_ceil_copies() {
-        let w = [0.05, 0.4, 0.0, 0.3, 0.25];
-        for (m, u) in [(10, 0.0), (10, 0.99), (7, 0.5), (100, 0.123)] {
-            let idx = systematic(&w, m, u);
-            assert_eq!(idx.len(), m);
-            for (i, wi) in w.iter().enumerate() {
-                let c = idx.iter().filter(|&&j| j == i).count() as f64;
-                let e = m as f64 * wi;
-                assert!(
-                    c >= e.floor() - 1e-9 && c <= e.ceil() + 1e-9,
-                    "{i}: {c} vs {e}"
-                );
-            }
-            assert!(idx.windows(2).all(|p| p[0] <= p[1]));
-        }
-        // Zero-weight particles are never picked; one particle takes everything.
-        assert!(systematic(&[0.0, 1.0, 0.0], 5, 0.7).iter().all(|&j| j == 1));
-    }
-
-    #[test]
-    fn log_weights_normalise_without_overflow() {
-        let w = normalise_log_weights(&[-1e4, -1e4 + 2f64.ln(), f64::NEG_INFINITY]).unwrap();
-        assert!((w[0] - 1.0 / 3.0).abs() < 1e-12 && (w[1] - 2.0 / 3.0).abs() < 1e-12);
-        assert_eq!(w[2], 0.0);
-        assert!((ess(&[0.25; 4]) - 4.0).abs() < 1e-12 && (ess(&[1.0, 0.0]) - 1.0).abs() < 1e-12);
-        assert!(normalise_log_weights(&[f64::NEG_INFINITY; 3]).is_err());
-        assert!(normalise_log_weights(&[f64::NAN, 0.0]).is_ok());
     }
 
     #[test]
