@@ -1,4 +1,6 @@
-//! Network layer primitives on the CPU: the building blocks of guided-diffusion's ADM U-Net.
+//! Network layer primitives on the CPU: the building blocks of guided-diffusion's ADM U-Net
+//! (which also computes diffusers' `UNet2DModel` and EDM's `DhariwalUNet`) and of EDM's
+//! `SongUNet` ([`song`]).
 //!
 //! Every layer works on batched f32 data in PyTorch's layout (images NCHW, sequences NCT,
 //! features NF) and stores its parameters exactly as PyTorch does (conv weight
@@ -20,6 +22,7 @@ pub mod conv;
 pub mod diffusers;
 pub mod edm;
 pub mod embed;
+pub mod fir;
 pub mod gemm;
 pub mod hash;
 pub(crate) mod layout;
@@ -31,6 +34,7 @@ pub mod resample;
 pub mod resblock;
 pub mod safetensors;
 pub(crate) mod simd;
+pub mod song;
 pub mod unet;
 
 pub use act::{silu, silu_vjp};
