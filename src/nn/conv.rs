@@ -10,14 +10,13 @@
 //! channels instead. The input VJP of a stride-1 convolution is the forward convolution of
 //! the output gradient with the flipped, transposed kernel, so it runs on the same path.
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use ndarray::{Array1, Array4, ArrayView4};
 use rayon::prelude::*;
 
 use crate::nn::gemm::sgemm;
-use crate::nn::packed::{gemm_acc, packed_b_len, PackedA, NR};
+use crate::nn::packed::{gemm_acc, packed_b_len, with_workspace, PackedA, SendPtr, NR};
 use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
@@ -58,39 +57,6 @@ pub struct Conv2dGrads {
 
 /// Workspace floats per packed image tile (512 KiB: it stays in a core's L2 cache).
 const TILE_FLOATS: usize = 1 << 17;
-/// Workspaces larger than this many floats are not kept between calls.
-const KEEP_FLOATS: usize = 1 << 24;
-
-thread_local! {
-    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's workspace of `len` floats (contents unspecified). A nested
-/// call on the same thread (rayon work stealing) gets a fresh buffer.
-fn with_workspace<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut ws) if len <= KEEP_FLOATS => {
-            if ws.len() < len {
-                ws.resize(len, 0.0);
-            }
-            f(&mut ws[..len])
-        }
-        _ => f(&mut vec![0.0; len]),
-    })
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to hand tasks pointers into one output array whose element sets are
-// disjoint (see `conv_into`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Shapes of one convolution: `ci -> co` channels, kernel `kh x kw`, stride `s`, padding
 /// `p`, input `h x w`, output `ho x wo`.
