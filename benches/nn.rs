@@ -110,19 +110,27 @@ fn small_config() -> UNetConfig {
 }
 
 fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
-    let (ci, co, s) = (cfg.in_channels, cfg.out_channels, cfg.image_size);
     let net = UNet::build(cfg, &mut HashParams).expect("valid unet");
-    let x = input((1, ci, s, s), 1);
-    let v = input((1, co, s, s), 2);
-    let t = [500.0f32];
+    bench_net(c, "unet", name, &net, 1, secs);
+}
+
+/// Times `net` at batch `batch`, step 500, as `GROUP/NAME_fwd` and `GROUP/NAME_fwd_vjp`, after
+/// printing the output fingerprints the peers print.
+fn bench_net(c: &mut Criterion, group: &str, name: &str, net: &UNet, batch: usize, secs: u64) {
+    let cfg = net.config();
+    let (ci, co, s) = (cfg.in_channels, cfg.out_channels, cfg.image_size);
+    let x = input((batch, ci, s, s), 1);
+    let v = input((batch, co, s, s), 2);
+    let t = vec![500.0f32; batch];
     // A fingerprint to compare with the peer's (same weights, same input).
     let y = net.forward(x.view(), &t).expect("forward");
     let (_, g) = net.forward_vjp(x.view(), &t, v.view()).expect("vjp");
     let mean_abs = |a: &Array4<f32>| a.iter().map(|v| v.abs() as f64).sum::<f64>() / a.len() as f64;
     eprintln!(
-        "{name}: mean|out| {:.6e}, mean|vjp| {:.6e}",
+        "{group}/{name}: mean|out| {:.6e}, mean|vjp| {:.6e} (simd path {})",
         mean_abs(&y),
-        mean_abs(&g)
+        mean_abs(&g),
+        posterior::nn::simd_path()
     );
     // POSTERIOR_BENCH_QUICK=N: also a plain median of N timed runs (quick checks by hand).
     if let Some(runs) = std::env::var("POSTERIOR_BENCH_QUICK")
@@ -146,9 +154,9 @@ fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
         let fv = median(&|| {
             black_box(net.forward_vjp(x.view(), &t, v.view()).expect("vjp"));
         });
-        eprintln!("quick {name}: fwd {f:.2} ms, fwd_vjp {fv:.2} ms (median of {runs})");
+        eprintln!("quick {group}/{name}: fwd {f:.2} ms, fwd_vjp {fv:.2} ms (median of {runs})");
     }
-    let mut g = c.benchmark_group("unet");
+    let mut g = c.benchmark_group(group);
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(secs));
@@ -172,6 +180,25 @@ fn unets(c: &mut Criterion) {
     bench_unet(c, "unet_small", small_config(), 3);
     if std::env::var("POSTERIOR_BENCH_FFHQ").as_deref() == Ok("1") {
         bench_unet(c, "unet_ffhq256", UNetConfig::ffhq256(), 20);
+    }
+}
+
+/// The shipped priors (`priors/`) at batch 8 (`POSTERIOR_BENCH_BATCH` to change it), their
+/// own weights; only when the name filter asks for `shipped` (loading them costs time).
+fn shipped(c: &mut Criterion) {
+    if !std::env::args().any(|a| a.contains("shipped")) {
+        return;
+    }
+    posterior::nn::keep_freed_memory();
+    let batch = std::env::var("POSTERIOR_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    for name in ["fmnist-32", "brain-mri", "ct-ellipses"] {
+        match posterior::prior::NetworkPrior::open(name) {
+            Ok(prior) => bench_net(c, "shipped", name, prior.unet(), batch, 5),
+            Err(e) => eprintln!("shipped/{name}: skipped ({e})"),
+        }
     }
 }
 
@@ -247,5 +274,5 @@ fn gemms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layers, unets, gemms);
+criterion_group!(benches, layers, unets, shipped, gemms);
 criterion_main!(benches);

@@ -326,7 +326,7 @@ impl Conv2d {
             )));
         }
         Ok(Conv2d {
-            weight: weight.as_standard_layout().into_owned(),
+            weight: crate::nn::standard(weight),
             bias,
             stride,
             padding,

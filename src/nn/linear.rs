@@ -32,7 +32,7 @@ impl Linear {
             )));
         }
         Ok(Linear {
-            weight: weight.as_standard_layout().into_owned(),
+            weight: crate::nn::standard(weight),
             bias,
         })
     }

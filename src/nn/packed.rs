@@ -21,6 +21,8 @@
 //! Compared with a general GEMM this skips repacking the weights on every call and packs
 //! the image once (no im2col matrix that the GEMM would copy again).
 
+use rayon::prelude::*;
+
 use crate::nn::simd::{active, madd, SimdPath};
 
 /// Rows of `C` (output channels) per micro-tile.
@@ -29,6 +31,8 @@ pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 64;
 /// Depth of one block of the `k` loop.
 const KC: usize = 128;
+/// Matrices of at least this many elements are packed in parallel.
+const PAR_PACK: usize = 1 << 16;
 
 /// A row-major `m x k` matrix packed in panels of [`MR`] rows (see the module docs).
 #[derive(Debug, Clone)]
@@ -43,13 +47,20 @@ impl PackedA {
     pub(crate) fn new(a: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(a.len(), m * k, "PackedA: a is not m x k");
         let mut data = vec![0.0f32; m.div_ceil(MR) * k * MR];
-        for (p, panel) in data.chunks_exact_mut(k * MR).enumerate() {
+        let pack = |(p, panel): (usize, &mut [f32])| {
             for r in 0..MR.min(m - p * MR) {
                 let row = &a[(p * MR + r) * k..(p * MR + r + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
                     panel[kk * MR + r] = v;
                 }
             }
+        };
+        // A layer's weights are packed on its first use, inside the first network pass:
+        // large ones on all threads.
+        if m * k >= PAR_PACK {
+            data.par_chunks_exact_mut(k * MR).enumerate().for_each(pack);
+        } else {
+            data.chunks_exact_mut(k * MR).enumerate().for_each(pack);
         }
         PackedA { data, m, k }
     }
