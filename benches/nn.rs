@@ -202,6 +202,47 @@ fn shipped(c: &mut Criterion) {
     }
 }
 
+/// CPU seconds this process has used so far (user + system, all threads).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + 1e-6 * t.tv_usec as f64;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// `cargo bench --bench nn -- startup/NAME`: where a fresh process's time goes before the
+/// first network evaluation of the shipped prior NAME (at batch 1, as `posterior denoise`
+/// runs it) completes: opening the prior (reading the file, widening f16, building the
+/// layers), the first pass (which also packs every layer's weights and maps the
+/// activations), and a second pass for comparison; wall and CPU milliseconds. Runs first,
+/// in a process that has done nothing else; run one prior per process.
+fn startup(_: &mut Criterion) {
+    let Some(name) = std::env::args().find_map(|a| a.strip_prefix("startup/").map(String::from))
+    else {
+        return;
+    };
+    posterior::nn::keep_freed_memory();
+    let mut last = (std::time::Instant::now(), cpu_seconds());
+    let mut lap = |what: &str| {
+        let now = (std::time::Instant::now(), cpu_seconds());
+        eprintln!(
+            "startup/{name}: {what:<28} wall {:7.1} ms, cpu {:7.1} ms",
+            1e3 * (now.0 - last.0).as_secs_f64(),
+            1e3 * (now.1 - last.1)
+        );
+        last = now;
+    };
+    let prior = posterior::prior::NetworkPrior::open(&name).expect("a shipped prior");
+    lap("open (read, widen, build)");
+    let cfg = prior.unet().config();
+    let x = input((1, cfg.in_channels, cfg.image_size, cfg.image_size), 1);
+    black_box(prior.unet().forward(x.view(), &[500.0]).expect("forward"));
+    lap("first pass (packs weights)");
+    black_box(prior.unet().forward(x.view(), &[500.0]).expect("forward"));
+    lap("second pass");
+}
+
 fn layers(c: &mut Criterion) {
     posterior::nn::keep_freed_memory();
     let mut g = c.benchmark_group("nn");
@@ -274,5 +315,5 @@ fn gemms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layers, unets, shipped, gemms);
+criterion_group!(benches, startup, layers, unets, shipped, gemms);
 criterion_main!(benches);
