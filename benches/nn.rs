@@ -12,8 +12,16 @@
 //! - `unet_ffhq256_fwd`, `unet_ffhq256_fwd_vjp`: `UNetConfig::ffhq256()`, only when the
 //!   environment has `POSTERIOR_BENCH_FFHQ=1` (one forward takes seconds on 2 cores).
 //!
+//! The shipped priors (`shipped/*`, only when the filter names `shipped`): `priors/`'s
+//! fmnist-32, brain-mri and ct-ellipses with their own weights, at batch 8
+//! (`POSTERIOR_BENCH_BATCH`), step 500; peer `benches/peers/shipped_priors_peer.py`.
+//!
+//! `startup/NAME` (only when named): where a fresh process's time goes before its first
+//! network evaluation of the shipped prior NAME completes.
+//!
 //! Run with `cargo bench --bench nn` (or a name filter: `cargo bench --bench nn -- unet`).
-//! `benches/peers/run_unet_compare.sh` runs the `unet_*` cases and the PyTorch peer back to
+//! `POSTERIOR_SIMD=avx512|avx2|portable` forces the engine's path.
+//! `benches/peers/run_unet_compare.sh` runs the network cases and the PyTorch peers back to
 //! back and prints the ratios.
 
 use std::hint::black_box;
@@ -137,16 +145,19 @@ fn bench_net(c: &mut Criterion, group: &str, name: &str, net: &UNet, batch: usiz
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
+        // Medians of wall and of CPU time (all threads): at RAYON_NUM_THREADS=1 the CPU time
+        // is what the run costs even when other processes share the cores.
         let median = |f: &dyn Fn()| {
-            let mut ts: Vec<f64> = (0..runs.max(1))
+            let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..runs.max(1))
                 .map(|_| {
-                    let t0 = std::time::Instant::now();
+                    let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
                     f();
-                    t0.elapsed().as_secs_f64()
+                    (t0.elapsed().as_secs_f64(), cpu_seconds() - c0)
                 })
-                .collect();
-            ts.sort_by(f64::total_cmp);
-            1e3 * ts[ts.len() / 2]
+                .unzip();
+            wall.sort_by(f64::total_cmp);
+            cpu.sort_by(f64::total_cmp);
+            (1e3 * wall[wall.len() / 2], 1e3 * cpu[cpu.len() / 2])
         };
         let f = median(&|| {
             black_box(net.forward(x.view(), &t).expect("forward"));
@@ -154,7 +165,10 @@ fn bench_net(c: &mut Criterion, group: &str, name: &str, net: &UNet, batch: usiz
         let fv = median(&|| {
             black_box(net.forward_vjp(x.view(), &t, v.view()).expect("vjp"));
         });
-        eprintln!("quick {group}/{name}: fwd {f:.2} ms, fwd_vjp {fv:.2} ms (median of {runs})");
+        eprintln!(
+            "quick {group}/{name}: fwd {:.2} ms, fwd_vjp {:.2} ms (median of {runs}); cpu fwd {:.2} ms, fwd_vjp {:.2} ms",
+            f.0, fv.0, f.1, fv.1
+        );
     }
     let mut g = c.benchmark_group(group);
     g.sample_size(10)

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -36,6 +37,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "notebooks"))
 import adm  # noqa: E402
 from convert_checkpoint import MODEL_KEYS  # noqa: E402
+import unet_peer  # noqa: E402
 from unet_peer import inp, median_time  # noqa: E402
 
 PRIORS = ("fmnist-32", "brain-mri", "ct-ellipses")
@@ -92,7 +94,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--priors", default=",".join(PRIORS), help="comma-separated prior names under priors/")
     ap.add_argument("--json", action="store_true", help="also print one JSON line of seconds per case")
+    ap.add_argument("--cpu-time", action="store_true", help="time CPU seconds of the process, not wall (use with --threads 1)")
     a = ap.parse_args()
+    if a.cpu_time:
+        unet_peer.CLOCK = time.process_time
     torch.set_num_threads(a.threads)
     print(
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

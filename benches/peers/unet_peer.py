@@ -93,14 +93,20 @@ def inp(shape, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.float32(math.sqrt(12.0)) * unit(seed, n)).reshape(shape)
 
 
+# The clock median_time reads: wall time, or with --cpu-time the process's CPU time (robust
+# to other processes sharing the cores; meaningful at --threads 1 only, since idle OpenMP
+# threads spin).
+CLOCK = time.perf_counter
+
+
 def median_time(f, warmup: int, runs: int) -> float:
     for _ in range(warmup):
         f()
     ts = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         f()
-        ts.append(time.perf_counter() - t0)
+        ts.append(CLOCK() - t0)
     return statistics.median(ts)
 
 
@@ -145,7 +151,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--ffhq-runs", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="also print one JSON line of seconds per case")
+    ap.add_argument("--cpu-time", action="store_true", help="time CPU seconds of the process, not wall (use with --threads 1)")
     a = ap.parse_args()
+    global CLOCK
+    if a.cpu_time:
+        CLOCK = time.process_time
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads", file=sys.stderr)
     res = bench("unet_small", SMALL_FLAGS, a.warmup, a.runs)
