@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -38,7 +37,7 @@ sys.path.insert(0, os.path.join(ROOT, "notebooks"))
 import adm  # noqa: E402
 from convert_checkpoint import MODEL_KEYS  # noqa: E402
 import unet_peer  # noqa: E402
-from unet_peer import inp, median_time  # noqa: E402
+from unet_peer import inp, time_model  # noqa: E402
 
 PRIORS = ("fmnist-32", "brain-mri", "ct-ellipses")
 STEP = 500
@@ -62,43 +61,16 @@ def bench(name: str, batch: int, warmup: int, runs: int) -> dict:
     out_c = card["architecture"]["out_channels"]
     x = inp((batch, c, h, w), 1)
     v = inp((batch, out_c, h, w), 2)
-    t = torch.full((batch,), STEP)
-
-    def fwd():
-        with torch.no_grad():
-            return model(x, t)
-
-    def fwd_vjp():
-        xr = x.clone().requires_grad_(True)
-        y = model(xr, t)
-        (g,) = torch.autograd.grad(y, xr, v)
-        return y.detach(), g
-
-    y = fwd()
-    _, g = fwd_vjp()
-    print(
-        f"shipped/{name}: mean|out| {y.abs().mean().item():.6e}, mean|vjp| {g.abs().mean().item():.6e}",
-        file=sys.stderr,
-    )
-    return {
-        f"shipped/{name}_fwd": median_time(fwd, warmup, runs),
-        f"shipped/{name}_fwd_vjp": median_time(fwd_vjp, warmup, runs),
-    }
+    return time_model(f"shipped/{name}", model, x, v, torch.full((batch,), STEP), warmup, runs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    unet_peer.add_common_args(ap, warmup=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--priors", default=",".join(PRIORS), help="comma-separated prior names under priors/")
-    ap.add_argument("--json", action="store_true", help="also print one JSON line of seconds per case")
-    ap.add_argument("--cpu-time", action="store_true", help="time CPU seconds of the process, not wall (use with --threads 1)")
     a = ap.parse_args()
-    if a.cpu_time:
-        unet_peer.CLOCK = time.process_time
-    torch.set_num_threads(a.threads)
+    unet_peer.apply_common_args(a)
     print(
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads, batch {a.batch}",
@@ -107,11 +79,7 @@ def main() -> None:
     res = {}
     for name in a.priors.split(","):
         res.update(bench(name, a.batch, a.warmup, a.runs))
-    print(f"{'case':<28} {'median ms':>12}")
-    for k, sec in res.items():
-        print(f"{k:<28} {1e3 * sec:>12.2f}")
-    if a.json:
-        print(json.dumps(res))
+    unet_peer.report(res, a.json)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::nn::gemm::sgemm;
 use crate::nn::packed::{gemm_acc, packed_b_len, with_workspace, PackedA, SendPtr, NR};
+use crate::nn::simd::active;
 use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
@@ -238,7 +239,7 @@ fn conv_into(
     if n == 0 || npix == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
+    let (threads, path) = (rayon::current_num_threads(), active());
     // Pixels per tile, a multiple of NR: within the workspace budget, then smaller until
     // every thread has about two tiles (but at least NR).
     let panels = npix.div_ceil(NR);
@@ -279,7 +280,15 @@ fn conv_into(
                     // SAFETY: each task writes the rows of its own panels of image b's
                     // output, all columns; `ys` is borrowed mutably for the whole call.
                     unsafe {
-                        gemm_acc(wpack, range, bp, npix, yp.get().add(b * out_len), npix);
+                        gemm_acc(
+                            path,
+                            wpack,
+                            range,
+                            bp,
+                            npix,
+                            yp.get().add(b * out_len),
+                            npix,
+                        );
                     }
                 });
             });
@@ -298,7 +307,7 @@ fn conv_into(
         let c = yb[p0..].as_mut_ptr();
         pack(xb, p0, p1, &mut |bp| {
             // SAFETY: C is (co, p1 - p0) at row stride npix from pixel p0: this task's own.
-            unsafe { gemm_acc(wpack, 0..wpack.panels(), bp, p1 - p0, c, npix) };
+            unsafe { gemm_acc(path, wpack, 0..wpack.panels(), bp, p1 - p0, c, npix) };
         });
     });
 }

@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::nn::packed::{gemm_acc, pack_b, packed_b_len, with_workspace, PackedA, SendPtr, NR};
+use crate::nn::simd::active;
 
 /// Products with at least this many multiply-adds are split across the rayon threads;
 /// below it one thread is faster (the split costs more than it saves, and the network
@@ -53,7 +54,7 @@ pub fn sgemm(
     } else {
         PackedA::new(a, m, k)
     };
-    let threads = rayon::current_num_threads();
+    let (threads, path) = (rayon::current_num_threads(), active());
     let parallel = m * n * k >= PAR_THRESHOLD && threads > 1;
     // In parallel, about two blocks per thread at least (whole panels).
     let block = if parallel {
@@ -68,7 +69,7 @@ pub fn sgemm(
             pack_b(b, k, n, tb, j0..j1, bp);
             // SAFETY: C is m x n at row stride n; this call writes columns j0..j1 of every
             // row, disjoint from the other blocks' columns, and `c` is borrowed mutably.
-            unsafe { gemm_acc(&pa, 0..pa.panels(), bp, j1 - j0, cp.get().add(j0), n) };
+            unsafe { gemm_acc(path, &pa, 0..pa.panels(), bp, j1 - j0, cp.get().add(j0), n) };
         })
     };
     if parallel {
@@ -76,6 +77,20 @@ pub fn sgemm(
     } else {
         (0..n).step_by(block).for_each(run);
     }
+}
+
+/// `C += A B` with `A` the row-major `m x k` matrix `a` and `B` already packed (`pb`,
+/// [`packed_b_len`]`(k, n)` floats, see [`pack_b`]): for products whose `B` is fixed (a
+/// linear layer's weights) and packed once. `C` is row-major `m x n`. Runs on the calling
+/// thread.
+pub(crate) fn gemm_packed_b(m: usize, k: usize, a: &[f32], pb: &[f32], n: usize, c: &mut [f32]) {
+    assert!(a.len() == m * k && pb.len() == packed_b_len(k, n) && c.len() == m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let pa = PackedA::new(a, m, k);
+    // SAFETY: C is m x n at row stride n, borrowed mutably; every panel's rows lie below m.
+    unsafe { gemm_acc(active(), &pa, 0..pa.panels(), pb, n, c.as_mut_ptr(), n) };
 }
 
 #[cfg(test)]

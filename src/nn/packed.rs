@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use crate::nn::simd::{active, madd, SimdPath};
+use crate::nn::simd::{madd, SimdPath};
 
 /// Rows of `C` (output channels) per micro-tile.
 pub(crate) const MR: usize = 6;
@@ -116,10 +116,16 @@ pub(crate) fn pack_b(
             panel.fill(0.0);
         }
         if transposed {
-            for j in 0..w {
-                let row = &b[(j0 + j) * k..(j0 + j + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + j] = v;
+            // 16 rows of the panel at a time: the 16-float runs of the `w` source rows and
+            // the 16 panel rows (4 KiB) stay in L1, where a plain scatter would walk all
+            // `k` panel rows for every column.
+            for kk0 in (0..k).step_by(16) {
+                let kb = 16.min(k - kk0);
+                for j in 0..w {
+                    let src = &b[(j0 + j) * k + kk0..(j0 + j) * k + kk0 + kb];
+                    for (i, &v) in src.iter().enumerate() {
+                        panel[(kk0 + i) * NR + j] = v;
+                    }
                 }
             }
         } else {
@@ -167,29 +173,14 @@ pub(crate) fn with_workspace<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> 
 
 /// `C += A B` for the `A` panels in `panels`: `b` is a packed `k x n` matrix
 /// ([`packed_b_len`] floats), `C` the `m x n` matrix at `c` with row stride `c_rs`. Runs on
-/// the calling thread, on the active [`SimdPath`].
+/// the calling thread, with `path`'s micro-kernel (the portable one where the CPU lacks
+/// it); callers pass [`crate::nn::simd::active`] except to test a given path.
 ///
 /// # Safety
 /// `c` must be valid for reads and writes of rows `panels.start * MR ..
 /// min(panels.end * MR, m)`, columns `0..n`, at row stride `c_rs`, and not be accessed by
 /// anything else during the call.
 pub(crate) unsafe fn gemm_acc(
-    a: &PackedA,
-    panels: std::ops::Range<usize>,
-    b: &[f32],
-    n: usize,
-    c: *mut f32,
-    c_rs: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { gemm_acc_on(active(), a, panels, b, n, c, c_rs) }
-}
-
-/// [`gemm_acc`] on the given path (the portable one where the CPU lacks it).
-///
-/// # Safety
-/// As [`gemm_acc`].
-pub(crate) unsafe fn gemm_acc_on(
     path: SimdPath,
     a: &PackedA,
     panels: std::ops::Range<usize>,
@@ -442,7 +433,14 @@ mod tests {
 
     #[test]
     fn packers_agree_with_the_element_by_element_layout() {
-        for &(m, n, k) in &[(1, 1, 1), (7, 65, 3), (13, 130, 9), (6, 128, 2)] {
+        // k = 37: the transposed packer's 16-row blocks, a partial one included.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 65, 3),
+            (13, 130, 9),
+            (6, 128, 2),
+            (5, 70, 37),
+        ] {
             let a = rand_vec(m * k, 4);
             let b = rand_vec(k * n, 5);
             let at = transpose(&a, m, k);
@@ -495,8 +493,8 @@ mod tests {
                 // Two calls over complementary panel ranges, as the threads split them.
                 let half = pa.panels() / 2;
                 unsafe {
-                    gemm_acc_on(path, &pa, 0..half, &pb, n, c.as_mut_ptr(), n);
-                    gemm_acc_on(path, &pa, half..pa.panels(), &pb, n, c.as_mut_ptr(), n);
+                    gemm_acc(path, &pa, 0..half, &pb, n, c.as_mut_ptr(), n);
+                    gemm_acc(path, &pa, half..pa.panels(), &pb, n, c.as_mut_ptr(), n);
                 }
                 // f32 sums of k <= 517 products of values in (-1, 1) onto C: error ~ sqrt(k)
                 // eps relative to the largest entry, far below 1e-5.
