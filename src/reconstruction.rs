@@ -337,8 +337,8 @@ pub struct Reconstruction<'o> {
     seed: u64,
     samples: usize,
     time_limit: Option<Duration>,
-    observers: Vec<&'o mut dyn Observer>,
-    on_iter: Option<&'o mut dyn FnMut(usize, f64)>,
+    observers: Vec<&'o mut (dyn Observer + Send)>,
+    on_iter: Option<&'o mut (dyn FnMut(usize, f64) + Send)>,
     keep_complex: bool,
 }
 
@@ -435,12 +435,12 @@ impl<'o> Reconstruction<'o> {
         self
     }
     /// Sees the sampler's state after every step (progress, snapshots).
-    pub fn observe(mut self, observer: &'o mut dyn Observer) -> Self {
+    pub fn observe(mut self, observer: &'o mut (dyn Observer + Send)) -> Self {
         self.observers.push(observer);
         self
     }
     /// Called with `(iteration, objective)` by the classical iterative methods.
-    pub fn on_iteration(mut self, f: &'o mut dyn FnMut(usize, f64)) -> Self {
+    pub fn on_iteration(mut self, f: &'o mut (dyn FnMut(usize, f64) + Send)) -> Self {
         self.on_iter = Some(f);
         self
     }
@@ -531,7 +531,7 @@ impl<'o> Reconstruction<'o> {
                 };
                 let mut exec = Executor::new(seed);
                 for o in observers {
-                    exec = exec.observe(o);
+                    exec = exec.observe(o as &mut dyn Observer);
                 }
                 if let Some(limit) = time_limit {
                     exec = exec.time_limit(limit);
