@@ -122,6 +122,11 @@ def deb_version(pkg: str, cache: str) -> str | None:
     return open(p).read().strip() if os.path.exists(p) else None
 
 
+def wheel_version(pkg: str, cache: str) -> str | None:
+    p = os.path.join(cache, "wheel", pkg, "done")
+    return open(p).read().strip() if os.path.exists(p) else None
+
+
 def fetch_wheel(pkg: str, cache: str) -> str:
     """Download PyPI wheel `pkg` (pip download --no-deps) and unzip it under
     cache/wheel/<pkg>/root; returns that root."""
@@ -152,7 +157,20 @@ def need(path: str, what: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# saving
+# saving and parallel rendering
+
+_WORKERS = None  # --workers (default: every CPU)
+
+
+def run_jobs(fn, jobs: list, workers: int | None = None) -> list:
+    """[fn(job) for job in jobs], in `workers` spawned processes when there is more than one job."""
+    workers = workers or _WORKERS or os.cpu_count() or 1
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            return pool.map(fn, jobs)
+    return [fn(j) for j in jobs]
 
 
 def save_npy_atomic(path: str, arr: np.ndarray):
@@ -301,28 +319,36 @@ def square_resample(sl: np.ndarray, spacing: tuple, size: int) -> np.ndarray:
     return t[0, 0].numpy()
 
 
-def volume_slices(vol: np.ndarray, zooms, size: int, min_fraction: float = 0.15):
-    """All axial, coronal and sagittal slices of a RAS volume in [0, 1], resampled
-    to size x size and shown with the usual radiological display up (anterior /
-    superior at the top); near-empty slices skipped.  Returns (slices, counts)."""
-    out, counts = [], {}
+def volume_slices(vol: np.ndarray, zooms, size: int, min_fraction: float = 0.15, slice_mm: float = 1.0):
+    """All axial, coronal and sagittal slices of a RAS volume in [0, 1] (every
+    max(1, round(slice_mm / voxel size)) along each normal: 1 mm apart for sub-millimetre
+    volumes), resampled to size x size and shown with the usual radiological display up
+    (anterior / superior at the top); near-empty slices skipped.
+    Returns (slices, counts, kept) with kept = [(view, index), ...]."""
+    out, counts, kept_at = [], {}, []
     zx, zy, zz = (float(z) for z in zooms[:3])
     views = {
-        # (slice array for index i, spacing (rows, cols))
-        "sagittal": (lambda i: np.flipud(vol[i, :, :].T), (zz, zy), vol.shape[0]),
-        "coronal": (lambda i: np.flipud(vol[:, i, :].T), (zz, zx), vol.shape[1]),
-        "axial": (lambda i: np.flipud(vol[:, :, i].T), (zy, zx), vol.shape[2]),
+        # (slice array for index i, spacing (rows, cols), count, voxel size along the normal)
+        "sagittal": (lambda i: np.flipud(vol[i, :, :].T), (zz, zy), vol.shape[0], zx),
+        "coronal": (lambda i: np.flipud(vol[:, i, :].T), (zz, zx), vol.shape[1], zy),
+        "axial": (lambda i: np.flipud(vol[:, :, i].T), (zy, zx), vol.shape[2], zz),
     }
-    for name, (get, spacing, n) in views.items():
+    for name, (get, spacing, n, zn) in views.items():
         kept = 0
-        for i in range(n):
+        for i in range(0, n, max(1, round(slice_mm / zn))):
             sl = square_resample(get(i), spacing, size)
-            if (sl > 0.1).mean() < min_fraction:
+            if not enough_foreground(sl, min_fraction):
                 continue
             out.append(np.clip(sl, 0.0, 1.0))
+            kept_at.append((name, i))
             kept += 1
         counts[name] = kept
-    return out, counts
+    return out, counts, kept_at
+
+
+def enough_foreground(sl: np.ndarray, min_fraction: float = 0.15) -> bool:
+    """The near-empty rule: at least `min_fraction` of pixels above 0.1 (in [0, 1])."""
+    return bool((sl > 0.1).mean() >= min_fraction)
 
 
 def load_ras(path: str):
@@ -336,49 +362,152 @@ def load_ras(path: str):
         vol = vol[..., 0]
     if vol.ndim != 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
-    return vol, img.header.get_zooms()[:3]
+    return vol, tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
-def brain_volume_to_slices(path: str, size: int):
-    vol, zooms = load_ras(path)
-    vol = normalise_volume(vol)
-    sl, counts = volume_slices(vol, zooms, size)
-    return np.stack(sl), counts, list(vol.shape), [float(z) for z in zooms]
+def load_coronal_slice(path: str):
+    """A 2-D coronal slice stored as a .npy image (rows superior -> inferior), as a RAS volume
+    three voxels thick (1 mm pixels assumed), so it goes through the same code as a volume."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot read {path}: {e}") from None
+    if a.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D slice, got shape {a.shape}")
+    m = np.flipud(a.astype(np.float32)).T  # (x, z): volume_slices shows flipud(vol[:, i, :].T) = a
+    return np.repeat(m[:, None, :], 3, axis=1), (1.0, 1.0, 1.0)
+
+
+# The brain recipe's sources.  kind: a NIfTI volume or a 2-D slice (.npy).
+BRAIN_SOURCES = [
+    dict(id="colin27", registry="debian", package="mricron-data", path="usr/share/mricron/templates/ch2.nii.gz",
+         kind="volume", role="train", what="Colin27 T1 (one subject, 27 scans averaged), 1 mm, with skull"),
+    dict(id="colin27-hires", registry="debian", package="mricron-data",
+         path="usr/share/mricron/templates/ch2better.nii.gz", kind="volume", role="train",
+         what="Colin27 T1, 0.5 mm, brain only, enhanced contrast (mricron's ch2better)"),
+    dict(id="colin27-brain", registry="debian", package="mricron-data",
+         path="usr/share/mricron/templates/ch2bet.nii.gz", kind="volume", role="train",
+         what="Colin27 T1, brain only (skull stripped)"),
+    dict(id="mni152", registry="pypi", package="nilearn",
+         path="nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz", kind="volume",
+         role="train", what="MNI152 2009a symmetric T1 average (152 subjects), 1 mm, with skull"),
+    dict(id="dipy-coronal", registry="debian", package="python3-dipy",
+         path="usr/lib/python3/dist-packages/dipy/data/files/t1_coronal_slice.npy", kind="slice", role="train",
+         what="one T1 coronal slice of another subject, brain only, 256 x 256 (dipy's test data; 1 mm assumed)"),
+    dict(id="itk-kmeans", registry="debian", package="insighttoolkit5-examples",
+         path="usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz", kind="volume",
+         role="test", what="ITK's KmeansTest T1 subject (another person), 2 x 3 x 2 mm, with skull"),
+]
+# Not used: mricron-data's inia19 template (a macaque brain), its atlases and label maps;
+# nilearn's grey / white matter probability maps; nibabel's and nipy's `anatomical.nii`
+# (a 33 x 41 x 25 crop at 2 mm); dipy's other files (diffusion data).
+BRAIN_TRAIN_DEFAULT = "colin27,colin27-hires,colin27-brain,mni152,dipy-coronal"
+BRAIN_V1 = "colin27,mni152"  # what the shipped brain-mri (899 slices at 64 x 64) was trained on
+
+
+def fetch_source(src: dict, cache: str) -> tuple:
+    """(root, full path) of a source's file, fetched into the cache."""
+    fetch = fetch_deb if src["registry"] == "debian" else fetch_wheel
+    root = fetch(src["package"], cache)
+    return root, need(os.path.join(root, src["path"]), src["what"])
+
+
+_VOLUMES: dict = {}  # per process: path -> (normalised volume as a torch tensor, shape, zooms)
+
+
+def load_source(path: str, kind: str):
+    """(normalised volume in [0, 1], zooms), read once per process."""
+    if path not in _VOLUMES:
+        vol, zooms = load_ras(path) if kind == "volume" else load_coronal_slice(path)
+        _VOLUMES[path] = (normalise_volume(vol).astype(np.float32), zooms)
+    return _VOLUMES[path]
+
+
+def _augment_chunk(job):
+    """Augmented slices start..stop: slice i from default_rng([seed, i]) (any split of the work
+    gives the same set)."""
+    import torch
+
+    import augment
+
+    seed, start, stop, size, cfg, bases, paths = job
+    torch.set_num_threads(1)  # one process per CPU already
+    out, which = [], []
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
+        for _ in range(20):  # redraw the rare plane that leaves the anatomy
+            b = int(rng.integers(len(bases)))
+            src_i, view, index = bases[b]
+            path, kind = paths[src_i]
+            vol, zooms = load_source(path, kind)
+            j = augment.draw(rng, cfg, three_d=kind == "volume")
+            key = ("t", path)
+            if key not in _VOLUMES:
+                _VOLUMES[key] = torch.from_numpy(vol)[None, None]
+            ss = augment.supersample_for(vol.shape, zooms, view, size)
+            sl = augment.render(_VOLUMES[key], vol.shape, zooms, view, index, size, j, ss)
+            if enough_foreground(sl):
+                break
+        out.append(sl)
+        which.append(src_i)
+    return np.stack(out), which
+
+
+def augmented_slices(seed: int, count: int, size: int, cfg: dict, bases: list, paths: list, workers=None):
+    """`count` augmented slices (count, size, size) float32 and the source index of each."""
+    chunk = 128
+    jobs = [(seed, s, min(s + chunk, count), size, cfg, bases, paths) for s in range(0, count, chunk)]
+    parts = run_jobs(_augment_chunk, jobs, workers)
+    if not parts:
+        return np.zeros((0, size, size), np.float32), []
+    return np.concatenate([p[0] for p in parts]), [w for p in parts for w in p[1]]
 
 
 def recipe_brain(args):
+    import augment
+
     size = args.size
-    mric = fetch_deb("mricron-data", args.cache)
-    colin = need(os.path.join(mric, "usr/share/mricron/templates/ch2.nii.gz"), "Colin27 ch2.nii.gz")
-    nil = fetch_wheel("nilearn", args.cache)
-    mni = need(
-        os.path.join(nil, "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
-        "MNI152 2009a T1",
-    )
-    itk = fetch_deb("insighttoolkit5-examples", args.cache)
-    held = need(
-        os.path.join(itk, "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"),
-        "ITK KmeansTest_T1UCharRaw.nii.gz",
-    )
-    sources, train_parts = [], []
-    for path, reg, pkg, role in (
-        (colin, "debian", "mricron-data", "train"),
-        (mni, "pypi", "nilearn", "train"),
-        (held, "debian", "insighttoolkit5-examples", "test"),
-    ):
-        sl, counts, shape, zooms = brain_volume_to_slices(path, size)
-        root = {"mricron-data": mric, "nilearn": nil, "insighttoolkit5-examples": itk}[pkg]
-        sources.append(
-            {"registry": reg, "package": pkg, "path": os.path.relpath(path, root), "sha256": sha256_file(path),
-             "role": role, "volume_shape": shape, "voxel_mm": zooms, "slices_kept": counts}
-        )
-        if role == "train":
+    wanted = [v.strip() for v in args.volumes.split(",") if v.strip()]
+    by_id = {s["id"]: s for s in BRAIN_SOURCES}
+    unknown = [v for v in wanted if v not in by_id or by_id[v]["role"] != "train"]
+    if unknown or not wanted:
+        train_ids = [s["id"] for s in BRAIN_SOURCES if s["role"] == "train"]
+        raise DataError(f"--volumes: unknown training source(s) {unknown or '(none given)'}; choose from {train_ids}")
+    chosen = [by_id[v] for v in wanted] + [s for s in BRAIN_SOURCES if s["role"] == "test"]
+    sources, train_parts, bases, paths, test = [], [], [], [], None
+    for src in chosen:
+        root, path = fetch_source(src, args.cache)
+        vol, zooms = load_source(path, src["kind"])
+        if src["kind"] == "volume":
+            sl, counts, kept = volume_slices(vol, zooms, size)
+        else:  # the one slice: index 1 of its three copies
+            sl, counts, kept = [np.clip(square_resample(vol[:, 1, :].T[::-1], (1.0, 1.0), size), 0, 1)], \
+                {"coronal": 1}, [("coronal", 1)]
+        sl = np.stack(sl)
+        info = {"id": src["id"], "what": src["what"], "registry": src["registry"], "package": src["package"],
+                "deb" if src["registry"] == "debian" else "wheel": (
+                    deb_version(src["package"], args.cache) if src["registry"] == "debian" else
+                    wheel_version(src["package"], args.cache)),
+                "path": src["path"], "sha256": sha256_file(path), "role": src["role"],
+                "volume_shape" if src["kind"] == "volume" else "slice_shape":
+                    list(vol.shape) if src["kind"] == "volume" else [vol.shape[2], vol.shape[0]],
+                "voxel_mm": list(zooms), "slices_kept": counts}
+        sources.append(info)
+        if src["role"] == "train":
             train_parts.append(sl)
+            bases += [(len(paths), view, i) for view, i in kept]
+            paths.append((path, src["kind"]))
         else:
             test = sl
-        print(f"{os.path.basename(path)}: {shape} voxels {zooms} mm -> {sl.shape[0]} slices {counts}")
-    train = np.concatenate(train_parts).astype(np.float16)[:, None] * 2 - 1
+        print(f"{os.path.basename(path)}: {list(vol.shape)} voxels {list(zooms)} mm -> {sl.shape[0]} slices {counts}")
+    cfg = dict(augment.DEFAULTS)
+    aug, which = augmented_slices(args.seed, args.augment, size, cfg, bases, paths)
+    for k, info in enumerate(s for s in sources if s["role"] == "train"):
+        info["augmented_slices"] = sum(1 for w in which if w == k)
+    base = np.concatenate(train_parts)
+    train = np.concatenate([base, aug]).astype(np.float16)[:, None] * 2 - 1
     test = test.astype(np.float16)[:, None] * 2 - 1
+    n_base = len(base)
     man = {
         "name": f"brain-{size}",
         "description": f"T1 MRI slices (axial, coronal, sagittal), {size}x{size}, magnitude",
@@ -386,10 +515,21 @@ def recipe_brain(args):
         "intensity": "per volume: divided by the 99.5th percentile of voxels above 1% of the maximum, "
         "clipped to [0, 1], then x = 2 v - 1",
         "preprocessing": "RAS orientation; each slice zero-padded to a square physical field of view and "
-        "area-resampled; slices with < 15% of pixels above 0.1 (in [0, 1]) skipped",
+        "area-resampled; slices 1 mm apart; slices with < 15% of pixels above 0.1 (in [0, 1]) skipped",
         "sources": sources,
-        "split": "train = every kept slice of Colin27 (ch2) and MNI152 2009a; test = every kept slice of "
-        "the ITK KmeansTest_T1UCharRaw subject (a different person; never in training)",
+        "base_slices": int(n_base),
+        "augmentation": {
+            "count": int(args.augment),
+            "rows": [int(n_base), int(n_base + len(aug))],
+            "seed": args.seed,
+            "rule": "augmented slice i (train rows base_slices + i) is cut from a base slice's plane drawn "
+            "uniformly, moved and deformed with parameters from numpy default_rng([seed, i]) "
+            "(notebooks/augment.py); redrawn if near-empty",
+            "parameters": cfg,
+        },
+        "split": "train = every kept slice of the training sources (" + ", ".join(wanted) + ") and the "
+        "augmented slices cut from them; test = every kept slice of the ITK KmeansTest_T1UCharRaw subject "
+        "(a different person; never in training, never augmented)",
     }
     return train, test, man
 
@@ -454,14 +594,7 @@ def ellipse_set(seed: int, count: int, size: int, workers: int | None = None) ->
     out = np.empty((count, 1, size, size), np.float16)
     chunk = 256
     jobs = [(seed, s, min(s + chunk, count), size) for s in range(0, count, chunk)]
-    workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_ellipse_chunk, jobs)
-    else:
-        parts = [_ellipse_chunk(j) for j in jobs]
+    parts = run_jobs(_ellipse_chunk, jobs, workers)
     for (_, s0, s1, _), part in zip(jobs, parts):
         out[s0:s1, 0] = part
     return out
@@ -493,8 +626,49 @@ def recipe_ct_ellipses(args):
 
 RECIPES = {"fmnist": recipe_fmnist, "brain": recipe_brain, "ct-ellipses": recipe_ct_ellipses}
 
+# What each recipe reads from the cache: (registry, package, path inside the package).
+FMNIST_FILES = ("usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
+                "usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+def recipe_files(recipe: str) -> list:
+    if recipe == "fmnist":
+        return [("debian", "dataset-fashion-mnist", f) for f in FMNIST_FILES]
+    if recipe == "brain":
+        return [(s["registry"], s["package"], s["path"]) for s in BRAIN_SOURCES]
+    return []  # ct-ellipses is generated
+
+
+def pack_sources(recipes: list, cache: str, out: str) -> int:
+    """Copies just the files the recipes read (and the cache's `done` markers) into `out`, laid
+    out as a cache: `data.py RECIPE --cache OUT` then runs with no network (a GPU machine).
+    For `brain`, nibabel's wheel comes along (unpacked: put OUT/wheel/nibabel/root on PYTHONPATH)."""
+    total = 0
+    for recipe in recipes:
+        for registry, pkg, rel in recipe_files(recipe):
+            kind = "deb" if registry == "debian" else "wheel"
+            root = (fetch_deb if kind == "deb" else fetch_wheel)(pkg, cache)
+            src = need(os.path.join(root, rel), f"{pkg}: {rel}")
+            dst = os.path.join(out, kind, pkg, "root", rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+            shutil.copyfile(os.path.join(cache, kind, pkg, "done"), os.path.join(out, kind, pkg, "done"))
+            total += os.path.getsize(dst)
+    if "brain" in recipes:  # its NIfTI reader, for a machine without nibabel (pure Python)
+        root = fetch_wheel("nibabel", cache)
+        dst = os.path.join(out, "wheel", "nibabel", "root")
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(root, dst, ignore=shutil.ignore_patterns("tests", "*.pyc", "__pycache__"))
+        shutil.copyfile(os.path.join(cache, "wheel", "nibabel", "done"), os.path.join(out, "wheel", "nibabel", "done"))
+        total += sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dst) for f in fs)
+    return total
+
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pack"]:
+        return main_pack(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", choices=sorted(RECIPES))
     p.add_argument("--out", required=True, help="output directory (train.npy, test.npy, manifest.json)")
@@ -504,17 +678,27 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=200, help="ct-ellipses: held-out phantoms")
     p.add_argument("--n-val", type=int, default=0,
                    help="ct-ellipses: validation phantoms (validation.npy, a third seed stream; 0 = none)")
-    p.add_argument("--seed", type=int, default=0, help="ct-ellipses: training seed")
+    p.add_argument("--seed", type=int, default=0, help="ct-ellipses: training seed; brain: augmentation seed")
+    p.add_argument("--volumes", default=BRAIN_TRAIN_DEFAULT,
+                   help=f"brain: training sources, comma-separated (default {BRAIN_TRAIN_DEFAULT}; "
+                        f"the shipped brain-mri used {BRAIN_V1}, --augment 0)")
+    p.add_argument("--augment", type=int, default=12000, help="brain: augmented training slices (default 12000)")
+    p.add_argument("--workers", type=int, default=None, help="processes for rendering (default: all CPUs)")
     a = p.parse_args(argv)
     if a.size < 8 or a.size > 1024:
         p.error(f"--size must be in [8, 1024], got {a.size}")
     if a.n_train < 1 or a.n_test < 1 or a.n_val < 0:
         p.error("--n-train and --n-test must be >= 1, --n-val >= 0")
+    if a.augment < 0 or (a.workers is not None and a.workers < 1):
+        p.error("--augment must be >= 0 and --workers >= 1")
+    if a.workers:
+        global _WORKERS
+        _WORKERS = a.workers
     a.validation = None
     try:
         os.makedirs(a.cache, exist_ok=True)
         train, test, man = RECIPES[a.recipe](a)
-        used = {"fmnist": [], "brain": ["size"],
+        used = {"fmnist": [], "brain": ["size", "volumes", "augment", "seed"],
                 "ct-ellipses": ["size", "n_train", "n_test", "n_val", "seed"]}[a.recipe]
         man["recipe"] = {"command": " ".join(
             ["python notebooks/data.py", a.recipe] + [f"--{k.replace('_', '-')} {getattr(a, k)}" for k in used]
@@ -525,6 +709,21 @@ def main(argv=None):
         return 1
     print(f"wrote {a.out}: train {man['files']['train']['shape']} {man['files']['train']['dtype']}, "
           f"test {man['files']['test']['shape']}")
+    return 0
+
+
+def main_pack(argv):
+    p = argparse.ArgumentParser(prog="data.py pack", description=pack_sources.__doc__)
+    p.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
+    p.add_argument("--out", required=True, help="directory to fill (a cache holding only these files)")
+    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})")
+    a = p.parse_args(argv)
+    try:
+        n = pack_sources(a.recipes, a.cache, a.out)
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"packed {n / 1e6:.1f} MB of sources for {', '.join(a.recipes)} into {a.out}")
     return 0
 
 

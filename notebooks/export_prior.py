@@ -20,6 +20,9 @@ estimate x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) clipped to
 the same number as PSNR on [0, 1] images), averaged over images, next to the
 PSNR of the rescaled noisy input x_t / sqrt(abar_t) for reference, and the
 eps MSE.  It runs with the weights as stored (f16-rounded for f16).
+
+Sample check (--sample-n, 32 by default; 0 skips it): DDIM samples against the
+training set's statistics (notebooks/sample_check.py), stored as `sanity.samples`.
 """
 
 from __future__ import annotations
@@ -114,11 +117,21 @@ DOMAINS = {
     "brain-64": "brain MRI, T1 magnitude slices",
     "ct-ellipses-64": "CT attenuation, random-ellipse phantoms",
     "ct-ellipses-128": "CT attenuation, random-ellipse phantoms",
+    "brain-128": "brain MRI, T1 magnitude slices",
+    "ct-ellipses-256": "CT attenuation, random-ellipse phantoms",
 }
 
 
+def objective(cfg: dict) -> str:
+    """The card's description of the training loss (train.py's --loss_weight)."""
+    if cfg.get("loss_weight", "eps") == "min-snr":
+        return (f"eps prediction, MSE weighted by min(SNR, {cfg['snr_gamma']:g}) / SNR (min-SNR-gamma), "
+                "t uniform in [0, T)")
+    return "eps prediction, MSE, t uniform in [0, T)"
+
+
 def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=64, threads=1,
-           hardware_info=None, sanity=True):
+           hardware_info=None, sanity=True, sample_n=32, sample_steps=50, device="cpu"):
     import torch
 
     import data as datamod
@@ -144,7 +157,7 @@ def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=6
                                       "generator", "sources", "split", "counts", "recipe")},
         "training": {
             "script": "notebooks/train.py",
-            "objective": "eps prediction, MSE, t uniform in [0, T)",
+            "objective": objective(cfg),
             "steps": int(st["step"]),
             "batch_size": cfg["batch_size"],
             "samples_seen": int(st["step"]) * cfg["batch_size"],
@@ -155,6 +168,7 @@ def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=6
             "random_flips": cfg["flip"],
             "seed": cfg["seed"],
             "train_seconds": round(float(st["seconds"]), 1),
+            "train_minutes": round(float(st["seconds"]) / 60, 2),
             "hardware": hardware_info or st.get("hardware"),
             "final_loss": (sum(recent) / len(recent)) if recent else None,
             "final_loss_rule": "mean eps-MSE of the last 500 training steps (online weights)",
@@ -178,6 +192,19 @@ def export(ckpt_path, out_dir, data_dir=None, name=None, dtype="f16", sanity_n=6
             "weights": dtype,
             "rows": denoise_sanity(model, flags, x0),
         }
+        if sample_n > 0:
+            import sample_check
+
+            train, _ = datamod.load_dataset(data_dir, "train")
+            card = {"schedule": {"noise_schedule": flags["noise_schedule"],
+                                 "diffusion_steps": int(flags["diffusion_steps"])},
+                    "channels": int(flags["in_channels"]), "resolution": [int(flags["image_size"])] * 2,
+                    "intensity_range": [-1.0, 1.0], "weights": {"dtype": dtype}}
+            rec = sample_check.check(model, card, sample_check.ModelRange(train, man), sample_n, sample_steps,
+                                     device=device)
+            rec["train"]["dataset"] = man.get("name")
+            extra["sanity"]["samples"] = rec
+            model.to("cpu")
     # write into a temporary directory, then move the files into place
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, ".export.tmp")
@@ -198,6 +225,10 @@ def summary(card, out_dir):
     for r in card.get("sanity", {}).get("rows", []):
         lines.append(f"  t={r['t']:4d}  noisy {r['psnr_noisy_db']:6.2f} dB -> Tweedie {r['psnr_tweedie_db']:6.2f} dB"
                      f"  (eps MSE {r['eps_mse']:.4f})")
+    if "samples" in card.get("sanity", {}):
+        import sample_check
+
+        lines.append("  " + sample_check.summary(card.get("name") or out_dir, card["sanity"]["samples"]))
     return "\n".join(lines)
 
 
@@ -210,15 +241,19 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["f16", "f32"], default="f16")
     p.add_argument("--sanity-n", type=int, default=64)
     p.add_argument("--no-sanity", action="store_true")
+    p.add_argument("--sample-n", type=int, default=32, help="samples for the sample check (0: skip it)")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample check")
+    p.add_argument("--device", default="cpu", help="where the sample check runs (cpu or cuda)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    if a.sanity_n < 1 or a.threads < 1:
-        p.error("--sanity-n and --threads must be >= 1")
+    if a.sanity_n < 1 or a.threads < 1 or a.sample_n < 0 or a.sample_steps < 1:
+        p.error("--sanity-n, --threads and --sample-steps must be >= 1, --sample-n >= 0")
     import data as datamod
 
     try:
         card = export(a.checkpoint, a.out, data_dir=a.data, name=a.name or os.path.basename(os.path.normpath(a.out)),
-                      dtype=a.dtype, sanity_n=a.sanity_n, threads=a.threads, sanity=not a.no_sanity)
+                      dtype=a.dtype, sanity_n=a.sanity_n, threads=a.threads, sanity=not a.no_sanity,
+                      sample_n=a.sample_n, sample_steps=a.sample_steps, device=a.device)
     except (ExportError, datamod.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -112,44 +112,163 @@ def synthetic_head(shape, zooms, seed):
     return nib.Nifti1Image(vol.astype(np.float32), np.diag(list(zooms) + [1.0]))
 
 
-def test_brain_recipe_on_stand_ins(tmp_path, monkeypatch):
-    pytest.importorskip("nibabel")
+def brain_stand_ins(tmp_path, monkeypatch):
+    """Synthetic heads at every brain source's path (the fetchers return their roots)."""
     import nibabel as nib
 
     roots = {}
-    layout = {
-        "mricron-data": ("usr/share/mricron/templates/ch2.nii.gz", (40, 48, 40), (1.0, 1.0, 1.0), 1),
-        "nilearn": ("nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                    (44, 52, 42), (1.0, 1.0, 1.0), 2),
-        "insighttoolkit5-examples": (
-            "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
-            (32, 16, 32), (2.0, 3.0, 2.0), 3),
+    shapes = {  # id -> (shape, zooms, seed)
+        "colin27": ((40, 48, 40), (1.0, 1.0, 1.0), 1),
+        "colin27-hires": ((72, 88, 72), (0.5, 0.5, 0.5), 4),
+        "colin27-brain": ((40, 48, 40), (1.0, 1.0, 1.0), 5),
+        "mni152": ((44, 52, 42), (1.0, 1.0, 1.0), 2),
+        "itk-kmeans": ((32, 16, 32), (2.0, 3.0, 2.0), 3),
     }
-    for pkg, (rel, shape, zooms, seed) in layout.items():
-        root = tmp_path / pkg
-        (root / os.path.dirname(rel)).mkdir(parents=True)
-        nib.save(synthetic_head(shape, zooms, seed), str(root / rel))
-        roots[pkg] = str(root)
+    for src in data.BRAIN_SOURCES:
+        root = tmp_path / src["package"]
+        rel = root / src["path"]
+        rel.parent.mkdir(parents=True, exist_ok=True)
+        if src["kind"] == "slice":
+            img = np.asarray(synthetic_head((48, 3, 48), (1.0, 1.0, 1.0), 6).get_fdata())[:, 1, :]
+            np.save(str(rel), np.flipud(img.T))
+        else:
+            shape, zooms, seed = shapes[src["id"]]
+            nib.save(synthetic_head(shape, zooms, seed), str(rel))
+        roots[src["package"]] = str(root)
     monkeypatch.setattr(data, "fetch_deb", lambda pkg, cache: roots[pkg])
     monkeypatch.setattr(data, "fetch_wheel", lambda pkg, cache: roots[pkg])
+    return roots
+
+
+def test_brain_recipe_on_stand_ins(tmp_path, monkeypatch):
+    pytest.importorskip("nibabel")
+    brain_stand_ins(tmp_path, monkeypatch)
     out = tmp_path / "out"
-    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--size", "32"]) == 0
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--size", "32",
+                      "--augment", "40", "--workers", "1"]) == 0
     tr, man = data.load_dataset(str(out), "train")
     te, _ = data.load_dataset(str(out), "test")
     assert tr.shape[1:] == (1, 32, 32) and te.shape[1:] == (1, 32, 32) and tr.dtype == np.float16
     for a in (tr, te):
         x = data.to_model(a, man)
         assert x.min() >= -1 and x.max() <= 1
-        # near-empty slices were skipped
+        # near-empty slices were skipped (and augmented ones redrawn)
         assert ((x > -0.8).reshape(len(x), -1).mean(1) >= 0.15 - 0.02).all()
-    kept = {s["package"]: sum(s["slices_kept"].values()) for s in man["sources"]}
-    assert kept["mricron-data"] + kept["nilearn"] == len(tr) and kept["insighttoolkit5-examples"] == len(te)
-    assert kept["mricron-data"] < 40 + 48 + 40  # edge slices skipped
-    roles = {s["package"]: s["role"] for s in man["sources"]}
-    assert roles == {"mricron-data": "train", "nilearn": "train", "insighttoolkit5-examples": "test"}
+    src = {s["id"]: s for s in man["sources"]}
+    base = sum(sum(s["slices_kept"].values()) for s in man["sources"] if s["role"] == "train")
+    assert man["base_slices"] == base and base + 40 == len(tr)
+    assert sum(s["augmented_slices"] for s in man["sources"] if s["role"] == "train") == 40
+    assert sum(src["itk-kmeans"]["slices_kept"].values()) == len(te)
+    assert sum(src["colin27"]["slices_kept"].values()) < 40 + 48 + 40  # edge slices skipped
+    # the 0.5 mm volume is sliced 1 mm apart: at most its extent in mm per view
+    assert sum(src["colin27-hires"]["slices_kept"].values()) <= 36 + 44 + 36
+    assert src["dipy-coronal"]["slices_kept"] == {"coronal": 1}
+    assert {k: v["role"] for k, v in src.items()}["itk-kmeans"] == "test"
+    assert [k for k, v in src.items() if v["role"] == "train"] == data.BRAIN_TRAIN_DEFAULT.split(",")
     # no held-out slice appears among the training slices
     trs = {a.tobytes() for a in tr}
     assert not any(a.tobytes() in trs for a in te)
+    # augmented slices differ from every base slice
+    assert not any(tr[i].tobytes() in {b.tobytes() for b in tr[:base]} for i in range(base, len(tr)))
+    # the set does not depend on how many processes render it
+    out2 = tmp_path / "out2"
+    assert data.main(["brain", "--out", str(out2), "--cache", str(tmp_path / "c"), "--size", "32",
+                      "--augment", "40", "--workers", "2"]) == 0
+    assert np.array_equal(data.load_dataset(str(out2), "train")[0], tr)
+
+
+def test_brain_recipe_sources_and_errors(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("nibabel")
+    brain_stand_ins(tmp_path, monkeypatch)
+    out = tmp_path / "v1"
+    # the shipped brain-mri's sources, no augmentation
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--size", "32",
+                      "--volumes", data.BRAIN_V1, "--augment", "0"]) == 0
+    tr, man = data.load_dataset(str(out), "train")
+    assert [s["id"] for s in man["sources"]] == ["colin27", "mni152", "itk-kmeans"]
+    assert len(tr) == man["base_slices"]
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--volumes", "colin27,nope"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert data.main(["brain", "--out", str(out), "--cache", str(tmp_path / "c"), "--volumes", "itk-kmeans"]) == 1
+
+
+def asymmetric_volume():
+    """A head with a bright blob right-anterior-superior of centre: any orientation slip shows."""
+    shape, z = (40, 48, 44), (1.0, 1.0, 1.0)
+    g = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
+    r = sum((gi / (0.4 * n)) ** 2 for gi, n in zip(g, shape))
+    vol = np.where(r < 1, 0.4, 0.0)
+    blob = (g[0] - 6) ** 2 + (g[1] - 8) ** 2 + (g[2] - 5) ** 2 < 16
+    vol[blob] = 1.0
+    return vol.astype(np.float32), z
+
+
+@pytest.mark.parametrize("view,axis", [("sagittal", 0), ("coronal", 1), ("axial", 2)])
+def test_augment_identity_cut_matches_the_base_slices(view, axis):
+    """With no jitter, augment.render cuts the same slice as volume_slices shows (orientation,
+    field of view, centring), up to the two resamplers' difference."""
+    import torch
+
+    import augment
+
+    vol, z = asymmetric_volume()
+    size = 32
+    base, _, kept = data.volume_slices(vol, z, size, min_fraction=0.0)
+    t = torch.from_numpy(vol)[None, None]
+    through_blob = vol.shape[axis] // 2 + (6, 8, 5)[axis]
+    sl = base[kept.index((view, through_blob))]
+    got = augment.render(t, vol.shape, z, view, through_blob, size, augment.Jitter.identity(), 4)
+    err = np.abs(got - sl).mean()
+    assert err < 0.01, (view, err)
+    # a cut mirrored up-down or left-right (an orientation slip) differs by far more
+    assert np.abs(got[::-1] - sl).mean() > 3 * err and np.abs(got[:, ::-1] - sl).mean() > 3 * err
+
+
+def test_augment_flip_mirrors_left_right():
+    import torch
+
+    import augment
+
+    vol, z = asymmetric_volume()
+    t = torch.from_numpy(vol)[None, None]
+    j = augment.Jitter.identity()
+    a = augment.render(t, vol.shape, z, "axial", 27, 32, j, 2)
+    j.flip = True
+    b = augment.render(t, vol.shape, z, "axial", 27, 32, j, 2)
+    assert np.allclose(a[:, ::-1], b, atol=1e-5)
+
+
+def test_augment_draws_are_seeded_and_bounded():
+    import augment
+
+    cfg = augment.DEFAULTS
+    a = augment.draw(np.random.default_rng([0, 5]), cfg)
+    b = augment.draw(np.random.default_rng([0, 5]), cfg)
+    assert a.angle == b.angle and np.array_equal(a.elastic, b.elastic)
+    for i in range(200):
+        j = augment.draw(np.random.default_rng([1, i]), cfg)
+        assert abs(j.angle) <= np.radians(cfg["rotate_deg"]) and abs(j.tilt_row) <= np.radians(cfg["tilt_deg"])
+        assert cfg["zoom_min"] <= j.zoom <= cfg["zoom_max"] and abs(j.slice_offset) <= 0.5
+        assert cfg["gamma_min"] <= j.gamma <= cfg["gamma_max"]
+    flat = augment.draw(np.random.default_rng([1, 0]), cfg, three_d=False)
+    assert flat.tilt_row == flat.tilt_col == flat.slice_offset == 0.0
+
+
+def test_pack_sources_makes_an_offline_cache(tmp_path, monkeypatch):
+    pytest.importorskip("nibabel")
+    roots = brain_stand_ins(tmp_path, monkeypatch)
+    cache = tmp_path / "c"
+    for src in data.BRAIN_SOURCES:  # the markers fetch_* leaves
+        kind = "deb" if src["registry"] == "debian" else "wheel"
+        (cache / kind / src["package"]).mkdir(parents=True, exist_ok=True)
+        (cache / kind / src["package"] / "done").write_text("x\n")
+    packed = tmp_path / "packed"
+    assert data.main(["pack", "brain", "--out", str(packed), "--cache", str(cache)]) == 0
+    monkeypatch.undo()  # real fetchers: they must find everything in the packed cache
+    out = tmp_path / "out"
+    assert data.main(["brain", "--out", str(out), "--cache", str(packed), "--size", "16", "--augment", "4",
+                      "--workers", "1"]) == 0
+    del roots
 
 
 def test_square_resample_respects_spacing():
@@ -320,3 +439,156 @@ def test_init_from_an_exported_prior(tmp_path):
     r = run_py("train.py", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "third"), *other,
                "--steps", "1", "--init-from", first)
     assert r.returncode == 1 and "does not fit this configuration" in r.stderr, r.stderr
+
+
+def test_train_gpu_sh_runs_end_to_end_on_the_cpu(tmp_path):
+    """The GPU run's one command, on the CPU with a tiny budget: renders the data from a packed
+    source cache, continues the shipped fmnist-32 (same architecture), exports a card with steps,
+    minutes and both checks, and the gate keeps the shipped prior (a few steps on noise images do
+    not improve it). Slow: 2-5 minutes (the budget is 5; the run may end early)."""
+    cache = tmp_path / "src"
+    d = cache / "deb" / "dataset-fashion-mnist" / "root" / "usr/share/datasets/fashion-mnist"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (64, 28, 28)))
+    write_idx(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (16, 28, 28)))
+    (cache / "deb" / "dataset-fashion-mnist" / "done").write_text("stand-in\n")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        ["bash", os.path.join(HERE, "train_gpu.sh"), "--device", "cpu", "--minutes", "5", "--priors", "fmnist-32",
+         "--sources", str(cache), "--out", str(out), "--sample-steps", "2", "--sample-n", "4", "--sanity-n", "4",
+         "--overhead-s", "100", "--threads", "1"],
+        env={**os.environ, "PYTHON": PY, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| fmnist-32 | fmnist-32, " in report, report
+    card = json.load(open(out / "runs" / "fmnist-32" / "model.json"))
+    tr = card["training"]
+    assert tr["steps"] >= 1 and tr["train_minutes"] > 0
+    shipped = json.load(open(os.path.join(HERE, "..", "priors", "fmnist-32", "model.json")))["training"]
+    assert tr["initialised_from"]["steps"] == shipped["steps"]  # continued from the shipped weights
+    assert card["sanity"]["samples"]["sampler"]["steps"] == 2 and len(card["sanity"]["rows"]) == 6
+    gate = json.load(open(out / "runs" / "fmnist-32" / "gate.json"))
+    assert gate["old"] is not None and gate["settings"]["sample_steps"] == 2
+    assert (out / "priors" / "fmnist-32" / "model.json").exists() == gate["ship"]
+    assert not gate["ship"], gate["why"]
+
+
+def test_ship_gate_verdicts():
+    import ship_gate
+
+    old = {"mean_tweedie_psnr_db": 25.0, "outside": 5, "samples": 32, "passes": False}
+    better = {"mean_tweedie_psnr_db": 25.5, "outside": 1, "samples": 32, "passes": True, "gain_t250_db": 12.0}
+    assert ship_gate.verdict(better, old)[0]
+    assert not ship_gate.verdict({**better, "mean_tweedie_psnr_db": 24.9}, old)[0]  # denoising worse
+    assert not ship_gate.verdict({**better, "outside": 6, "passes": False}, old)[0]  # samples worse
+    assert not ship_gate.verdict({**better, "outside": 5, "passes": False}, old)[0]  # as bad, still failing
+    assert ship_gate.verdict(better, None)[0]  # a new preset that passes
+    assert not ship_gate.verdict({**better, "gain_t250_db": 5.0}, None)[0]
+    assert not ship_gate.verdict({**better, "passes": False}, None)[0]
+
+
+def test_loss_weights():
+    abar = np.array([0.999, 0.5, 0.01])
+    assert np.allclose(train.loss_weights("eps", abar), 1.0)
+    w = train.loss_weights("min-snr", abar, 5.0)
+    snr = abar / (1 - abar)
+    # clean steps (SNR 999) weighted 5 / 999; SNR <= 5 weighted 1
+    assert np.allclose(w, [5 / snr[0], 1.0, 1.0])
+    with pytest.raises(ValueError):
+        train.loss_weights("nope", abar)
+
+
+def test_sample_check_grid_matches_the_rust_knots():
+    """sample_check.ddim_grid reproduces the Rust Schedule::knots for the discrete linear VP path:
+    t from 1 to 1/T, a(1/T)^2 = abar_0 = 1 - beta_0 exactly, a(1)^2 = abar_{T-1}, then clean."""
+    import adm
+    import sample_check
+
+    card = {"schedule": {"noise_schedule": "linear", "diffusion_steps": 1000}}
+    la = sample_check.log_abar_knots(card)
+    grid = sample_check.ddim_grid(la, 5)
+    betas = np.asarray(adm.named_beta_schedule("linear", 1000), dtype=np.float64)
+    abar = np.cumprod(1 - betas)
+    assert grid[0][0] == 1.0 and abs(grid[0][1] ** 2 - abar[-1]) < 1e-12
+    assert abs(grid[4][0] - 1e-3) < 1e-15 and abs(grid[4][1] ** 2 - abar[0]) < 1e-12
+    assert grid[-1] == (0.0, 1.0, 0.0)
+    for t, a, s in grid[:-1]:
+        assert abs(a * a + s * s - 1) < 1e-12
+
+
+STUB_PYTHON = r'''#!/usr/bin/env bash
+# Stands in for python in train_gpu.sh: renders take STUB_DELAY_<set> seconds, training and the
+# gate are instant; every script call is logged to $STUB_LOG.
+if [ "$1" = -c ]; then exec "$REAL_PY" "$@"; fi
+script=$(basename "$1"); shift
+echo "$script $*" >>"$STUB_LOG"
+arg() { local k=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$k" ] && { echo "$2"; return; }; shift; done; }
+case $script in
+  data.py)
+    out=$(arg --out "$@"); set_=$(basename "$out"); d=STUB_DELAY_${set_//-/_}
+    sleep "${!d:-0}"; mkdir -p "$out"; echo '{}' >"$out/manifest.json" ;;
+  train.py)
+    out=$(arg --out "$@"); mkdir -p "$out"; : >"$out/model.safetensors"; : >"$out/train.jsonl"
+    echo '{"training": {"steps": 3, "train_minutes": 0.1}}' >"$out/model.json" ;;
+  ship_gate.py) echo "KEEP the old prior: stub"; exit 3 ;;
+esac
+'''
+
+
+def test_train_gpu_sh_trains_whichever_prior_is_ready_first(tmp_path):
+    """Queue order with stand-in scripts: brain-mri comes first by priority but its data takes
+    longer to render, so fmnist-32 trains first and brain-mri next; every prior gets a report
+    line and a gate run, and nothing is shipped when the gate says keep."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(stub), "REAL_PY": PY, "STUB_LOG": str(log), "TMPDIR": str(tmp_path),
+           "STUB_DELAY_brain_64": "4", "STUB_DELAY_fmnist": "0"}
+    r = subprocess.run(["bash", os.path.join(HERE, "train_gpu.sh"), "--device", "cpu", "--minutes", "3",
+                        "--priors", "brain-mri fmnist-32", "--sources", str(tmp_path), "--out", str(out),
+                        "--overhead-s", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trains = [line.split("--name ")[1].split()[0] for line in log.read_text().splitlines()
+              if line.startswith("train.py")]
+    assert trains == ["fmnist-32", "brain-mri"], trains
+    report = (out / "report.md").read_text()
+    assert report.count("KEEP the old prior: stub") == 2, report
+    assert not any((out / "priors").iterdir())
+    # each continues from the shipped weights when compatible
+    assert all("--init-if-compatible" in line for line in log.read_text().splitlines() if line.startswith("train.py"))
+
+
+def test_speed_flags_and_min_snr_train_and_resume(tmp_path):
+    """--bf16 and --channels-last train (on the CPU too) to the same neighbourhood as f32: after
+    the same 6 steps from the same start, the weights differ only by bf16 rounding; the speed flags
+    are not part of the resume configuration; min-snr is, and its loss is the weighted one."""
+    import torch
+
+    toy_dataset(tmp_path / "d")
+    common = ["--data", str(tmp_path / "d"), *TINY, "--no-export", "--steps", "6"]
+    assert train.main([*common, "--out", str(tmp_path / "f32")]) == 0
+    assert train.main([*common, "--out", str(tmp_path / "fast"), "--bf16", "--channels-last"]) == 0
+    a, b = ckpt(str(tmp_path / "f32")), ckpt(str(tmp_path / "fast"))
+    va = torch.cat([v.flatten() for v in a["model"].values()])
+    vb = torch.cat([v.flatten() for v in b["model"].values()])
+    rel = ((va - vb).norm() / va.norm()).item()
+    assert 0 < rel < 1e-3, rel  # bf16 changes the rounding, not the training
+    # the same losses up to bf16 rounding (relative 2^-8 per op; 2% is generous, a wrong loss is not)
+    assert all(abs(x - y) < 0.02 * abs(x) for x, y in zip(a["recent_losses"], b["recent_losses"]))
+    # resuming the bf16 run without the speed flags is allowed; the held-out curve is logged
+    assert train.main([*common[:-1], "8", "--out", str(tmp_path / "fast"), "--heldout-every", "1"]) == 0
+    with open(tmp_path / "fast" / "train.jsonl") as f:
+        pts = [json.loads(line) for line in f if '"heldout"' in line]
+    assert [p["step"] for p in pts] == [7, 8] and all(p["heldout_eps_mse"] > 0 and p["train_eps_mse"] > 0
+                                                      for p in pts)
+    # min-snr: a different configuration for resume purposes
+    assert train.main([*common, "--out", str(tmp_path / "f32"), "--loss_weight", "min-snr"]) == 1
+    assert train.main([*common, "--out", str(tmp_path / "snr"), "--loss_weight", "min-snr"]) == 0
+    c = ckpt(str(tmp_path / "snr"))
+    assert c["config"]["loss_weight"] == "min-snr"
+    # weighted losses are smaller than plain ones (every weight <= 1, most clean steps << 1)
+    assert sum(c["recent_losses"]) < sum(a["recent_losses"])
+    del torch

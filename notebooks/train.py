@@ -56,7 +56,8 @@ sys.path.insert(0, HERE)
 import convert_checkpoint as cc  # noqa: E402
 
 # The shipped priors' configurations.  Sizes: fmnist-32 2,405,601 parameters
-# (4.8 MB in f16); brain-64 / ct-64 4,779,617 (9.6 MB).
+# (4.8 MB in f16); brain-64 / ct-64 4,779,617 (9.6 MB); ct-128 / brain-128 4,718,913
+# (9.5 MB); ct-256 4,966,593 (9.9 MB).
 PRESETS = {
     "fmnist-32": dict(
         image_size=32, in_channels=1, num_channels=32, channel_mult="1,2,2,2", num_res_blocks=2,
@@ -73,6 +74,18 @@ PRESETS = {
         attention_resolutions="16", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
         dropout=0.0, learn_sigma=False, flip=True,
     ),
+    # 128x128 brain (brain-mri-128) and 256x256 CT (ct-ellipses-256): ct-128's widths, one
+    # more level of resolution for the brain; attention at 16 px (ds 8 / ds 16).
+    "brain-128": dict(
+        image_size=128, in_channels=1, num_channels=32, channel_mult="1,1,2,2,4", num_res_blocks=2,
+        attention_resolutions="16", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
+        dropout=0.0, learn_sigma=False, flip=False,
+    ),
+    "ct-256": dict(
+        image_size=256, in_channels=1, num_channels=32, channel_mult="1,1,2,2,4", num_res_blocks=2,
+        attention_resolutions="16", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
+        dropout=0.0, learn_sigma=False, flip=True,
+    ),
     "ct-64": dict(
         image_size=64, in_channels=1, num_channels=32, channel_mult="1,2,2,4", num_res_blocks=2,
         attention_resolutions="8", num_heads=4, use_scale_shift_norm=True, resblock_updown=False,
@@ -80,7 +93,9 @@ PRESETS = {
     ),
 }
 
-TRAIN_DEFAULTS = dict(batch_size=32, lr=2e-4, weight_decay=0.0, ema_rate=0.999, lr_warmup=500, grad_clip=1.0)
+TRAIN_DEFAULTS = dict(batch_size=32, lr=2e-4, weight_decay=0.0, ema_rate=0.999, lr_warmup=500, grad_clip=1.0,
+                      loss_weight="eps", snr_gamma=5.0)
+LOSS_WEIGHTS = ("eps", "min-snr")
 
 
 class TrainError(Exception):
@@ -99,18 +114,32 @@ def build_parser():
         p.add_argument(f"--{k}", type=type(v), default=v)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    # Speed options (they change no result beyond rounding, so a run may resume with others).
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward and backward passes "
+                   "(weights, optimiser and EMA stay f32)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (NHWC convolutions)")
+    p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the model (reduce-overhead: CUDA graphs); the first steps compile")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the data, the model and every generator live there)")
     p.add_argument("--init-from", default=None,
                    help="a fresh run starts from these weights (an exported model.safetensors, e.g. a prior "
                         "trained on another machine) instead of a random initialisation")
+    p.add_argument("--init-if-compatible", default=None, metavar="DIR",
+                   help="like --init-from DIR when DIR's card has this configuration's architecture flags; "
+                        "otherwise a fresh start (said on stdout)")
     p.add_argument("--steps", type=int, default=None, help="stop (and export) when this many steps are done in total")
     p.add_argument("--max-minutes", type=float, default=None, help="stop this invocation after this long (resumable)")
     p.add_argument("--ckpt-minutes", type=float, default=10.0, help="checkpoint interval (default 10)")
     p.add_argument("--log-every", type=int, default=50, help="log every N steps (default 50)")
+    p.add_argument("--heldout-every", type=int, default=0,
+                   help="every N steps log the eps-MSE on 64 fixed held-out and 64 fixed training images "
+                        "(the held-out curve: a growing gap means overfitting; default 0 = never)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start from step 0")
     p.add_argument("--export-now", action="store_true", help="export the EMA weights at the end even if --steps is not reached")
     p.add_argument("--no-export", action="store_true", help="never export")
     p.add_argument("--sanity-n", type=int, default=64, help="held-out images for the export's denoising check")
+    p.add_argument("--sample-n", type=int, default=32, help="samples for the export's sample check (0: skip)")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the export's sample check")
     p.add_argument("--name", default=None, help="prior name in the card (default: the preset or OUT's basename)")
     return p
 
@@ -130,8 +159,12 @@ def parse_args(argv=None):
         (a.max_minutes is None or a.max_minutes > 0, "--max-minutes must be > 0"),
         (a.ckpt_minutes > 0, "--ckpt-minutes must be > 0"),
         (a.log_every >= 1, "--log-every must be >= 1"),
+        (a.heldout_every >= 0, "--heldout-every must be >= 0"),
         (a.lr_warmup >= 0, "--lr_warmup must be >= 0"),
         (a.in_channels >= 1, "--in_channels must be >= 1"),
+        (a.loss_weight in LOSS_WEIGHTS, f"--loss_weight must be one of {LOSS_WEIGHTS}"),
+        (a.snr_gamma > 0, "--snr_gamma must be > 0"),
+        (a.sample_n >= 0 and a.sample_steps >= 1, "--sample-n must be >= 0 and --sample-steps >= 1"),
         (not a.learn_sigma, "--learn_sigma True is not supported by this trainer (eps-MSE only)"),
         (not a.class_cond, "--class_cond True is not supported by this trainer"),
     ]
@@ -147,7 +180,9 @@ def model_flags(a) -> dict:
 
 def train_config(a) -> dict:
     """What must not change between a run and its resumption."""
-    cfg = {k: getattr(a, k) for k in TRAIN_DEFAULTS}
+    cfg = {k: getattr(a, k) for k in TRAIN_DEFAULTS if k not in ("loss_weight", "snr_gamma")}
+    if a.loss_weight != "eps":  # (absent from checkpoints written before the option existed)
+        cfg.update(loss_weight=a.loss_weight, snr_gamma=a.snr_gamma)
     cfg.update(flags=model_flags(a), flip=a.flip, seed=a.seed)
     if a.device != "cpu":
         cfg["device"] = a.device  # generators differ by device: a CPU run cannot resume a GPU one
@@ -171,6 +206,37 @@ def hardware(threads: int, device: str = "cpu") -> dict:
     if device != "cpu":
         info.update(device=device, gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
+
+
+def compatible(prior_dir: str, flags: dict) -> str | None:
+    """None when the prior directory's card has the same architecture flags as `flags`, else why not."""
+    card = os.path.join(prior_dir, "model.json")
+    if not os.path.isfile(card):
+        return f"no model card at {card}; starting fresh"
+    with open(card) as f:
+        theirs = json.load(f).get("flags", {})
+    diff = [f"{k}: {theirs.get(k)!r} vs {flags[k]!r}" for k in cc.MODEL_KEYS
+            if k in flags and str(theirs.get(k)) != str(flags[k])]
+    return f"different architecture ({'; '.join(diff)}); starting fresh" if diff else None
+
+
+def speed_options(a) -> dict:
+    return {"bf16": a.bf16, "channels_last": a.channels_last, "compile": a.compile, "batch_size": a.batch_size}
+
+
+def loss_weights(kind: str, abar, gamma: float = 5.0):
+    """Per-step weights of the eps-MSE: `eps` 1 everywhere; `min-snr` min(SNR, gamma) / SNR
+    (Hang et al. 2023, min-SNR-gamma in its eps-prediction form; SNR = abar / (1 - abar)), which
+    down-weights the nearly clean steps whose eps targets are hardest and least useful."""
+    import numpy as np
+
+    abar = np.asarray(abar, dtype=np.float64)
+    if kind == "eps":
+        return np.ones_like(abar)
+    if kind == "min-snr":
+        snr = abar / (1.0 - abar)
+        return np.minimum(snr, gamma) / snr
+    raise ValueError(f"unknown loss weighting {kind!r} (expected one of {LOSS_WEIGHTS})")
 
 
 def save_atomic(obj, path: str):
@@ -221,10 +287,22 @@ class Trainer:
         abar = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
         self.model.to(self.dev)
         self.init_info = None
+        if a.init_if_compatible and not a.init_from:
+            why = compatible(a.init_if_compatible, self.flags)
+            print(f"--init-if-compatible {a.init_if_compatible}: {why or 'same architecture, continuing from it'}",
+                  flush=True)
+            if why is None:
+                a.init_from = a.init_if_compatible
         if a.init_from:
             self.init_weights(a.init_from)
         self.sqrt_abar = torch.tensor(np.sqrt(abar), dtype=torch.float32, device=self.dev)
         self.sqrt_1m_abar = torch.tensor(np.sqrt(1.0 - abar), dtype=torch.float32, device=self.dev)
+        self.loss_weights = torch.tensor(loss_weights(a.loss_weight, abar, a.snr_gamma), dtype=torch.float32,
+                                         device=self.dev)
+        if a.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # the compiled module shares the parameters; the state dict is taken from self.model
+        self.forward = self.model if a.compile == "none" else torch.compile(self.model, mode=a.compile)
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
         self.gen = torch.Generator(device=self.dev).manual_seed(a.seed + 1)
@@ -339,8 +417,12 @@ class Trainer:
         xt = self.sqrt_abar[t][:, None, None, None] * x0 + self.sqrt_1m_abar[t][:, None, None, None] * eps
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        out = self.model(xt, t)
-        loss = torch.mean((out - eps) ** 2)
+        if a.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            out = self.forward(xt, t)
+        per = ((out.float() - eps) ** 2).flatten(1).mean(1)
+        loss = torch.mean(self.loss_weights[t] * per)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip > 0:
@@ -356,6 +438,38 @@ class Trainer:
             torch._foreach_add_(ema, [cur[k].detach() for k in keys], alpha=1 - decay)
         # The loss stays on the device (no synchronisation per step); `flush_losses` reads it.
         self.pending.append(loss.detach())
+
+    def curve_batches(self, n=64, seed=4321):
+        """Fixed (x0, t, eps) batches of the test and the training split for the held-out curve."""
+        import numpy as np
+
+        import data as datamod
+
+        torch = self.torch
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for split in ("test", "train"):
+            try:
+                arr, _ = datamod.load_dataset(self.a.data, split)
+            except datamod.DataError:
+                continue
+            idx = np.linspace(0, len(arr) - 1, min(n, len(arr))).round().astype(int)
+            x0 = torch.from_numpy(datamod.to_model(arr[idx], self.manifest))
+            t = torch.linspace(0, self.T - 1, len(x0)).round().long()
+            eps = torch.randn(x0.shape, generator=g)
+            out[split] = tuple(v.to(self.dev) for v in (x0, t, eps))
+        return out
+
+    def curve_point(self, batches) -> dict:
+        """eps-MSE (plain, mean over the batch) of the online weights on each fixed batch."""
+        torch = self.torch
+        rec = {}
+        with torch.no_grad():
+            for split, (x0, t, eps) in batches.items():
+                xt = self.sqrt_abar[t][:, None, None, None] * x0 + self.sqrt_1m_abar[t][:, None, None, None] * eps
+                rec[f"{'heldout' if split == 'test' else 'train'}_eps_mse"] = round(
+                    torch.mean((self.model(xt, t).float() - eps) ** 2).item(), 6)
+        return rec
 
     def flush_losses(self):
         """Moves the pending per-step losses to `recent`; returns their sum and count."""
@@ -407,6 +521,7 @@ def run(a) -> int:
     t_ckpt = t_start
     t_log, step_log, acc, nacc = t_start, tr.step, 0.0, 0
     reason = None
+    curve = tr.curve_batches() if a.heldout_every else None
     try:
         while True:
             if a.steps is not None and tr.step >= a.steps:
@@ -433,6 +548,8 @@ def run(a) -> int:
                 print(f"step {tr.step:7d}  loss {acc / nacc:.5f}  {rate:.2f} steps/s  "
                       f"{tr.seconds / 60:.1f} min", flush=True)
                 t_log, step_log, acc, nacc = now, tr.step, 0.0, 0
+            if curve and tr.step % a.heldout_every == 0:  # (not counted as training time)
+                log_line(log, {"event": "heldout", "step": tr.step, **tr.curve_point(curve)})
             if now - t_ckpt >= 60 * a.ckpt_minutes:
                 tr.save()
                 t_ckpt = time.time()
@@ -450,7 +567,8 @@ def run(a) -> int:
 
         card = export_prior.export(
             tr.ckpt_path, a.out, data_dir=a.data, name=a.name or a.preset or os.path.basename(os.path.normpath(a.out)),
-            sanity_n=a.sanity_n, threads=a.threads, hardware_info=hardware(a.threads, a.device),
+            sanity_n=a.sanity_n, threads=a.threads, sample_n=a.sample_n, sample_steps=a.sample_steps,
+            device=a.device, hardware_info={**hardware(a.threads, a.device), "speed_options": speed_options(a)},
         )
         print(export_prior.summary(card, a.out), flush=True)
     return 0

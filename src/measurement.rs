@@ -105,19 +105,22 @@ pub fn read(path: &Path) -> Result<(ArrayD<f32>, Sidecar)> {
             ),
         ));
     }
-    posterior_operators::error::check_finite(&format!("measurement {}", path.display()), y.iter())?;
+    crate::limits::check_magnitude(
+        &format!("measurement {}", path.display()),
+        y.iter().copied(),
+    )?;
     Ok((y, side))
 }
 
 /// Reads and checks a sidecar file.
 pub fn read_sidecar(side_path: &Path) -> Result<Sidecar> {
-    let text = std::fs::read_to_string(side_path)
+    let text = io::read_text(side_path)
         .map_err(|e| Error::file(side_path, format!("cannot read the sidecar: {e}")))?;
     parse_sidecar(side_path, &text)
 }
 
 fn read_sidecar_for(side_path: &Path, path: &Path) -> Result<Sidecar> {
-    let text = std::fs::read_to_string(side_path).map_err(|e| {
+    let text = io::read_text(side_path).map_err(|e| {
         Error::file(
             side_path,
             format!(
@@ -138,11 +141,36 @@ fn parse_sidecar(side_path: &Path, text: &str) -> Result<Sidecar> {
             format!("sidecar format `{}`, expected `{FORMAT}`", side.format),
         ));
     }
+    let i = &side.intensity;
+    let numbers = [
+        ("intensity.scale", i.scale),
+        ("intensity.offset", i.offset),
+        ("display_range[0]", side.display_range[0]),
+        ("display_range[1]", side.display_range[1]),
+        ("data_range", side.data_range),
+    ];
+    for (name, v) in numbers
+        .into_iter()
+        .chain(i.clip_min.map(|c| ("intensity.clip_min", c)))
+    {
+        crate::limits::check_number(name, v as f64)
+            .map_err(|e| Error::file(side_path, format!("sidecar field {e}")))?;
+    }
+    if i.scale == 0.0 || side.display_range[1] <= side.display_range[0] || side.data_range <= 0.0 {
+        return Err(Error::file(
+            side_path,
+            format!(
+                "sidecar has intensity scale {}, display range {:?} and data range {}: expected \
+                 a nonzero scale, lo < hi and a positive data range",
+                i.scale, side.display_range, side.data_range
+            ),
+        ));
+    }
     Ok(side)
 }
 
-/// Writes a measurement and its sidecar, each atomically; no sidecar-less measurement is left
-/// behind if the second write fails.
+/// Writes a measurement and its sidecar together ([`io::write_together`]): if either write
+/// fails, neither file is touched (an existing measurement is never deleted).
 pub fn write(path: &Path, y: &ArrayD<f32>, side: &Sidecar) -> Result<()> {
     if io::extension(path) != "npy" {
         return Err(Error::file(
@@ -150,12 +178,10 @@ pub fn write(path: &Path, y: &ArrayD<f32>, side: &Sidecar) -> Result<()> {
             "the measurement must be written to a .npy file",
         ));
     }
-    io::write_npy(path, y.view())?;
-    if let Err(e) = io::write_json(&Sidecar::path_for(path), side) {
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    Ok(())
+    io::write_together(|| {
+        io::write_npy(path, y.view())?;
+        io::write_json(&Sidecar::path_for(path), side)
+    })
 }
 
 /// Prepares an image read from a file for an operator family: a colour image becomes

@@ -106,6 +106,9 @@ pub struct ReconOptions {
     /// negative log-likelihood of counts (Beer-Lambert CT). With Poisson, both run on the
     /// nonlinear model itself instead of its linearisation.
     pub likelihood: solve::Likelihood,
+    /// Return a result holding NaN or infinite values instead of failing (for debugging a
+    /// method; `--allow-nonfinite`).
+    pub allow_nonfinite: bool,
 }
 
 impl ReconOptions {
@@ -118,11 +121,73 @@ impl ReconOptions {
             nonnegative: false,
             seed: 0,
             likelihood: solve::Likelihood::Gaussian,
+            allow_nonfinite: false,
         }
     }
     pub fn iters(&self) -> usize {
         self.iters.unwrap_or(self.method.default_iters())
     }
+
+    /// Checks the settings the same way for every method: iterations at least 1 and within
+    /// the step cap for the iterative methods (and not given to the direct ones), `lambda`
+    /// a finite nonnegative number for the methods that take one (cg, tv) and not given to
+    /// the others.
+    pub fn validate(&self) -> Result<()> {
+        let m = self.method;
+        if let Some(n) = self.iters {
+            if m.default_iters() == 0 {
+                return Err(Error::Invalid(format!(
+                    "method `{m}` is direct: --iters applies to cg, tv, gd and hio"
+                )));
+            }
+            if n == 0 {
+                return Err(Error::Invalid(format!(
+                    "--iters 0: method `{m}` needs at least 1 iteration (default {})",
+                    m.default_iters()
+                )));
+            }
+            crate::limits::check_steps("--iters", n)?;
+        }
+        if let Some(l) = self.lambda {
+            if !matches!(m, Method::Cg | Method::Tv) {
+                return Err(Error::Invalid(format!(
+                    "method `{m}` has no regularisation weight: --lambda applies to cg and tv"
+                )));
+            }
+            if !(l.is_finite() && l >= 0.0) {
+                return Err(Error::Invalid(format!(
+                    "--lambda {l}: the {} weight must be a finite nonnegative number",
+                    if m == Method::Cg { "Tikhonov" } else { "TV" }
+                )));
+            }
+            crate::limits::check_number("--lambda", l as f64)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a reconstruction holding NaN or infinite values, naming the method that made it
+/// (one pass over the result, made once at the end of a run; `allow` keeps the result for
+/// debugging and only warns).
+pub fn check_output(method: &str, x: ArrayViewD<f32>, allow: bool) -> Result<()> {
+    let (nan, inf) = x.iter().fold((0usize, 0usize), |(n, i), v| {
+        (n + v.is_nan() as usize, i + v.is_infinite() as usize)
+    });
+    if nan + inf == 0 {
+        return Ok(());
+    }
+    let what = format!(
+        "{method} produced {nan} NaN and {inf} infinite value(s) out of {}",
+        x.len()
+    );
+    if allow {
+        eprintln!("warning: {what} (kept: --allow-nonfinite)");
+        return Ok(());
+    }
+    Err(Error::NonFinite(format!(
+        "{what}: the run diverged or its input overflowed f32; nothing written \
+         (--allow-nonfinite keeps such a result for debugging)"
+    )))
 }
 
 /// Reconstructs the operator's domain array from `y` with a classical method.
@@ -130,6 +195,27 @@ impl ReconOptions {
 /// A nonlinear model that linearises (Beer-Lambert CT) is first linearised, so every linear
 /// method applies to it; phase retrieval takes `hio` or `gd`.
 pub fn reconstruct(
+    physics: &Physics,
+    y: ArrayViewD<f32>,
+    opts: &ReconOptions,
+    on_iter: IterCallback,
+) -> Result<ArrayD<f32>> {
+    opts.validate()?;
+    let range = physics.operator.range_shape();
+    if y.shape() != range {
+        return Err(Error::Shape(format!(
+            "the measurement has shape {:?}, but {} gives measurements of shape {range:?} \
+             (does the sidecar's image_shape match the image that was measured?)",
+            y.shape(),
+            physics.operator.name()
+        )));
+    }
+    let x = run_method(physics, y, opts, on_iter)?;
+    check_output(opts.method.name(), x.view(), opts.allow_nonfinite)?;
+    Ok(x)
+}
+
+fn run_method(
     physics: &Physics,
     y: ArrayViewD<f32>,
     opts: &ReconOptions,

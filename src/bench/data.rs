@@ -100,7 +100,7 @@ fn load_dataset(
     range: [f32; 2],
 ) -> Result<Vec<(String, Array3<f32>)>> {
     let mpath = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&mpath).map_err(|e| {
+    let text = crate::io::read_text(&mpath).map_err(|e| {
         Error::file(
             &mpath,
             format!("data `{}`: cannot read the dataset manifest ({e}); expected a directory written by notebooks/data.py", src.name),
@@ -226,7 +226,7 @@ fn bilinear(a: &Array2<f32>, size: usize) -> Array2<f32> {
 /// Reads a `.npy` array of uint8, float16, float32 or float64 (little-endian, C order) as
 /// `f32`; other element types are an error naming the type.
 pub fn read_npy_any(path: &Path) -> Result<ndarray::ArrayD<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = crate::io::read_bytes(path, crate::limits::max_file_bytes())?;
     let bad = |m: &str| Error::file(path, format!("not a readable .npy file: {m}"));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("no NUMPY magic"));

@@ -216,6 +216,47 @@ impl Appender {
     }
 }
 
+/// An exclusive hold on an output directory: an advisory `flock` on `DIR/.lock`, so two
+/// runs never append to one `results.jsonl`. The kernel releases it when the process
+/// ends, however it ends, so a killed run leaves no stale lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// The lock file's name inside an output directory.
+    pub const NAME: &'static str = ".lock";
+
+    /// Takes the lock on `dir` (which must exist), or fails at once, saying why, when
+    /// another process holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join(Self::NAME);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::file(&path, format!("cannot create the lock file: {e}")))?;
+        // SAFETY: flock on a file descriptor we own, for as long as `file` lives.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::file(
+                dir,
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    "another `posterior bench` is writing to this directory (it holds .lock): \
+                     wait for it to finish, or give another --out"
+                        .to_string()
+                } else {
+                    format!("cannot lock the output directory: {e}")
+                },
+            ));
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
 /// Writes lines (as read by [`read_lines`]) as a `results.jsonl`, atomically.
 pub fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
     let mut text = String::new();
@@ -538,6 +579,16 @@ mod tests {
         );
         write_failures(&p, &BTreeMap::new()).unwrap();
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(dir.path()).unwrap();
+        let e = DirLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("another `posterior bench`"), "{e}");
+        drop(first);
+        DirLock::acquire(dir.path()).unwrap();
     }
 
     #[test]

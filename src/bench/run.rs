@@ -482,6 +482,7 @@ pub struct RunSummary {
 pub fn run(plan: &Plan, out: &Path, on_event: &mut dyn FnMut(Event)) -> Result<RunSummary> {
     std::fs::create_dir_all(out)
         .map_err(|e| Error::file(out, format!("cannot create the output directory: {e}")))?;
+    let _lock = results::DirLock::acquire(out)?;
     let info = RunInfo {
         format: RUN_FORMAT.into(),
         suite_text: plan.file.text.clone(),
@@ -679,6 +680,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 nonnegative: m.nonneg,
                 seed,
                 likelihood: likelihood_for(&plan.noises[item.task]),
+                allow_nonfinite: false,
             };
             let x = recon::reconstruct(&physics, y.view(), &opts, &mut |_, _| {})?;
             let detail = match method.default_iters() {
@@ -717,6 +719,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 Executor::new(seed),
                 m.samples.unwrap_or(1),
             )?;
+            recon::check_output(&r.label, r.image.view(), false)?;
             let spread = r.spread.map(to3).transpose()?;
             let members = r
                 .smc
@@ -808,6 +811,7 @@ fn reconstruct_volume(
     let label = crate::sample::Sampler::name(&sampler);
     let denoiser: &dyn Denoiser = &prior;
     let outcome = Executor::new(seed).run(&mut sampler, denoiser, unit.images.len())?;
+    recon::check_output(&label, outcome.samples.view().into_dyn(), false)?;
     let slices = outcome
         .samples
         .axis_iter(Axis(0))
@@ -1165,6 +1169,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<Record>> {
         failures.remove(&r.item);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    let _lock = results::DirLock::acquire(out)?;
     if let Some(prev) = read_run_info(out)? {
         if prev.suite_text != info.suite_text {
             return Err(Error::file(

@@ -274,8 +274,7 @@ impl SuiteFile {
     /// Reads and parses a suite file (syntax and field names; [`super::plan`] checks the
     /// rest before any work).
     pub fn read(path: &Path) -> Result<SuiteFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::file(path, format!("cannot read the suite file: {e}")))?;
+        let text = crate::io::read_text(path)?;
         let suite = Self::parse(&text).map_err(|e| Error::file(path, e))?;
         Ok(SuiteFile {
             suite,
@@ -375,6 +374,12 @@ impl Suite {
             if d.size == Some(0) {
                 return bad(format!("data `{}`: size must be at least 1", d.name));
             }
+            if let Some(n) = d.size {
+                crate::limits::check_elements(
+                    &format!("data `{}`: size {n} x {n}", d.name),
+                    &[n, n],
+                )?;
+            }
             if let Some([a, b]) = d.clip {
                 if !(a.is_finite() && b.is_finite() && a < b) {
                     return bad(format!(
@@ -394,6 +399,22 @@ impl Suite {
         }
         for m in &self.methods {
             let kind = m.kind()?;
+            for (key, v) in [
+                ("iters", m.iters),
+                ("steps", m.steps),
+                ("particles", m.particles),
+                ("samples", m.samples),
+            ] {
+                if let Some(n) = v {
+                    crate::limits::check_steps(&format!("method `{}`: {key}", m.name), n)?;
+                }
+            }
+            if m.particles.is_some_and(|p| p < 2) {
+                return bad(format!(
+                    "method `{}`: particles must be at least 2 (an SMC ensemble resamples)",
+                    m.name
+                ));
+            }
             for t in &m.tasks {
                 if !self.tasks.iter().any(|x| &x.name == t) {
                     return bad(format!(

@@ -61,8 +61,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 impl ZipArchive {
     /// Reads `path` and its central directory.
     pub fn open(path: &Path) -> Result<ZipArchive> {
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let bytes = crate::io::read_bytes(path, crate::limits::max_file_bytes())?;
         Self::parse(path, bytes)
     }
 

@@ -381,6 +381,10 @@ pub struct ReconstructArgs {
     /// units; a fastMRI file's reference image is used when this is absent).
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// Write a result holding NaN or infinite values (with a warning) instead of failing;
+    /// for debugging a method that diverges.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 impl ReconstructArgs {

@@ -89,20 +89,26 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     let image = stack(&images, volume)?;
     // Compared before anything is written, so a truth of the wrong shape leaves no output.
     let quality = quality(a, &m, &image, &references, volume)?;
-    write_output(&a.out, &image, &m, a.complex)?;
-    if let (Some(p), false) = (&a.std, spreads.is_empty()) {
-        let spread = stack(&spreads, volume)?;
-        if io::extension(p) == "png" {
-            let chw = to_chw(spread)?;
-            let hi = chw.iter().fold(0f32, |m, v| m.max(*v)).max(1e-12);
-            io::write_image(p, chw.view(), (0.0, hi))?;
-        } else {
-            write_output(p, &spread, &m, false)?;
+    // The estimate, its uncertainty map and the sidecar are committed together: if one
+    // write fails, none of the outputs is touched.
+    io::write_together(|| {
+        write_output(&a.out, &image, &m, a.complex)?;
+        if let (Some(p), false) = (&a.std, spreads.is_empty()) {
+            let spread = stack(&spreads, volume)?;
+            if io::extension(p) == "png" {
+                let chw = to_chw(spread)?;
+                let hi = chw.iter().fold(0f32, |m, v| m.max(*v)).max(1e-12);
+                io::write_image(p, chw.view(), (0.0, hi))?;
+            } else {
+                write_output(p, &spread, &m, false)?;
+            }
         }
-    }
+        if let Some(p) = &a.write_sidecar_path() {
+            io::write_json(p, &m.to_sidecar(&a.measurement))?;
+        }
+        Ok(())
+    })?;
     if let Some(p) = &a.write_sidecar_path() {
-        let side = m.to_sidecar(&a.measurement);
-        io::write_json(p, &side)?;
         println!(
             "{}: the operator and options, read back when reconstructing again",
             p.display()
@@ -141,6 +147,22 @@ fn check_flags(a: &ReconstructArgs) -> Result<()> {
                 "--samples must be between 1 and 256, got {}",
                 a.samples
             )));
+        }
+        if let Some(steps) = a.steps {
+            if steps == 0 {
+                return Err(Error::Invalid(
+                    "--steps 0: a sampler needs at least 1 step".into(),
+                ));
+            }
+            crate::limits::check_steps("--steps", steps)?;
+        }
+        if let Some(p) = a.particles {
+            if p < 2 {
+                return Err(Error::Invalid(format!(
+                    "--particles {p}: an SMC ensemble needs at least 2 particles to resample"
+                )));
+            }
+            crate::limits::check_steps("--particles", p)?;
         }
         if let Some(limit) = a.time_limit {
             if !(limit.is_finite() && limit > 0.0) {
@@ -338,6 +360,7 @@ fn run_classical(a: &ReconstructArgs, m: &Measurement) -> Result<ArrayD<f32>> {
             }
             _ => crate::solve::Likelihood::Gaussian,
         },
+        allow_nonfinite: a.allow_nonfinite,
     };
     let progress = Progress::new(method.name(), opts.iters());
     let start = Instant::now();
@@ -415,6 +438,10 @@ fn run_sampler(
         outcome,
         ..
     } = result?;
+    recon::check_output(&label, image.view(), a.allow_nonfinite)?;
+    if let Some(s) = &spread {
+        recon::check_output(&format!("{label} (spread)"), s.view(), a.allow_nonfinite)?;
+    }
     if let Some(path) = &a.snapshots {
         write_snapshots(path, &snaps, prior_range)?;
     }

@@ -107,7 +107,13 @@ pub fn parse_gmm_spec(text: &str) -> Result<Gmm> {
             }
             Gmm::demo2d()
         }
-        _ => Gmm::random(components, dim, seed, cov == "diag")?,
+        _ => {
+            crate::limits::check_elements(
+                "gmm: the covariances (components, dim, dim)",
+                &[components, dim, dim],
+            )?;
+            Gmm::random(components, dim, seed, cov == "diag")?
+        }
     };
     Ok(gmm.with_schedule(Schedule::from_name(&path)?))
 }
@@ -115,8 +121,7 @@ pub fn parse_gmm_spec(text: &str) -> Result<Gmm> {
 /// Reads a mixture from JSON: `weights`, `means` (lists of D numbers), `covariances` (lists of
 /// D*D numbers row-major, or of D numbers for diagonal ones), optional `path`.
 pub fn read_gmm_json(path: &Path) -> Result<Gmm> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::file(path, format!("could not read: {e}")))?;
+    let text = crate::io::read_text(path)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
     let nums = |v: &serde_json::Value, what: &str| -> Result<Vec<f64>> {
@@ -199,6 +204,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
             format!("cannot write samples as `.{ext}`: expected .png (image grid or 2-D scatter plot) or .npy"),
         ));
     }
+    crate::limits::check_steps("--steps", a.steps)?;
     let prior = load_prior(&a.prior)?;
     let gmm = match &prior {
         LoadedPrior::Mixture(g) => Some(g.clone()),

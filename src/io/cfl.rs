@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 /// BART's own number of dimensions (`DIMS`).
 const BART_DIMS: usize = 16;
 
+/// The longest `.hdr` accepted (BART writes a few dozen bytes).
+const MAX_HDR_BYTES: u64 = 1 << 16;
+
 /// The `.cfl` and `.hdr` paths for a BART array named by `name`, `name.cfl` or `name.hdr`.
 fn pair(path: &Path) -> (PathBuf, PathBuf) {
     let base = match extension(path).as_str() {
@@ -69,25 +72,32 @@ pub fn read_cfl(path: &Path) -> Result<ArrayD<Complex32>> {
     let (cfl, hdr) = pair(path);
     check_exists(&hdr)?;
     check_exists(&cfl)?;
-    let text = std::fs::read_to_string(&hdr)
-        .map_err(|e| Error::file(&hdr, format!("cannot read BART header: {e}")))?;
+    let hdr_len = std::fs::metadata(&hdr).map(|m| m.len()).unwrap_or(0);
+    if hdr_len > MAX_HDR_BYTES {
+        return Err(Error::file(
+            &hdr,
+            format!("a BART header of {hdr_len} bytes; expected a short text file (at most {MAX_HDR_BYTES} bytes)"),
+        ));
+    }
+    let text = super::read_text(&hdr)?;
     let mut dims = parse_hdr(&hdr, &text)?;
-    let count = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .and_then(|n| n.checked_mul(8).map(|b| (n, b)));
-    let (n, bytes) =
-        count.ok_or_else(|| Error::file(&hdr, format!("dimensions {dims:?} are too large")))?;
-    let raw = std::fs::read(&cfl).map_err(|e| Error::file(&cfl, format!("cannot read: {e}")))?;
-    if raw.len() != bytes {
+    let n = crate::limits::check_elements(&format!("{} (BART array)", hdr.display()), &dims)?;
+    let bytes = n.saturating_mul(8);
+    let len = std::fs::metadata(&cfl)
+        .map_err(|e| Error::file(&cfl, format!("cannot read: {e}")))?
+        .len();
+    if len != bytes {
         return Err(Error::file(
             &cfl,
             format!(
-                "holds {} bytes but its header {} declares dimensions {dims:?} = {n} complex64 values = {bytes} bytes",
-                raw.len(),
+                "holds {len} bytes but its header {} declares dimensions {dims:?} = {n} complex64 values = {bytes} bytes",
                 hdr.display()
             ),
         ));
+    }
+    let raw = super::read_bytes(&cfl, bytes)?;
+    if raw.len() as u64 != bytes {
+        return Err(Error::file(&cfl, "changed size while being read"));
     }
     let data: Vec<Complex32> = raw
         .chunks_exact(8)

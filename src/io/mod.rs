@@ -47,6 +47,7 @@
 mod cfl;
 mod dicom;
 pub mod fastmri;
+mod guard;
 pub mod kspace;
 mod nii;
 mod npy;
@@ -187,35 +188,66 @@ fn has_dicom_preamble(path: &Path) -> bool {
     }
 }
 
-/// Fails with a clear message when the file does not exist or is not a regular file.
+/// Fails with a clear message when the file does not exist or is not a regular file (a
+/// directory, or a device such as `/dev/zero`, which would be read forever).
 fn check_exists(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(Error::file(path, "is a directory, expected a file")),
+        Ok(m) if !m.is_file() => Err(Error::file(
+            path,
+            "is not a regular file (a device, pipe or socket); expected a file",
+        )),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Error::file(path, "no such file"))
+            Err(Error::file(path, "cannot read: no such file"))
         }
         Err(e) => Err(Error::file(path, format!("cannot be read: {e}"))),
     }
 }
 
-/// Errors naming the number of non-finite values, if any.
+/// Reads a whole file after checking that it is a regular file of at most `limit` bytes
+/// (see [`crate::limits::max_file_bytes`] and [`crate::limits::MAX_TEXT_BYTES`]), so neither
+/// a device such as `/dev/zero` nor a file grown huge is read into memory.
+pub fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    check_exists(path)?;
+    let f =
+        std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > limit {
+        return Err(Error::TooLarge(format!(
+            "{}: {len} bytes, over the {limit} this reader takes (raise POSTERIOR_MAX_ELEMENTS \
+             for larger data)",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|_| Error::TooLarge(format!("{}: cannot allocate {len} bytes", path.display())))?;
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::TooLarge(format!(
+            "{}: grew past {limit} bytes while being read",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads a UTF-8 text file (a sidecar, a card, a suite, a header) of at most
+/// [`crate::limits::MAX_TEXT_BYTES`], checked as [`read_bytes`] does.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = read_bytes(path, crate::limits::MAX_TEXT_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| Error::file(path, "is not UTF-8 text"))
+}
+
+/// Errors naming the file and the number of non-finite values, if any, or of values too
+/// large for f32 arithmetic ([`crate::limits::check_magnitude`]).
 fn check_finite(path: &Path, values: impl IntoIterator<Item = f32>) -> Result<()> {
-    let (mut nan, mut inf) = (0usize, 0usize);
-    for v in values {
-        if v.is_nan() {
-            nan += 1;
-        } else if v.is_infinite() {
-            inf += 1;
-        }
-    }
-    if nan + inf > 0 {
-        return Err(Error::file(
-            path,
-            format!("contains {nan} NaN and {inf} infinite values; expected finite values"),
-        ));
-    }
-    Ok(())
+    crate::limits::check_magnitude(&path.display().to_string(), values)
 }
 
 /// Reads a 2-D image (or one slice of a volume) as (C, H, W) `f32` in working units.
@@ -223,8 +255,9 @@ fn check_finite(path: &Path, values: impl IntoIterator<Item = f32>) -> Result<()
 /// Dispatches on the extension (`png`, `jpg`/`jpeg`, `tif`/`tiff`, `npy`, `nii`/`nii.gz`,
 /// `dcm`, or any file starting with the DICOM preamble); see the module docs for the
 /// units and orientation. Fails, naming the file, when it is missing, of an unknown kind,
-/// truncated or malformed, when the slice is out of range, or when it holds NaN or
-/// infinite values.
+/// truncated or malformed, when the slice is out of range, when it claims more elements
+/// than [`crate::limits`] allows, or when it holds NaN, infinite or huge (beyond
+/// [`crate::limits::MAX_MAGNITUDE`]) values.
 pub fn read_image(path: &Path, opts: &ReadOptions) -> Result<LoadedImage> {
     check_exists(path)?;
     let img = match kind_of(path)? {
@@ -363,7 +396,13 @@ pub fn write_image(path: &Path, image: ArrayView3<f32>, display: (f32, f32)) -> 
                     format!("display range ({lo}, {hi}) is invalid; expected finite lo < hi"),
                 ));
             }
-            check_finite(path, image.iter().copied())?;
+            let bad = image.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(Error::NonFinite(format!(
+                    "{}: the image holds {bad} NaN or infinite value(s); nothing written",
+                    path.display()
+                )));
+            }
             raster::write(path, image, lo, hi, ext == "png")
         }
         "npy" => write_npy(path, image.into_dyn()),
@@ -379,6 +418,7 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Removes the temporary file unless the write was committed (also on panic).
 struct TmpGuard {
     path: PathBuf,
+    target: PathBuf,
     committed: bool,
 }
 
@@ -390,10 +430,31 @@ impl Drop for TmpGuard {
     }
 }
 
+impl TmpGuard {
+    /// Renames the temporary file over its target.
+    fn commit(&mut self) -> Result<()> {
+        std::fs::rename(&self.path, &self.target).map_err(|e| {
+            Error::file(
+                &self.target,
+                format!("could not move the finished file into place: {e}"),
+            )
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The temporaries written inside [`write_together`] on this thread, renamed at its end.
+    static STAGED: std::cell::RefCell<Option<Vec<TmpGuard>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Writes `path` atomically: `write` is called with a temporary path in the same
 /// directory (`.<name>.tmp-<pid>-<n>`), and the result is renamed to `path` only when
 /// `write` succeeds. On failure (or panic) the temporary file is removed and `path` is
-/// left as it was.
+/// left as it was. Temporaries of `path` left by a process that is gone (killed in the
+/// middle of a write) are removed first. Inside [`write_together`], the rename waits for
+/// the other outputs.
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
@@ -412,20 +473,87 @@ where
             format!("directory {} does not exist", dir.display()),
         ));
     }
+    if path.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a directory, expected a file to write",
+        ));
+    }
+    remove_stale_temps(&dir, name);
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut guard = TmpGuard {
+    let guard = TmpGuard {
         path: dir.join(format!(".{name}.tmp-{}-{n}", std::process::id())),
+        target: path.to_path_buf(),
         committed: false,
     };
     write(&guard.path)?;
-    std::fs::rename(&guard.path, path).map_err(|e| {
-        Error::file(
-            path,
-            format!("could not move the finished file into place: {e}"),
-        )
-    })?;
-    guard.committed = true;
+    let staged = STAGED.with(|s| match s.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(guard);
+            None
+        }
+        None => Some(guard),
+    });
+    match staged {
+        Some(mut guard) => guard.commit(),
+        None => Ok(()),
+    }
+}
+
+/// Writes outputs that belong together (a measurement and its sidecar, a reconstruction
+/// and its uncertainty map): every [`write_atomic`] inside `writes` (on this thread) writes
+/// its temporary file, and only when all of them succeed are they renamed into place, one
+/// after the other. If any write fails, no output is touched and every temporary is
+/// removed.
+pub fn write_together(writes: impl FnOnce() -> Result<()>) -> Result<()> {
+    let outer = STAGED.with(|s| s.borrow_mut().replace(Vec::new()));
+    let result = writes();
+    let staged = STAGED.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
+    let mut staged = staged.unwrap_or_default();
+    result?;
+    // What could still make a rename fail (a directory put in place meanwhile) is checked
+    // for all targets before the first rename.
+    if let Some(g) = staged.iter().find(|g| g.target.is_dir()) {
+        return Err(Error::file(
+            &g.target,
+            "is a directory, expected a file to write",
+        ));
+    }
+    for guard in &mut staged {
+        guard.commit()?;
+    }
     Ok(())
+}
+
+/// Removes `.<name>.tmp-<pid>-<n>` files in `dir` whose process is gone: what a killed
+/// write left behind. Files of live processes (including this one) are kept.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(pid, n)| n.parse::<u64>().ok().and(pid.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        if pid > 0 && pid as u32 != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id exists (signal 0 probes without sending anything).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Writes `value` as pretty-printed JSON, atomically.
@@ -447,6 +575,57 @@ mod tests {
         assert_eq!(extension(Path::new("a/B.NII.GZ")), "nii.gz");
         assert_eq!(extension(Path::new("x.Png")), "png");
         assert_eq!(extension(Path::new("noext")), "");
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.npy");
+        // A pid that cannot exist (above the kernel's pid_max of 2^22) and our own.
+        let dead = dir.path().join(".out.npy.tmp-2147483600-0");
+        let ours = dir
+            .path()
+            .join(format!(".out.npy.tmp-{}-999", std::process::id()));
+        let other = dir.path().join(".other.npy.tmp-2147483600-0");
+        for p in [&dead, &ours, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        write_atomic(&target, |tmp| {
+            std::fs::write(tmp, b"done").map_err(|e| Error::file(tmp, e))
+        })
+        .unwrap();
+        assert!(!dead.exists(), "a dead writer's temp is removed");
+        assert!(ours.exists(), "a live writer's temp is kept");
+        assert!(other.exists(), "another file's temp is not ours to touch");
+        assert_eq!(std::fs::read(&target).unwrap(), b"done");
+    }
+
+    #[test]
+    fn outputs_written_together_are_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("x.json"), dir.path().join("s.json"));
+        write_json(&a, &"old x").unwrap();
+        // The second write fails: the first output keeps its old contents.
+        let r = write_together(|| {
+            write_json(&a, &"new x")?;
+            Err(Error::Invalid("the second output failed".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "\"old x\"");
+        assert!(!b.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temps left"
+        );
+        // Both succeed: both are in place.
+        write_together(|| {
+            write_json(&a, &"new x")?;
+            write_json(&b, &"new s")
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "\"new x\"");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "\"new s\"");
     }
 
     #[test]

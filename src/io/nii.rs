@@ -3,12 +3,10 @@
 
 use std::path::Path;
 
-use ::nifti::{
-    InMemNiftiObject, InMemNiftiVolume, IntoNdArray, NiftiObject, NiftiType, ReaderOptions,
-};
+use ::nifti::{InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis, Ix3};
 
-use super::{Intensity, LoadedImage, ReadOptions, SliceAxis};
+use super::{guard, Intensity, LoadedImage, ReadOptions, SliceAxis};
 use crate::error::{Error, Result};
 
 /// The 3x3 direction part of the voxel-to-world (RAS+) map: column v is the world
@@ -81,47 +79,209 @@ fn orientation(m: [[f64; 3]; 3]) -> [(usize, bool); 3] {
     out
 }
 
-/// Reads the volume as (x, y, z) in RAS+ order (x increasing to the patient's right,
-/// y anterior, z superior), values with scl_slope/scl_inter applied.
-fn read_ras(path: &Path) -> Result<Array3<f32>> {
-    let bad = |e: ::nifti::NiftiError| {
-        Error::file(
-            path,
-            format!("not a readable NIfTI-1 file (corrupt or truncated?): {e}"),
-        )
+/// The size of the NIfTI-1 header plus its 4-byte extension flag.
+const HEADER_BYTES: usize = 352;
+
+/// Reads a `.nii` or `.nii.gz` file's header and voxel bytes.
+///
+/// Checked before the voxels are allocated: the header's datatype is a real scalar type
+/// and its bitpix agrees with it, the dimensions are valid and within the element cap,
+/// `vox_offset` is a finite offset at or past the header (the voxels are read from there),
+/// scl_slope/scl_inter are finite where they apply, and an uncompressed file holds every
+/// voxel byte. A `.gz` file is read to its end, so gzip's CRC and length trailer are
+/// checked: a corrupt or cut-short archive is refused, not read as if whole.
+fn read_file(path: &Path) -> Result<(NiftiHeader, Vec<u8>)> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buffered = std::io::BufReader::new(file);
+    let gz = {
+        use std::io::BufRead;
+        let head = buffered
+            .fill_buf()
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        head.starts_with(&[0x1f, 0x8b])
     };
-    let obj: InMemNiftiObject = ReaderOptions::new()
-        .fix_header(true)
-        .read_file(path)
-        .map_err(bad)?;
-    let header = obj.header().clone();
-    let dims: Vec<usize> = header
+    let mut source: Box<dyn Read> = if gz {
+        Box::new(flate2::bufread::GzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let io_err = |what: &str, e: std::io::Error| {
+        let why = if gz {
+            "the gzip data is corrupt or cut short (its CRC or length check failed)".to_string()
+        } else {
+            e.to_string()
+        };
+        Error::file(path, format!("{what}: {why}"))
+    };
+    let mut head = Vec::with_capacity(HEADER_BYTES);
+    (&mut source)
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| io_err("cannot read the NIfTI header", e))?;
+    if head.len() < 348 {
+        return Err(Error::file(
+            path,
+            format!(
+                "truncated or not a NIfTI-1 file: {} bytes, shorter than the 348-byte header",
+                head.len()
+            ),
+        ));
+    }
+    let header = guard::no_panic(path, "NIfTI", || {
+        NiftiHeader::from_reader(&head[..348])
+            .map_err(|e| Error::file(path, format!("not a readable NIfTI-1 header: {e}")))
+    })?;
+    let (n, element_bytes, vox_offset) = check_header(path, &header)?;
+    let nbytes = n * element_bytes;
+    if !gz && file_len < vox_offset.saturating_add(nbytes) {
+        return Err(Error::file(
+            path,
+            format!(
+                "truncated: the header claims {nbytes} bytes of voxels from vox_offset {vox_offset}, \
+                 but the file has {file_len} bytes"
+            ),
+        ));
+    }
+    // Skip the extensions (up to vox_offset), then read the voxels.
+    let skip = vox_offset.saturating_sub(head.len() as u64);
+    if head.len() > vox_offset as usize {
+        // vox_offset = 348 with no extension flag: the first voxel bytes are in `head`.
+        return Err(Error::Unsupported(format!(
+            "{}: vox_offset {vox_offset} lies inside the 352-byte header block; expected at least 352",
+            path.display()
+        )));
+    }
+    let skipped = std::io::copy(&mut (&mut source).take(skip), &mut std::io::sink())
+        .map_err(|e| io_err("cannot read the NIfTI extensions", e))?;
+    let mut raw = Vec::new();
+    raw.try_reserve_exact(nbytes as usize).map_err(|_| {
+        Error::TooLarge(format!(
+            "{}: cannot allocate {nbytes} bytes for the NIfTI voxels",
+            path.display()
+        ))
+    })?;
+    (&mut source)
+        .take(nbytes)
+        .read_to_end(&mut raw)
+        .map_err(|e| io_err("cannot read the NIfTI voxels", e))?;
+    if skipped < skip || (raw.len() as u64) < nbytes {
+        return Err(Error::file(
+            path,
+            format!(
+                "truncated: the header claims {nbytes} bytes of voxels from vox_offset {vox_offset}, \
+                 but the data ends after {}",
+                skipped + raw.len() as u64 + head.len() as u64
+            ),
+        ));
+    }
+    if gz {
+        // Read to the end so the gzip trailer (CRC-32 and length) is verified.
+        std::io::copy(&mut source, &mut std::io::sink())
+            .map_err(|e| io_err("cannot read to the end of the gzip data", e))?;
+    }
+    Ok((header, raw))
+}
+
+/// Validates the header fields the voxel reader relies on; returns the number of voxels,
+/// the bytes per voxel and the voxel offset.
+fn check_header(path: &Path, h: &NiftiHeader) -> Result<(u64, u64, u64)> {
+    let bad = |m: String| Error::file(path, m);
+    if &h.magic == b"ni1\0" {
+        return Err(Error::Unsupported(format!(
+            "{}: a NIfTI-1 header of a .hdr/.img pair; expected a single .nii or .nii.gz file",
+            path.display()
+        )));
+    }
+    if &h.magic != b"n+1\0" {
+        return Err(bad(format!(
+            "not a NIfTI-1 file: magic {:?}, expected \"n+1\"",
+            String::from_utf8_lossy(&h.magic)
+        )));
+    }
+    let dtype = h.data_type().map_err(|_| {
+        bad(format!(
+            "NIfTI datatype code {} is not a known type",
+            h.datatype
+        ))
+    })?;
+    use NiftiType::*;
+    if !matches!(
+        dtype,
+        Uint8 | Int8 | Uint16 | Int16 | Uint32 | Int32 | Uint64 | Int64 | Float32 | Float64
+    ) {
+        return Err(Error::Unsupported(format!(
+            "{}: NIfTI data type {dtype:?} is not supported; expected a real scalar type \
+             (integer, float32 or float64)",
+            path.display()
+        )));
+    }
+    let element_bytes = dtype.size_of() as u64;
+    if h.bitpix as i64 != 8 * element_bytes as i64 {
+        return Err(bad(format!(
+            "the header's bitpix {} disagrees with its datatype {dtype:?} ({} bits): corrupt header",
+            h.bitpix,
+            8 * element_bytes
+        )));
+    }
+    let dims: Vec<usize> = h
         .dim()
-        .map_err(bad)?
+        .map_err(|_| {
+            bad(format!(
+                "NIfTI dimensions {:?} are invalid: expected dim[0] in 1..=7 and dim[1..=dim[0]] >= 1",
+                h.dim
+            ))
+        })?
         .iter()
         .map(|&d| d as usize)
         .collect();
-    let dtype = header.data_type().map_err(bad)?;
-    if matches!(dtype, NiftiType::Rgb24 | NiftiType::Rgba32) {
-        return Err(Error::file(
-            path,
-            format!("NIfTI data type {dtype:?} is not supported; expected a scalar type"),
-        ));
+    let n = crate::limits::check_elements(&format!("{} (NIfTI)", path.display()), &dims)?;
+    let off = h.vox_offset;
+    if !((0.0..=1e12).contains(&off) && off.fract() == 0.0) {
+        return Err(bad(format!(
+            "vox_offset {off} is not a byte offset; expected a whole number >= 352"
+        )));
     }
+    let slope = h.scl_slope;
+    if slope.is_finite() && slope != 0.0 {
+        crate::limits::check_number("scl_slope", slope as f64)
+            .and_then(|_| crate::limits::check_number("scl_inter", h.scl_inter as f64))
+            .map_err(|e| bad(format!("{e} (NIfTI intensity scaling)")))?;
+    }
+    Ok((n, element_bytes, off as u64))
+}
+
+/// Reads the volume as (x, y, z) in RAS+ order (x increasing to the patient's right,
+/// y anterior, z superior), values with scl_slope/scl_inter applied.
+fn read_ras(path: &Path) -> Result<Array3<f32>> {
+    let (header, raw) = read_file(path)?;
+    let mut header = header;
+    header.fix();
+    let dims: Vec<usize> = header
+        .dim()
+        .map_err(|e| Error::file(path, e))?
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
     if dims.iter().skip(3).any(|&d| d > 1) {
         return Err(Error::file(
             path,
             format!("NIfTI array of dimensions {dims:?}; expected one 3-D volume (x, y, z), not a series"),
         ));
     }
-    // Read without the crate's scaling (it maps NaN slopes to NaN values), then apply the
-    // NIfTI rule ourselves: scl_slope of 0 or non-finite means no scaling.
-    let raw = obj.into_volume().into_raw_data();
+    // Converted without the crate's scaling (it maps NaN slopes to NaN values); the NIfTI
+    // rule is applied below: scl_slope of 0 or non-finite means no scaling.
     let mut unscaled = header.clone();
     unscaled.scl_slope = 0.0;
     unscaled.scl_inter = 0.0;
-    let vol = InMemNiftiVolume::from_raw_data(&unscaled, raw).map_err(bad)?;
-    let mut arr = vol.into_ndarray::<f32>().map_err(bad)?;
+    let mut arr = guard::no_panic(path, "NIfTI", || {
+        let vol = InMemNiftiVolume::from_raw_data(&unscaled, raw)
+            .map_err(|e| Error::file(path, format!("not a readable NIfTI-1 volume: {e}")))?;
+        vol.into_ndarray::<f32>()
+            .map_err(|e| Error::file(path, format!("not a readable NIfTI-1 volume: {e}")))
+    })?;
     while arr.ndim() > 3 {
         let last = arr.ndim() - 1;
         arr = arr.index_axis_move(Axis(last), 0);
@@ -134,7 +294,6 @@ fn read_ras(path: &Path) -> Result<Array3<f32>> {
         .map_err(|e| Error::file(path, e))?;
     let (slope, inter) = (header.scl_slope, header.scl_inter);
     if slope.is_finite() && slope != 0.0 {
-        let inter = if inter.is_finite() { inter } else { 0.0 };
         arr.mapv_inplace(|v| v * slope + inter);
     }
     let orient = orientation(directions(&header));

@@ -75,10 +75,34 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
+/// Refuses tensors whose data ranges overlap: each byte of the data block belongs to at
+/// most one tensor (as the format requires), so no two keys alias the same weights.
+fn check_disjoint(path: &Path, tensors: &BTreeMap<String, TensorInfo>) -> Result<()> {
+    let mut spans: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .filter(|(_, t)| t.end > t.begin)
+        .map(|(k, t)| (t.begin, t.end, k.as_str()))
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        let ((b0, e0, k0), (b1, e1, k1)) = (w[0], w[1]);
+        if b1 < e0 {
+            return Err(file_err(
+                path,
+                format!(
+                    "tensors `{k0}` (bytes {b0}..{e0}) and `{k1}` (bytes {b1}..{e1}) overlap in \
+                     the data block: corrupt or hand-edited header"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl SafeTensors {
     /// Reads and validates `path`.
     pub fn read(path: &Path) -> Result<SafeTensors> {
-        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+        let bytes = crate::io::read_bytes(path, crate::limits::max_file_bytes())?;
         Self::parse(path, bytes)
     }
 
@@ -170,6 +194,7 @@ impl SafeTensors {
                 },
             );
         }
+        check_disjoint(path, &tensors)?;
         bytes.drain(..header_end);
         Ok(SafeTensors {
             path: path.to_path_buf(),
@@ -322,5 +347,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`k`") && e.contains("expected 12"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_data_offsets_are_refused() {
+        let parse = |head: &[u8]| {
+            let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(head);
+            bytes.extend_from_slice(&[0u8; 16]);
+            SafeTensors::parse(Path::new("x"), bytes)
+        };
+        let e = parse(br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`a`") && e.contains("`b`") && e.contains("overlap"),
+            "{e}"
+        );
+        // Adjacent ranges, and an empty tensor anywhere, are fine.
+        parse(br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},"c":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}}"#)
+            .unwrap();
     }
 }

@@ -243,6 +243,30 @@ impl UNetConfig {
                 "unet: channel_mult must be non-empty and in/out channels >= 1".into(),
             ));
         }
+        // Sizes a config could claim, capped before any layer list or weight is made (a
+        // `layers_per_block` of 2^32 would otherwise size the layer plan).
+        const MAX_RES_BLOCKS: usize = 64;
+        const MAX_LEVELS: usize = 16;
+        if self.num_res_blocks > MAX_RES_BLOCKS || self.channel_mult.len() > MAX_LEVELS {
+            return Err(Error::TooLarge(format!(
+                "unet: {} res blocks per level and {} levels; at most {MAX_RES_BLOCKS} and \
+                 {MAX_LEVELS} are read (published networks use up to 3 and 6)",
+                self.num_res_blocks,
+                self.channel_mult.len()
+            )));
+        }
+        for &m in &self.channel_mult {
+            let c = self.level_channels(m)?;
+            crate::limits::check_elements("unet: a 3x3 convolution's weights", &[c, c, 3, 3])?;
+        }
+        crate::limits::check_elements(
+            "unet: the input convolution",
+            &[self.model_channels, self.in_channels, 3, 3],
+        )?;
+        crate::limits::check_elements(
+            "unet: the output convolution",
+            &[self.out_channels, self.model_channels, 3, 3],
+        )?;
         if self.num_classes.is_some() {
             return Err(invalid(
                 "unet: class-conditional models (num_classes) are not supported; use an unconditional checkpoint".into(),

@@ -308,8 +308,7 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
 impl ModelCard {
     /// Reads and checks `model.json` (format tag, known types and kinds, self-consistency).
     pub fn read(path: &Path) -> Result<ModelCard> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| file_err(path, format!("cannot read the model card: {e}")))?;
+        let text = crate::io::read_text(path)?;
         Self::parse(&text).map_err(|e| match e {
             Error::File { .. } => e,
             other => file_err(path, other.to_string()),
@@ -342,6 +341,11 @@ impl ModelCard {
 
     /// The card's fields agree with each other.
     pub fn check(&self) -> Result<()> {
+        // A cap before anything is sized from the card (crate::limits).
+        crate::limits::check_elements(
+            "the card's image (channels, resolution)",
+            &[self.channels, self.resolution[0], self.resolution[1]],
+        )?;
         let a = self.architecture.unet_config()?;
         a.validate()?;
         let bad = |m: String| Err(Error::Invalid(m));

@@ -159,8 +159,7 @@ fn diffusers_layout(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let text = crate::io::read_text(path)?;
     serde_json::from_str(&text).map_err(|e| file_err(path, format!("not valid JSON: {e}")))
 }
 
@@ -561,8 +560,7 @@ impl NetworkPrior {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| file_err(&path, format!("cannot read: {e}")))?;
+        let text = crate::io::read_text(&path)?;
         crate::sample::calibrate::CalibrationTable::from_json(&text)
             .map(Some)
             .map_err(|e| file_err(&path, e.to_string()))

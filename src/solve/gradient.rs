@@ -6,7 +6,7 @@ use posterior_operators::{LinearOperator, Operator};
 
 use super::objective::{DataObjective, Likelihood};
 use super::IterCallback;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `argmin_x 1/2 ||A(x) - y||^2` by gradient descent from `x0` (zeros when `None`), the
 /// gradient `J_A(x)^T (A(x) - y)` coming from the operator's VJP, with an Armijo
@@ -62,6 +62,13 @@ pub fn gradient_descent_objective(
     on_iter: IterCallback,
 ) -> Result<(ArrayD<f32>, DescentReport)> {
     let mut x = x0;
+    if x.shape() != obj.domain_shape() {
+        return Err(Error::Shape(format!(
+            "gradient descent: the start has shape {:?}, the model's domain is {:?}",
+            x.shape(),
+            obj.domain_shape()
+        )));
+    }
     let (mut f, mut g) = obj.value_grad(x.view())?;
     let mut step = 1.0f32;
     let mut taken = 0;
@@ -111,6 +118,18 @@ pub fn gradient_descent_objective(
 mod tests {
     use super::*;
     use posterior_operators::{Identity, Scaled};
+
+    #[test]
+    fn a_measurement_of_the_wrong_shape_is_an_error_not_a_panic() {
+        let op = Operator::Linear(Box::new(Identity::new(&[4])));
+        let y = ndarray::arr1(&[1.0f32, 2.0, 3.0]).into_dyn();
+        let e = gradient_descent(&op, y.view(), None, 10, false, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e.kind(), "shape", "{e}");
+        assert!(
+            e.to_string().contains("[3]") && e.to_string().contains("[4]"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn recovers_the_solution_of_a_scaled_identity() {

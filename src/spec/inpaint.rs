@@ -82,6 +82,11 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
         "boxes" => {
             let size: usize = spec.get("size", (side / 4).max(1))?;
             let count: usize = spec.get("count", 4)?;
+            if count > h * w {
+                return Err(Error::Spec(format!(
+                    "inpaint: `count={count}` boxes is more than the {h}x{w} image's pixels"
+                )));
+            }
             (
                 inpaint::random_boxes(h, w, count, size, ctx.seed)?,
                 format!("{count} boxes {size}, seed={}", ctx.seed),

@@ -181,12 +181,19 @@ impl Physics {
         noise: &posterior_operators::noise::NoiseModel,
         seed: u64,
     ) -> Result<ArrayD<f32>> {
-        posterior_operators::error::check_finite("image", image.iter())?;
+        crate::limits::check_magnitude("the image", image.iter().copied())?;
         let x = self.embed(image)?;
         let mut y = self.operator.forward(x.view())?;
         noise.check_layout(y.shape())?;
         noise.apply(&mut y, seed);
         self.operator.restrict_to_measured(y.view_mut());
+        crate::limits::check_magnitude(
+            &format!(
+                "the simulated measurement ({} of the image)",
+                self.operator.name()
+            ),
+            y.iter().copied(),
+        )?;
         Ok(y)
     }
 
@@ -239,6 +246,7 @@ pub fn image_shape_for(
 pub fn build(spec: &str, ctx: &BuildContext) -> Result<Physics> {
     let parsed = Spec::parse(spec)?;
     let family = family(&parsed.family)?;
+    crate::limits::check_elements("the image (C, H, W)", &ctx.image_shape)?;
     let (operator, embedding) = match family.name {
         "blur" => blur::build(&parsed, ctx)?,
         "inpaint" => inpaint::build(&parsed, ctx)?,
@@ -249,6 +257,10 @@ pub fn build(spec: &str, ctx: &BuildContext) -> Result<Physics> {
         other => return Err(Error::Spec(format!("operator `{other}` has no builder"))),
     };
     parsed.finish(family.params)?;
+    crate::limits::check_elements(
+        &format!("the measurement of {}", operator.name()),
+        operator.range_shape(),
+    )?;
     Ok(Physics {
         operator,
         embedding,
@@ -309,18 +321,26 @@ impl Spec {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The value of `key` parsed as `T`, or `None` when absent.
+    /// The value of `key` parsed as `T`, or `None` when absent. Numbers (f32, f64) must be
+    /// finite and within [`crate::limits::MAX_MAGNITUDE`]; counts are capped where they
+    /// size something (each family checks the arrays they imply).
     pub fn opt<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(v) => v.parse::<T>().map(Some).map_err(|_| {
-                Error::Spec(format!(
-                    "{}: `{key}={v}` is not a valid {}",
-                    self.family,
-                    type_label::<T>()
-                ))
-            }),
+        let Some(v) = self.raw(key) else {
+            return Ok(None);
+        };
+        let parsed = v.parse::<T>().map_err(|_| {
+            Error::Spec(format!(
+                "{}: `{key}={v}` is not a valid {}",
+                self.family,
+                type_label::<T>()
+            ))
+        })?;
+        if type_label::<T>() == "number" {
+            let x: f64 = v.parse().unwrap_or(f64::NAN);
+            crate::limits::check_number(&format!("{}: `{key}={v}`", self.family), x)
+                .map_err(|e| Error::Spec(e.to_string()))?;
         }
+        Ok(Some(parsed))
     }
 
     /// The value of `key` parsed as `T`, or `default` when absent.

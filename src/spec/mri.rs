@@ -195,6 +195,7 @@ fn read_maps(path: &std::path::Path, h: usize, w: usize) -> Result<Array3<Comple
     let raw = crate::io::read_complex(path)?;
     let sens = sens_to_chw(raw, &crate::io::extension(path)).map_err(|m| Error::file(path, m))?;
     check_sensitivities(&sens, h, w).map_err(|e| Error::file(path, e))?;
+    check_coil_maps(path, &sens)?;
     Ok(sens)
 }
 
@@ -205,7 +206,7 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
         2 => Embedding::Complex,
         _ => {
             return Err(Error::Invalid(format!(
-                "mri: acts on single-channel (grayscale) images (1, H, W) or complex images                  (2, H, W) (re, im); got {c} channels in {:?}: convert the image to grayscale first",
+                "mri: acts on single-channel (grayscale) images (1, H, W) or complex images (2, H, W) (re, im); got {c} channels in {:?}: convert the image to grayscale first",
                 ctx.image_shape
             )))
         }
@@ -215,6 +216,12 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
         return Err(Error::Spec(
             "mri: `coils=0` is not allowed: expected at least 1 coil".into(),
         ));
+    }
+    if let Some(n) = coils {
+        crate::limits::check_elements(
+            &format!("mri: the k-space of `coils={n}` (coils, 2, H, W)"),
+            &[n, 2, h, w],
+        )?;
     }
     let source = map_source(spec)?;
     if let Some(kspace) = &ctx.kspace {
@@ -334,6 +341,22 @@ pub fn calibration_phase(kspace: &KSpace, maps: &Array3<Complex32>) -> Result<Ar
             Complex32::new(1.0, 0.0)
         }
     }))
+}
+
+/// Refuses coil maps with non-finite or huge values, and maps that are zero everywhere
+/// (every k-space sample would be zero and nothing could be reconstructed).
+fn check_coil_maps(path: &std::path::Path, sens: &Array3<Complex32>) -> Result<()> {
+    crate::limits::check_magnitude(
+        &format!("coil maps {}", path.display()),
+        sens.iter().flat_map(|c| [c.re, c.im]),
+    )?;
+    if sens.iter().all(|c| c.re == 0.0 && c.im == 0.0) {
+        return Err(Error::file(
+            path,
+            "the coil maps are zero everywhere: expected coil sensitivities (e.g. from ESPIRiT or `bart ecalib`)",
+        ));
+    }
+    Ok(())
 }
 
 /// Brings coil maps read from a file to `(coils, H, W)`: `.cfl` arrays come in BART's order

@@ -32,6 +32,13 @@ pub fn build(spec: &Spec, ctx: &BuildContext) -> Result<(Operator, Embedding)> {
              grayscale first)"
         )));
     }
+    if oversampling.is_finite() && oversampling > 0.0 {
+        let padded = |n: usize| (n as f64 * oversampling as f64).ceil() as usize;
+        crate::limits::check_elements(
+            &format!("phase: the oversampled grid (oversampling={oversampling})"),
+            &[1, padded(h), padded(w)],
+        )?;
+    }
     let op = FourierPhaseRetrieval::new(&[1, h, w], oversampling)?;
     Ok((Operator::Nonlinear(Box::new(op)), Embedding::Identity))
 }
