@@ -2,8 +2,14 @@
 //! the shipped `ct-ellipses` prior, next to filtered back-projection.
 //!
 //! ```sh
-//! cargo run --release --example ct_dps -- [STEPS] [OUT_DIR]    # default 1000 steps (DPS's), .
+//! cargo run --release --example ct_dps -- [STEPS] [ZETA] [OUT_DIR]   # default 10, 0.01, .
 //! ```
+//!
+//! The step size `zeta` is set explicitly: the line integrals of a 128-pixel-wide image make
+//! the data term's gradient about a hundred times larger than in the imaging tasks DPS's
+//! official `zeta = 1` was tuned on. Seen (debug build, seed 0): at 10 steps zeta 0.01 gives
+//! 18.4 dB, 0.002 gives 12.0 dB, 0.05 and above diverge; no guidance (zeta 0) is a prior
+//! sample at 10.2 dB; FBP 31.4 dB. DPS needs its hundreds of steps to compete with FBP.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +29,7 @@ fn phantom() -> Result<Array3<f32>> {
 
 /// Measures, reconstructs by FBP and DPS, writes `truth.png`, `fbp.png` and `dps.png` into
 /// `out`; returns the reconstructions' PSNR and the DPS result.
-fn run(steps: usize, out: &Path) -> Result<(f64, f64, Reconstructed)> {
+fn run(steps: usize, zeta: f64, out: &Path) -> Result<(f64, f64, Reconstructed)> {
     let truth = phantom()?.into_dyn();
     let mut physics = Ct::parallel(60).build(&[1, 128, 128])?;
     let noise = NoiseModel::Gaussian { sigma: 0.5 };
@@ -36,15 +42,21 @@ fn run(steps: usize, out: &Path) -> Result<(f64, f64, Reconstructed)> {
     // 99.5th percentile), never from the truth.
     let r = Reconstruction::new(physics, y)
         .noise(noise)
-        .sampler(Dps::default().steps(steps))
+        .sampler(Dps::default().steps(steps).set("zeta", zeta))
         .prior(NetworkPrior::open("ct-ellipses")?)
         .seed(0)
         .run()?;
-    println!("{}: {} NFE, {} VJP in {:.1} s", r.label, r.nfe, r.vjps, r.seconds);
+    println!(
+        "{}: {} NFE, {} VJP in {:.1} s",
+        r.label, r.nfe, r.vjps, r.seconds
+    );
 
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     for (name, image) in [("truth", &truth), ("fbp", &fbp.image), ("dps", &r.image)] {
-        let chw = image.clone().into_dimensionality::<Ix3>().map_err(|e| Error::Shape(e.to_string()))?;
+        let chw = image
+            .clone()
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| Error::Shape(e.to_string()))?;
         posterior::io::write_image(&out.join(format!("{name}.png")), chw.view(), (0.0, 2.0))?;
     }
     let p_fbp = psnr(fbp.image.view(), truth.view(), 2.0)?;
@@ -55,20 +67,27 @@ fn run(steps: usize, out: &Path) -> Result<(f64, f64, Reconstructed)> {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let steps = args.next().map_or(Ok(1000), |s| s.parse()).map_err(|e| Error::Invalid(format!("STEPS: {e}")))?;
+    let steps = args
+        .next()
+        .map_or(Ok(10), |s| s.parse())
+        .map_err(|e| Error::Invalid(format!("STEPS: {e}")))?;
+    let zeta = args
+        .next()
+        .map_or(Ok(0.01), |s| s.parse())
+        .map_err(|e| Error::Invalid(format!("ZETA: {e}")))?;
     let out = args.next().map_or(PathBuf::from("."), PathBuf::from);
-    run(steps, &out).map(|_| ())
+    run(steps, zeta, &out).map(|_| ())
 }
 
 #[test]
 fn dps_runs_through_the_network_vjp() {
-    // A handful of steps keeps CI fast (a VJP through the 128 x 128 U-Net per step): far
-    // from DPS's 1000, so the check is that every step differentiated through the prior
-    // and the result is a sane image, not that it beats FBP.
+    // Ten steps keep CI at a few seconds (a VJP through the 128 x 128 U-Net per step). The
+    // guidance must show: without it (zeta 0) the result is a prior sample at ~10 dB; with it
+    // 18.4 dB was seen. FBP is the sanity check of the measurement.
     let dir = tempfile::tempdir().unwrap();
-    let (p_fbp, p_dps, r) = run(4, dir.path()).unwrap();
-    assert_eq!((r.nfe, r.vjps), (4, 4));
+    let (p_fbp, p_dps, r) = run(10, 0.01, dir.path()).unwrap();
+    assert_eq!((r.nfe, r.vjps), (10, 10));
     assert!(r.image.iter().all(|v| v.is_finite()));
-    assert!(p_fbp > 20.0, "FBP {p_fbp:.2} dB");
-    assert!(p_dps > 10.0, "DPS {p_dps:.2} dB");
+    assert!(p_fbp > 28.0, "FBP {p_fbp:.2} dB");
+    assert!(p_dps > 15.0, "DPS {p_dps:.2} dB");
 }

@@ -21,7 +21,7 @@ struct VerticalBinning {
 
 impl VerticalBinning {
     fn new(c: usize, h: usize, w: usize) -> VerticalBinning {
-        assert!(h % 2 == 0, "an even number of rows");
+        assert!(h.is_multiple_of(2), "an even number of rows");
         VerticalBinning {
             domain: vec![c, h, w],
             range: vec![c, h / 2, w],
@@ -41,13 +41,23 @@ impl LinearOperator for VerticalBinning {
     }
     fn apply(&self, x: ArrayViewD<f32>, mut y: ArrayViewMutD<f32>) {
         let r = std::f32::consts::FRAC_1_SQRT_2;
-        for ((c, i, j), v) in y.view_mut().into_dimensionality::<Ix3>().unwrap().indexed_iter_mut() {
+        for ((c, i, j), v) in y
+            .view_mut()
+            .into_dimensionality::<Ix3>()
+            .unwrap()
+            .indexed_iter_mut()
+        {
             *v = (x[[c, 2 * i, j]] + x[[c, 2 * i + 1, j]]) * r;
         }
     }
     fn adjoint(&self, y: ArrayViewD<f32>, mut x: ArrayViewMutD<f32>) {
         let r = std::f32::consts::FRAC_1_SQRT_2;
-        for ((c, i, j), v) in x.view_mut().into_dimensionality::<Ix3>().unwrap().indexed_iter_mut() {
+        for ((c, i, j), v) in x
+            .view_mut()
+            .into_dimensionality::<Ix3>()
+            .unwrap()
+            .indexed_iter_mut()
+        {
             *v = y[[c, i / 2, j]] * r;
         }
     }
@@ -79,12 +89,18 @@ fn run(steps: usize) -> Result<(f64, f64, f64)> {
         .run()?;
     let p_ls = psnr(least_squares.image.view(), truth.view(), 1.0)?;
     let p_red = psnr(r.image.view(), truth.view(), 1.0)?;
-    println!("{}: PSNR least squares {p_ls:.2} dB, RED-diff {p_red:.2} dB ({} NFE)", r.label, r.nfe);
+    println!(
+        "{}: PSNR least squares {p_ls:.2} dB, RED-diff {p_red:.2} dB ({} NFE)",
+        r.label, r.nfe
+    );
     Ok((mismatch, p_ls, p_red))
 }
 
 fn main() -> Result<()> {
-    let steps = std::env::args().nth(1).map_or(Ok(1000), |s| s.parse()).map_err(|e| Error::Invalid(format!("STEPS: {e}")))?;
+    let steps = std::env::args()
+        .nth(1)
+        .map_or(Ok(1000), |s| s.parse())
+        .map_err(|e| Error::Invalid(format!("STEPS: {e}")))?;
     run(steps).map(|_| ())
 }
 
@@ -95,5 +111,8 @@ fn adjoint_is_exact_and_red_diff_beats_least_squares() {
     // vertical detail better than the minimum-norm solution (rows duplicated).
     let (mismatch, p_ls, p_red) = run(100).unwrap();
     assert!(mismatch < 1e-5, "{mismatch}");
-    assert!(p_red > p_ls + 0.5, "RED-diff {p_red:.2} dB vs least squares {p_ls:.2} dB");
+    assert!(
+        p_red > p_ls + 0.5,
+        "RED-diff {p_red:.2} dB vs least squares {p_ls:.2} dB"
+    );
 }

@@ -40,8 +40,15 @@ fn run(steps: usize, out: &Path) -> Result<(f64, f64)> {
     println!("{}: {} NFE in {:.1} s", r.label, r.nfe, r.seconds);
 
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
-    for (name, image) in [("truth", &truth), ("zero_filled", &zero_filled.image), ("dds", &r.image)] {
-        let chw = image.clone().into_dimensionality::<Ix3>().map_err(|e| Error::Shape(e.to_string()))?;
+    for (name, image) in [
+        ("truth", &truth),
+        ("zero_filled", &zero_filled.image),
+        ("dds", &r.image),
+    ] {
+        let chw = image
+            .clone()
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| Error::Shape(e.to_string()))?;
         posterior::io::write_image(&out.join(format!("{name}.png")), chw.view(), (0.0, 1.0))?;
     }
     let zf = psnr(zero_filled.image.view(), truth.view(), 1.0)?;
@@ -52,7 +59,10 @@ fn run(steps: usize, out: &Path) -> Result<(f64, f64)> {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let steps = args.next().map_or(Ok(50), |s| s.parse()).map_err(|e| Error::Invalid(format!("STEPS: {e}")))?;
+    let steps = args
+        .next()
+        .map_or(Ok(50), |s| s.parse())
+        .map_err(|e| Error::Invalid(format!("STEPS: {e}")))?;
     let out = args.next().map_or(PathBuf::from("."), PathBuf::from);
     run(steps, &out).map(|_| ())
 }

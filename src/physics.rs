@@ -264,9 +264,7 @@ impl Ct {
     /// (`ct:geometry=fan,views=N`).
     pub fn fan(views: usize) -> Ct {
         Ct {
-            keys: Keys::new("ct")
-                .set("geometry", "fan")
-                .set("views", views),
+            keys: Keys::new("ct").set("geometry", "fan").set("views", views),
         }
     }
     /// The angular range in degrees (limited-angle CT).
@@ -342,9 +340,7 @@ impl Blur {
     /// A uniform `size x size` box (odd `size`).
     pub fn uniform(size: usize) -> Blur {
         Blur::of(
-            Keys::new("blur")
-                .set("kernel", "uniform")
-                .set("size", size),
+            Keys::new("blur").set("kernel", "uniform").set("size", size),
             None,
         )
     }
@@ -657,10 +653,7 @@ mod tests {
         assert_eq!(p.operator.range_shape(), &[2, 2, h, w]);
         let x = random_array(&[2, h, w], 1, "x");
         let y = p.operator.forward(x.view()).unwrap();
-        assert!(y
-            .index_axis(ndarray::Axis(0), 1)
-            .iter()
-            .all(|v| *v == 0.0));
+        assert!(y.index_axis(ndarray::Axis(0), 1).iter().all(|v| *v == 0.0));
         // A fully sampled single coil with unit maps is the orthonormal FFT: norms agree.
         let n = |a: &ArrayD<f32>| a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
         assert!((n(&y) - n(&x)).abs() < 1e-4 * n(&x));

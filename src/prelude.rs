@@ -7,8 +7,8 @@ pub use crate::error::{Error, Result};
 pub use crate::physics::{Blur, Boundary, Ct, Inpaint, MaskKind, Mri, Phase, Sr};
 pub use crate::prior::{Denoiser, Gmm, NetworkPrior, PriorInfo, Schedule};
 pub use crate::reconstruction::{
-    Adjoint, Cg, Dds, Dps, Fbp, Flair, Fps, RedDiff, Reconstructed, Reconstruction,
-    SamplerChoice, Smc, Tds, Tv,
+    Adjoint, Cg, Dds, Dps, Fbp, Flair, Fps, Reconstructed, Reconstruction, RedDiff, SamplerChoice,
+    Smc, Tds, Tv,
 };
 pub use crate::sample::posterior::Prior;
 pub use crate::sample::{Observer, State};

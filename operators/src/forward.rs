@@ -45,7 +45,10 @@ impl<T: ForwardOperator + ?Sized> ForwardOperator for std::sync::Arc<T> {
     fn vjp(&self, x: ArrayViewD<f32>, cotangent: ArrayViewD<f32>) -> ArrayD<f32> {
         (**self).vjp(x, cotangent)
     }
-    fn linearize_measurement(&self, y: ArrayViewD<f32>) -> Option<(&dyn LinearOperator, ArrayD<f32>)> {
+    fn linearize_measurement(
+        &self,
+        y: ArrayViewD<f32>,
+    ) -> Option<(&dyn LinearOperator, ArrayD<f32>)> {
         (**self).linearize_measurement(y)
     }
     fn restrict_to_measured(&self, y: ArrayViewMutD<f32>) {

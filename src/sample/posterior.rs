@@ -11,13 +11,13 @@ use super::calibrate::CalibrationTable;
 use super::flair::{Flair, FlairSettings};
 use super::settings::{self, SettingValues};
 use super::units::{problem_in_prior_units, PriorUnits};
-use crate::prior::Gmm;
 use super::{
     Dds, DdsSettings, Dps, DpsSettings, Problem, RedDiff, RedDiffSettings, Sampler, Smc,
     SmcSettings,
 };
 use super::{Executor, Outcome};
 use crate::error::{Error, Result};
+use crate::prior::Gmm;
 use crate::prior::{Denoiser, NetworkPrior, OnPath, Schedule};
 use crate::spec::Physics;
 
