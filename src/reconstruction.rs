@@ -557,7 +557,7 @@ impl<'o> Reconstruction<'o> {
                 };
                 Ok(Reconstructed {
                     image: extract(embedding, r.image.view(), keep_complex),
-                    std: r.spread.map(|s| spread_of(embedding, s, keep_complex)),
+                    std: r.spread.map(|s| extract(embedding, s.view(), keep_complex)),
                     particles: Some(per_draw(&r.particles)),
                     nfe: r.outcome.nfe,
                     vjps: r.outcome.vjps,
@@ -571,23 +571,7 @@ impl<'o> Reconstruction<'o> {
     }
 }
 
-/// An image from the operator's domain: the magnitude of a complex `(2, H, W)` image (MRI)
-/// unless `keep_complex`; a real image as it is.
+/// An image from the operator's domain (see [`Embedding::extract`]).
 fn extract(embedding: Embedding, x: ArrayViewD<f32>, keep_complex: bool) -> ArrayD<f32> {
-    let complex = matches!(embedding, Embedding::RealToComplex | Embedding::Complex);
-    if !complex || keep_complex || x.ndim() != 3 || x.shape()[0] != 2 {
-        return x.to_owned();
-    }
-    let (re, im) = (x.index_axis(Axis(0), 0), x.index_axis(Axis(0), 1));
-    ndarray::Zip::from(&re)
-        .and(&im)
-        .map_collect(|a, b| (a * a + b * b).sqrt())
-        .insert_axis(Axis(0))
-        .into_dyn()
-}
-
-/// The spread of a complex image: the root of the summed (re, im) variances, as one
-/// channel, unless `keep_complex`.
-fn spread_of(embedding: Embedding, s: ArrayD<f32>, keep_complex: bool) -> ArrayD<f32> {
-    extract(embedding, s.view(), keep_complex)
+    embedding.extract(x, keep_complex)
 }

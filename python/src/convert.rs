@@ -12,10 +12,10 @@
 //! interruptions to `KeyboardInterrupt`, the GPU to `RuntimeError`, everything else (bad
 //! shapes, values, specs, settings) to `ValueError`, each with the library's message.
 
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, Axis, Dimension, IxDyn};
 use num_complex::{Complex32, Complex64};
 use numpy::{
-    Element, IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    Element, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
@@ -49,9 +49,15 @@ impl<T> OrPy<T> for posterior_operators::Result<T> {
     }
 }
 
+/// A copy of a C-contiguous numpy array. numpy's own ndarray version may differ from the
+/// library's, so the data crosses as a flat vector and its shape.
 fn owned<T: Element + Copy>(a: &Bound<'_, PyUntypedArray>) -> PyResult<ArrayD<T>> {
     let typed = a.cast::<PyArrayDyn<T>>()?;
-    Ok(typed.to_owned_array())
+    let shape = typed.shape().to_vec();
+    let data = typed
+        .to_vec()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// The leading (re, im) pair of a complex array `(..., H, W)`: `(..., 2, H, W)`.
@@ -78,9 +84,9 @@ fn split_complex<C: Copy>(z: ArrayD<C>, part: impl Fn(C) -> (f32, f32)) -> Array
 pub fn array_in(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ArrayD<f32>> {
     let py = obj.py();
     let arr = py.import("numpy")?.getattr("asarray")?.call1((obj,))?;
-    let a = arr.cast::<PyUntypedArray>().map_err(|_| {
-        PyValueError::new_err(format!("{what}: expected a numpy array"))
-    })?;
+    let a = arr
+        .cast::<PyUntypedArray>()
+        .map_err(|_| PyValueError::new_err(format!("{what}: expected a numpy array")))?;
     if a.ndim() == 0 {
         return Err(PyValueError::new_err(format!(
             "{what}: expected an array, got a scalar"
@@ -116,6 +122,22 @@ pub fn array_in(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ArrayD<f32>> {
     Ok(x)
 }
 
+/// A mask from a Python object: a bool array (true = 1), or numbers as [`array_in`] takes
+/// them; `what` names the argument.
+pub fn mask_in(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ArrayD<f32>> {
+    let py = obj.py();
+    let arr = py.import("numpy")?.getattr("asarray")?.call1((obj,))?;
+    let is_bool = arr
+        .cast::<PyUntypedArray>()
+        .is_ok_and(|a| a.dtype().is_equiv_to(&numpy::dtype::<bool>(py)));
+    if is_bool {
+        let f = arr.call_method1("astype", ("float32",))?;
+        array_in(&f, what)
+    } else {
+        array_in(&arr, what)
+    }
+}
+
 /// A complex array from a Python object (coil maps): complex64 / complex128, or a real
 /// float array taken as real values; `what` names the argument.
 pub fn complex_in(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ArrayD<Complex32>> {
@@ -134,8 +156,7 @@ pub fn complex_in(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ArrayD<Complex
         owned::<Complex32>(a)?
     } else if dt.is_equiv_to(&numpy::dtype::<Complex64>(py)) {
         owned::<Complex64>(a)?.mapv(|z| Complex32::new(z.re as f32, z.im as f32))
-    } else if dt.is_equiv_to(&numpy::dtype::<f32>(py)) || dt.is_equiv_to(&numpy::dtype::<f64>(py))
-    {
+    } else if dt.is_equiv_to(&numpy::dtype::<f32>(py)) || dt.is_equiv_to(&numpy::dtype::<f64>(py)) {
         array_in(&arr, what)?.mapv(|v| Complex32::new(v, 0.0))
     } else {
         return Err(PyValueError::new_err(format!(
@@ -153,18 +174,12 @@ pub fn complex_in(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ArrayD<Complex
 
 /// An f32 array out to Python.
 pub fn array_out(py: Python<'_>, x: ArrayD<f32>) -> Py<PyAny> {
-    x.into_pyarray(py).into_any().unbind()
-}
-
-/// Checks that `x` has `ndim` dimensions, naming the argument and the expected layout.
-pub fn check_ndim(x: &ArrayD<f32>, ndims: &[usize], what: &str, layout: &str) -> PyResult<()> {
-    if ndims.contains(&x.ndim()) {
-        Ok(())
-    } else {
-        Err(PyValueError::new_err(format!(
-            "{what}: expected {layout}, got an array of shape {:?}",
-            x.shape()
-        )))
+    let shape = x.shape().to_vec();
+    let flat = PyArray1::from_vec(py, x.iter().copied().collect());
+    match flat.reshape(shape.as_slice()) {
+        Ok(a) => a.into_any().unbind(),
+        // Unreachable: the element count is the shape's product.
+        Err(_) => flat.into_any().unbind(),
     }
 }
 

@@ -10,7 +10,7 @@ use posterior_operators::{adjoint_test, LinearOperatorExt, SharedOperator};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::convert::{array_in, array_out, complex_in, OrPy};
+use crate::convert::{array_in, array_out, complex_in, mask_in, OrPy};
 
 /// A forward model `y = A(x)` between float32 arrays: linear with its exact adjoint (blur,
 /// inpainting, super-resolution, MRI, CT) or nonlinear with a VJP (phase retrieval,
@@ -90,12 +90,16 @@ impl Operator {
     /// MRI operator; the image is real `(1, H, W)` (zero phase) unless `complex_image`.
     #[staticmethod]
     #[pyo3(signature = (maps, mask, complex_image = false))]
-    fn mri(maps: &Bound<'_, PyAny>, mask: &Bound<'_, PyAny>, complex_image: bool) -> PyResult<Operator> {
+    fn mri(
+        maps: &Bound<'_, PyAny>,
+        mask: &Bound<'_, PyAny>,
+        complex_image: bool,
+    ) -> PyResult<Operator> {
         let maps = complex_in(maps, "maps")?;
         let maps: Array3<Complex32> = maps.into_dimensionality::<Ix3>().map_err(|_| {
             PyValueError::new_err("maps: expected complex coil maps of shape (coils, H, W)")
         })?;
-        let mask: Array2<f32> = array_in(mask, "mask")?
+        let mask: Array2<f32> = mask_in(mask, "mask")?
             .into_dimensionality::<Ix2>()
             .map_err(|_| PyValueError::new_err("mask: expected a sampling mask of shape (H, W)"))?;
         let (_, h, w) = maps.dim();
@@ -109,7 +113,7 @@ impl Operator {
     #[staticmethod]
     #[pyo3(signature = (mask, channels = 1))]
     fn inpaint(mask: &Bound<'_, PyAny>, channels: usize) -> PyResult<Operator> {
-        let m = array_in(mask, "mask")?
+        let m = mask_in(mask, "mask")?
             .into_dimensionality::<Ix2>()
             .map_err(|_| PyValueError::new_err("mask: expected a mask of shape (H, W)"))?;
         let (h, w) = m.dim();
@@ -123,7 +127,11 @@ impl Operator {
     /// `boundary` `"circular"` (periodic), `"reflect"` or `"valid"`.
     #[staticmethod]
     #[pyo3(signature = (kernel, image_shape, boundary = "circular"))]
-    fn blur(kernel: &Bound<'_, PyAny>, image_shape: Vec<usize>, boundary: &str) -> PyResult<Operator> {
+    fn blur(
+        kernel: &Bound<'_, PyAny>,
+        image_shape: Vec<usize>,
+        boundary: &str,
+    ) -> PyResult<Operator> {
         let k = array_in(kernel, "kernel")?
             .into_dimensionality::<Ix2>()
             .map_err(|_| PyValueError::new_err("kernel: expected a 2-D kernel (kh, kw)"))?;
@@ -195,7 +203,12 @@ impl Operator {
         Ok(array_out(py, n))
     }
     /// `J_A(x)^T v`, the vector-Jacobian product at `x` (for a linear operator, `A^T v`).
-    fn vjp(&self, py: Python<'_>, x: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn vjp(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let x = array_in(x, "x")?;
         let v = array_in(v, "v")?;
         let op = self.operator.operator();

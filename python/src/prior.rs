@@ -23,9 +23,8 @@ impl Pending {
     /// Keeps `e` (the first one only) and returns the library error standing for it.
     pub fn keep(&self, e: PyErr, what: &str) -> Error {
         let msg = format!("{what}: {e}");
-        let interrupted = Python::attach(|py| {
-            e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-        });
+        let interrupted =
+            Python::attach(|py| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
         if let Ok(mut slot) = self.0.lock() {
             slot.get_or_insert(e);
         }
@@ -52,15 +51,15 @@ pub struct PyDenoiser {
 
 impl PyDenoiser {
     /// `f(x, t)` on a batch with one time; `v` adds the cotangent (the VJP callable).
-    fn call(
+    fn call<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         func: &Py<PyAny>,
         x: ArrayViewD<f32>,
         t: f32,
         v: Option<ArrayViewD<f32>>,
         what: &str,
-    ) -> Result<Bound<'_, PyAny>> {
+    ) -> Result<Bound<'py, PyAny>> {
         let xs = array_out(py, x.to_owned());
         let out = match v {
             None => func.call1(py, (xs, t as f64)),
@@ -121,7 +120,11 @@ impl Denoiser for PyDenoiser {
         let mut out = self.by_time(x_t, t, |x, ti, _| {
             Python::attach(|py| {
                 let r = self.call(py, &self.f, x.view(), ti, None, "the denoiser f(x_t, t)")?;
-                Ok(vec![self.returned(&r, x.shape(), "the denoiser f(x_t, t)")?])
+                Ok(vec![self.returned(
+                    &r,
+                    x.shape(),
+                    "the denoiser f(x_t, t)",
+                )?])
             })
         })?;
         Ok(out.remove(0))
@@ -147,8 +150,16 @@ impl Denoiser for PyDenoiser {
                 // `vjp` returns the product, or the pair (x0_hat, product).
                 if let Ok(pair) = r.cast::<PyTuple>() {
                     if pair.len() == 2 {
-                        let x0 = self.returned(&pair.get_item(0).map_err(|e| self.pending.keep(e, what))?, x.shape(), what)?;
-                        let g = self.returned(&pair.get_item(1).map_err(|e| self.pending.keep(e, what))?, x.shape(), what)?;
+                        let x0 = self.returned(
+                            &pair.get_item(0).map_err(|e| self.pending.keep(e, what))?,
+                            x.shape(),
+                            what,
+                        )?;
+                        let g = self.returned(
+                            &pair.get_item(1).map_err(|e| self.pending.keep(e, what))?,
+                            x.shape(),
+                            what,
+                        )?;
                         return Ok(vec![x0, g]);
                     }
                 }
@@ -256,9 +267,8 @@ pub struct Prior {
 
 /// Opens a network prior by name or directory on `device` (`auto`, `cpu`, `cuda`).
 pub fn open_network(name: &str, device: &str) -> posterior::Result<NetworkPrior> {
-    let backend = posterior::gpu::select(device.parse()?).map_err(|e| {
-        Error::Device(format!("device={device}: no GPU backend available: {e}"))
-    })?;
+    let backend = posterior::gpu::select(device.parse()?)
+        .map_err(|e| Error::Device(format!("device={device}: no GPU backend available: {e}")))?;
     let mut prior = NetworkPrior::open(name)?;
     match prior.use_backend(&backend) {
         // `auto` keeps a prior the GPU path does not compute on the CPU.
@@ -315,7 +325,11 @@ impl Prior {
             (Err(_), Some(e)) => return Err(e),
             (r, _) => r.or_py()?,
         };
-        let r = if single { r.index_axis_move(Axis(0), 0) } else { r };
+        let r = if single {
+            r.index_axis_move(Axis(0), 0)
+        } else {
+            r
+        };
         Ok(array_out(py, r))
     }
 
@@ -349,7 +363,11 @@ impl Prior {
             (Err(_), Some(e)) => return Err(e),
             (r, _) => r.or_py()?,
         };
-        let g = if single { g.index_axis_move(Axis(0), 0) } else { g };
+        let g = if single {
+            g.index_axis_move(Axis(0), 0)
+        } else {
+            g
+        };
         Ok(array_out(py, g))
     }
 
@@ -396,7 +414,7 @@ impl CallablePrior {
         vjp: Option<Py<PyAny>>,
         name: &str,
         py: Python<'_>,
-    ) -> PyResult<(CallablePrior, Prior)> {
+    ) -> PyResult<PyClassInitializer<CallablePrior>> {
         if !f.bind(py).is_callable() || vjp.as_ref().is_some_and(|v| !v.bind(py).is_callable()) {
             return Err(PyValueError::new_err(
                 "CallablePrior: f (and vjp, when given) must be callable",
@@ -425,14 +443,12 @@ impl CallablePrior {
             },
             pending: pending.clone(),
         };
-        Ok((
-            CallablePrior,
-            Prior {
-                inner: Arc::new(d),
-                pending,
-                calls_python: true,
-                has_vjp,
-            },
-        ))
+        Ok(PyClassInitializer::from(Prior {
+            inner: Arc::new(d),
+            pending,
+            calls_python: true,
+            has_vjp,
+        })
+        .add_subclass(CallablePrior))
     }
 }

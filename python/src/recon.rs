@@ -196,7 +196,7 @@ pub fn reconstruct(
                     "{name}= applies to posterior sampling (sampler=...), not to method={m:?}"
                 )));
             }
-            let method: Method = m.parse().or_py()?;
+            let method: Method = posterior::Result::<Method>::or_py(m.parse())?;
             r = r.method(ReconOptions {
                 iters,
                 lambda: lambda_,
@@ -275,7 +275,8 @@ pub fn bench(
     };
     let records = py
         .detach(|| -> posterior::Result<Vec<String>> {
-            let plan = posterior::bench::Plan::new(posterior::bench::SuiteFile::read(&suite)?, &opts)?;
+            let plan =
+                posterior::bench::Plan::new(posterior::bench::SuiteFile::read(&suite)?, &opts)?;
             let summary = posterior::bench::run(&plan, &out, &mut |_| {})?;
             summary
                 .records

@@ -111,14 +111,18 @@ def test_operators_from_arrays_have_their_adjoints_and_use_the_arrays():
 
 
 def test_nonlinear_operators_have_vjps_and_no_adjoint():
-    # Phase retrieval |F x| and Beer-Lambert CT: the VJP against central differences.
-    for spec in ["phase:oversampling=2", "ct:views=8,model=beer-lambert,i0=1000"]:
+    # Phase retrieval |F x| and Beer-Lambert CT: the VJP against central differences, at
+    # smooth points: |F x| curves sharply where a frequency's magnitude is small, so the
+    # phase image is a positive random image (its transform stays away from 0; scaled by
+    # 0.1 and with h = 1e-2 the differences were off by 2x, with h = 1e-3 by 0.5%); CT
+    # attenuations of 0.05..0.15 keep exp(-line integral) in its curved range.
+    for spec, scale, h in [("phase:oversampling=2", 1.0, 3e-3),
+                           ("ct:views=8,model=beer-lambert,i0=1000", 0.1, 1e-2)]:
         A = posterior.operator(spec, image_shape=(1, 8, 8), seed=1)
         assert not A.is_linear
-        x = (rng(2).random(A.domain_shape) + 0.5).astype(np.float32) * 0.1
+        x = (rng(2).random(A.domain_shape) + 0.5).astype(np.float32) * scale
         d = rng(3).standard_normal(A.domain_shape).astype(np.float32)
         v = rng(4).standard_normal(A.range_shape).astype(np.float32)
-        h = 1e-2
         fd = dot(A.apply(x + h * d) - A.apply(x - h * d), v) / (2 * h)
         an = dot(A.vjp(x, v), d)
         assert abs(fd - an) < 2e-2 * max(abs(fd), abs(an)), (spec, fd, an)
@@ -196,8 +200,10 @@ def test_bad_requests_are_value_errors_and_files_os_errors():
         posterior.reconstruct(y, A, method="magic")
     with pytest.raises(ValueError, match="steps= applies"):
         posterior.reconstruct(y, A, method="tv", steps=3)
+    A32 = posterior.operator("inpaint", image_shape=(1, 32, 32))
     with pytest.raises(ValueError, match="unknown sampler"):
-        posterior.reconstruct(y, A, sampler="magic", prior="fmnist-32")
+        posterior.reconstruct(np.zeros((1, 32, 32), np.float32), A32, sampler="magic",
+                              prior="fmnist-32")
     with pytest.raises(OSError, match="no prior here"):
         posterior.Prior.open("/nonexistent/prior")
     with pytest.raises(ValueError, match="CallablePrior"):
@@ -360,13 +366,11 @@ def test_dds_from_python_equals_the_cli_bit_for_bit(tmp_path):
         "--seed", str(seed), "--out", str(tmp_path / "k.npy"))
     run("reconstruct", str(tmp_path / "k.npy"), "--sampler", "dds", "--prior", "brain-mri",
         "--steps", "6", "--seed", str(seed), "--device", "cpu", "--out", str(tmp_path / "x.npy"))
-    side = json.loads((tmp_path / "k.json").read_text())
     A = posterior.operator(spec, image_shape=(1, 64, 64), seed=seed)
     y = np.load(tmp_path / "k.npy")
     assert np.array_equal(y, A.measure(brain(), noise=noise, seed=seed))
     r = posterior.reconstruct(y, A, sampler="dds", prior="brain-mri", steps=6, seed=seed,
-                              noise=noise, image_range=tuple(side["display_range"]),
-                              device="cpu")
+                              noise=noise, device="cpu")
     x_cli = np.load(tmp_path / "x.npy")
     assert x_cli.dtype == np.float32 and x_cli.shape == r.image.shape
     assert np.array_equal(x_cli, r.image), np.abs(x_cli - r.image).max()
