@@ -575,3 +575,103 @@ impl<'o> Reconstruction<'o> {
 fn extract(embedding: Embedding, x: ArrayViewD<f32>, keep_complex: bool) -> ArrayD<f32> {
     embedding.extract(x, keep_complex)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::physics::{Blur, Mri};
+
+    fn blurred() -> (Physics, ArrayD<f32>) {
+        let physics = Blur::gaussian(1.0).build(&[1, 12, 12]).unwrap();
+        let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 12, 12]), |i| {
+            ((i[1] * 3 + i[2] * 5) % 7) as f32 / 7.0
+        });
+        let y = physics.measure(x.view(), &NoiseModel::None, 0).unwrap();
+        (physics, y)
+    }
+
+    #[test]
+    fn a_classical_method_is_the_library_call_it_stands_for() {
+        // The builder adds nothing to a classical method: the same CG solve as
+        // `recon::reconstruct`, bit for bit.
+        let (mut physics, y) = blurred();
+        let opts = ReconOptions::from(Cg {
+            lambda: 1e-3,
+            iters: 20,
+        });
+        let direct = recon::reconstruct(&physics, y.view(), &opts, &mut |_, _| {}).unwrap();
+        let mut iters = 0;
+        let mut count = |_: usize, _: f64| iters += 1;
+        let r = Reconstruction::new(physics.share(), y)
+            .method(Cg {
+                lambda: 1e-3,
+                iters: 20,
+            })
+            .on_iteration(&mut count)
+            .run()
+            .unwrap();
+        assert_eq!(r.image, direct);
+        assert!(iters > 0 && iters <= 20, "{iters} iterations reported");
+        assert!(r.std.is_none() && r.particles.is_none() && r.nfe == 0);
+    }
+
+    #[test]
+    fn incomplete_or_contradictory_requests_are_refused_with_the_fix() {
+        let (mut physics, y) = blurred();
+        let e = Reconstruction::new(physics.share(), y.clone())
+            .run()
+            .unwrap_err();
+        assert!(e.to_string().contains("choose how to reconstruct"), "{e}");
+        let e = Reconstruction::new(physics.share(), y.clone())
+            .sampler(Dds::default())
+            .run()
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a prior"), "{e}");
+        let e = Reconstruction::new(physics.share(), y.clone())
+            .method(Tv::default())
+            .samples(3)
+            .run()
+            .unwrap_err();
+        assert!(e.to_string().contains("apply to samplers"), "{e}");
+        // A measurement of the wrong shape names both shapes.
+        let wrong = ArrayD::zeros(ndarray::IxDyn(&[1, 10, 12]));
+        let e = Reconstruction::new(physics, wrong)
+            .method(Adjoint)
+            .image_range(0.0, 1.0)
+            .run()
+            .unwrap_err();
+        assert_eq!(e.kind(), "shape", "{e}");
+        assert!(
+            e.to_string().contains("[1, 12, 12]") && e.to_string().contains("[1, 10, 12]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mri_images_come_back_as_magnitudes_unless_complex_is_kept() {
+        // Zero-filling of a real image: the complex adjoint's magnitude, one channel; with
+        // keep_complex the (re, im) pair whose magnitude it is.
+        let mut physics = Mri::coils(2).accel(2.0).seed(1).build(&[1, 8, 8]).unwrap();
+        let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 8, 8]), |i| (i[1] + i[2]) as f32 / 14.0);
+        let y = physics.measure(x.view(), &NoiseModel::None, 0).unwrap();
+        let mag = Reconstruction::new(physics.share(), y.clone())
+            .method(Adjoint)
+            .run()
+            .unwrap();
+        let pair = Reconstruction::new(physics, y)
+            .method(Adjoint)
+            .keep_complex()
+            .run()
+            .unwrap();
+        assert_eq!(mag.image.shape(), &[1, 8, 8]);
+        assert_eq!(pair.image.shape(), &[2, 8, 8]);
+        for ((m, re), im) in mag
+            .image
+            .iter()
+            .zip(pair.image.index_axis(Axis(0), 0))
+            .zip(pair.image.index_axis(Axis(0), 1))
+        {
+            assert!((m - (re * re + im * im).sqrt()).abs() < 1e-6);
+        }
+    }
+}
