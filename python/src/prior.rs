@@ -315,22 +315,8 @@ impl Prior {
         let sample_ndim = self.inner.info().sample_shape.len();
         let (x, single) = as_batch(x, sample_ndim);
         let ts = vec![t; x.shape()[0]];
-        let inner = self.inner.clone();
-        let r = if self.calls_python {
-            inner.x0(x.view(), &ts)
-        } else {
-            py.detach(|| inner.x0(x.view(), &ts))
-        };
-        let r = match (r, self.pending.take()) {
-            (Err(_), Some(e)) => return Err(e),
-            (r, _) => r.or_py()?,
-        };
-        let r = if single {
-            r.index_axis_move(Axis(0), 0)
-        } else {
-            r
-        };
-        Ok(array_out(py, r))
+        let r = self.run(py, |d| d.x0(x.view(), &ts))?;
+        Ok(array_out(py, unbatch(r, single)))
     }
 
     /// The vector-Jacobian product `v^T d x0_hat / d x_t` at `(x_t, t)` (`v` shaped like
@@ -353,26 +339,43 @@ impl Prior {
             )));
         }
         let ts = vec![t; x.shape()[0]];
-        let inner = self.inner.clone();
-        let r = if self.calls_python {
-            inner.x0_vjp(x.view(), &ts, v.view())
-        } else {
-            py.detach(|| inner.x0_vjp(x.view(), &ts, v.view()))
-        };
-        let (_, g) = match (r, self.pending.take()) {
-            (Err(_), Some(e)) => return Err(e),
-            (r, _) => r.or_py()?,
-        };
-        let g = if single {
-            g.index_axis_move(Axis(0), 0)
-        } else {
-            g
-        };
-        Ok(array_out(py, g))
+        let (_, g) = self.run(py, |d| d.x0_vjp(x.view(), &ts, v.view()))?;
+        Ok(array_out(py, unbatch(g, single)))
     }
 
     fn __repr__(&self) -> String {
         format!("Prior({:?})", self.inner.info().name)
+    }
+}
+
+impl Prior {
+    /// Runs `f` on the denoiser: without the GIL for a native prior; with it for a Python
+    /// callable (which calls back into Python). An exception raised inside the callable
+    /// comes back as raised.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&dyn PosteriorPrior) -> Result<T> + Send,
+    ) -> PyResult<T> {
+        let inner = self.inner.clone();
+        let r = if self.calls_python {
+            f(inner.as_ref())
+        } else {
+            py.detach(|| f(inner.as_ref()))
+        };
+        match (r, self.pending.take()) {
+            (Err(_), Some(e)) => Err(e),
+            (r, _) => r.or_py(),
+        }
+    }
+}
+
+/// One sample back from a batch of one, when the caller passed one sample.
+fn unbatch(a: ArrayD<f32>, single: bool) -> ArrayD<f32> {
+    if single {
+        a.index_axis_move(Axis(0), 0)
+    } else {
+        a
     }
 }
 
