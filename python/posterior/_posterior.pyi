@@ -19,11 +19,11 @@ class Operator:
 
     @staticmethod
     def mri(maps: ArrayLike, mask: ArrayLike, complex_image: bool = False) -> Operator:
-        """SENSE MRI with coil maps ``(coils, H, W)`` (complex) and a mask ``(H, W)`` in {0, 1};
+        """SENSE MRI with coil maps ``(coils, H, W)`` (complex) and a mask ``(H, W)`` (bool, or 0/1);
         the image is real ``(1, H, W)`` (zero phase) unless ``complex_image``."""
     @staticmethod
     def inpaint(mask: ArrayLike, channels: int = 1) -> Operator:
-        """Keeps the pixels where ``mask`` ``(H, W)`` is non-zero."""
+        """Keeps the pixels where ``mask`` ``(H, W)`` (bool or numbers) is true / non-zero."""
     @staticmethod
     def blur(kernel: ArrayLike, image_shape: Sequence[int], boundary: str = "circular") -> Operator:
         """Blur by ``kernel`` ``(kh, kw)``; boundary ``"circular"``, ``"reflect"`` or ``"valid"``."""

@@ -86,7 +86,7 @@ pub fn noise_in(noise: Option<&Bound<'_, PyAny>>) -> PyResult<NoiseModel> {
 
 #[pymethods]
 impl Operator {
-    /// Coil maps `(coils, H, W)` (complex) and a sampling mask `(H, W)` in {0, 1} as a SENSE
+    /// Coil maps `(coils, H, W)` (complex) and a sampling mask `(H, W)` (bool, or 0/1) as a SENSE
     /// MRI operator; the image is real `(1, H, W)` (zero phase) unless `complex_image`.
     #[staticmethod]
     #[pyo3(signature = (maps, mask, complex_image = false))]
