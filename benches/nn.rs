@@ -12,8 +12,16 @@
 //! - `unet_ffhq256_fwd`, `unet_ffhq256_fwd_vjp`: `UNetConfig::ffhq256()`, only when the
 //!   environment has `POSTERIOR_BENCH_FFHQ=1` (one forward takes seconds on 2 cores).
 //!
+//! The shipped priors (`shipped/*`, only when the filter names `shipped`): `priors/`'s
+//! fmnist-32, brain-mri and ct-ellipses with their own weights, at batch 8
+//! (`POSTERIOR_BENCH_BATCH`), step 500; peer `benches/peers/shipped_priors_peer.py`.
+//!
+//! `startup/NAME` (only when named): where a fresh process's time goes before its first
+//! network evaluation of the shipped prior NAME completes.
+//!
 //! Run with `cargo bench --bench nn` (or a name filter: `cargo bench --bench nn -- unet`).
-//! `benches/peers/run_unet_compare.sh` runs the `unet_*` cases and the PyTorch peer back to
+//! `POSTERIOR_SIMD=avx512|avx2|portable` forces the engine's path.
+//! `benches/peers/run_unet_compare.sh` runs the network cases and the PyTorch peers back to
 //! back and prints the ratios.
 
 use std::hint::black_box;
@@ -111,35 +119,46 @@ fn small_config() -> UNetConfig {
 }
 
 fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
-    let (ci, co, s) = (cfg.in_channels, cfg.out_channels, cfg.image_size);
     let net = UNet::build(cfg, &mut HashParams).expect("valid unet");
-    let x = input((1, ci, s, s), 1);
-    let v = input((1, co, s, s), 2);
-    let t = [500.0f32];
+    bench_net(c, "unet", name, &net, 1, secs);
+}
+
+/// Times `net` at batch `batch`, step 500, as `GROUP/NAME_fwd` and `GROUP/NAME_fwd_vjp`, after
+/// printing the output fingerprints the peers print.
+fn bench_net(c: &mut Criterion, group: &str, name: &str, net: &UNet, batch: usize, secs: u64) {
+    let cfg = net.config();
+    let (ci, co, s) = (cfg.in_channels, cfg.out_channels, cfg.image_size);
+    let x = input((batch, ci, s, s), 1);
+    let v = input((batch, co, s, s), 2);
+    let t = vec![500.0f32; batch];
     // A fingerprint to compare with the peer's (same weights, same input).
     let y = net.forward(x.view(), &t).expect("forward");
     let (_, g) = net.forward_vjp(x.view(), &t, v.view()).expect("vjp");
     let mean_abs = |a: &Array4<f32>| a.iter().map(|v| v.abs() as f64).sum::<f64>() / a.len() as f64;
     eprintln!(
-        "{name}: mean|out| {:.6e}, mean|vjp| {:.6e}",
+        "{group}/{name}: mean|out| {:.6e}, mean|vjp| {:.6e} (simd path {})",
         mean_abs(&y),
-        mean_abs(&g)
+        mean_abs(&g),
+        posterior::nn::simd_path()
     );
     // POSTERIOR_BENCH_QUICK=N: also a plain median of N timed runs (quick checks by hand).
     if let Some(runs) = std::env::var("POSTERIOR_BENCH_QUICK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
+        // Medians of wall and of CPU time (all threads): at RAYON_NUM_THREADS=1 the CPU time
+        // is what the run costs even when other processes share the cores.
         let median = |f: &dyn Fn()| {
-            let mut ts: Vec<f64> = (0..runs.max(1))
+            let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..runs.max(1))
                 .map(|_| {
-                    let t0 = std::time::Instant::now();
+                    let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
                     f();
-                    t0.elapsed().as_secs_f64()
+                    (t0.elapsed().as_secs_f64(), cpu_seconds() - c0)
                 })
-                .collect();
-            ts.sort_by(f64::total_cmp);
-            1e3 * ts[ts.len() / 2]
+                .unzip();
+            wall.sort_by(f64::total_cmp);
+            cpu.sort_by(f64::total_cmp);
+            (1e3 * wall[wall.len() / 2], 1e3 * cpu[cpu.len() / 2])
         };
         let f = median(&|| {
             black_box(net.forward(x.view(), &t).expect("forward"));
@@ -147,9 +166,12 @@ fn bench_unet(c: &mut Criterion, name: &str, cfg: UNetConfig, secs: u64) {
         let fv = median(&|| {
             black_box(net.forward_vjp(x.view(), &t, v.view()).expect("vjp"));
         });
-        eprintln!("quick {name}: fwd {f:.2} ms, fwd_vjp {fv:.2} ms (median of {runs})");
+        eprintln!(
+            "quick {group}/{name}: fwd {:.2} ms, fwd_vjp {:.2} ms (median of {runs}); cpu fwd {:.2} ms, fwd_vjp {:.2} ms",
+            f.0, fv.0, f.1, fv.1
+        );
     }
-    let mut g = c.benchmark_group("unet");
+    let mut g = c.benchmark_group(group);
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(secs));
@@ -174,6 +196,74 @@ fn unets(c: &mut Criterion) {
     if std::env::var("POSTERIOR_BENCH_FFHQ").as_deref() == Ok("1") {
         bench_unet(c, "unet_ffhq256", UNetConfig::ffhq256(), 20);
     }
+}
+
+/// The shipped priors (`priors/`) at batch 8 (`POSTERIOR_BENCH_BATCH` to change it), their
+/// own weights; only when the name filter asks for `shipped` (loading them costs time).
+fn shipped(c: &mut Criterion) {
+    if !std::env::args().any(|a| a.contains("shipped")) {
+        return;
+    }
+    posterior::nn::keep_freed_memory();
+    let batch = std::env::var("POSTERIOR_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    for name in ["fmnist-32", "brain-mri", "ct-ellipses"] {
+        match posterior::prior::NetworkPrior::open(name) {
+            Ok(prior) => bench_net(
+                c,
+                "shipped",
+                name,
+                prior.unet().expect("an ADM U-Net"),
+                batch,
+                5,
+            ),
+            Err(e) => eprintln!("shipped/{name}: skipped ({e})"),
+        }
+    }
+}
+
+/// CPU seconds this process has used so far (user + system, all threads).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + 1e-6 * t.tv_usec as f64;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// `cargo bench --bench nn -- startup/NAME`: where a fresh process's time goes before the
+/// first network evaluation of the shipped prior NAME (at batch 1, as `posterior denoise`
+/// runs it) completes: opening the prior (reading the file, widening f16, building the
+/// layers), the first pass (which also packs every layer's weights and maps the
+/// activations), and a second pass for comparison; wall and CPU milliseconds. Runs first,
+/// in a process that has done nothing else; run one prior per process.
+fn startup(_: &mut Criterion) {
+    let Some(name) = std::env::args().find_map(|a| a.strip_prefix("startup/").map(String::from))
+    else {
+        return;
+    };
+    posterior::nn::keep_freed_memory();
+    let mut last = (std::time::Instant::now(), cpu_seconds());
+    let mut lap = |what: &str| {
+        let now = (std::time::Instant::now(), cpu_seconds());
+        eprintln!(
+            "startup/{name}: {what:<28} wall {:7.1} ms, cpu {:7.1} ms",
+            1e3 * (now.0 - last.0).as_secs_f64(),
+            1e3 * (now.1 - last.1)
+        );
+        last = now;
+    };
+    let prior = posterior::prior::NetworkPrior::open(&name).expect("a shipped prior");
+    lap("open (read, widen, build)");
+    let unet = prior.unet().expect("the shipped priors are ADM U-Nets");
+    let cfg = unet.config();
+    let x = input((1, cfg.in_channels, cfg.image_size, cfg.image_size), 1);
+    black_box(unet.forward(x.view(), &[500.0]).expect("forward"));
+    lap("first pass (packs weights)");
+    black_box(unet.forward(x.view(), &[500.0]).expect("forward"));
+    lap("second pass");
 }
 
 fn layers(c: &mut Criterion) {
@@ -248,5 +338,5 @@ fn gemms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layers, unets, gemms);
+criterion_group!(benches, startup, layers, unets, shipped, gemms);
 criterion_main!(benches);

@@ -59,11 +59,14 @@ class Linear(torch.nn.Module):
 
 
 class Conv2d(torch.nn.Module):
-    def __init__(self, in_channels, out_channels, kernel, bias=True, up=False, down=False, resample_filter=(1, 1)):
+    def __init__(
+        self, in_channels, out_channels, kernel, bias=True, up=False, down=False, resample_filter=(1, 1), fused_resample=False
+    ):
         assert not (up and down)
+        assert not (fused_resample and up), "the fused up branch is used by no EDM network: not ported"
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.up, self.down = up, down
+        self.up, self.down, self.fused_resample = up, down, fused_resample
         fan_in = max(in_channels * kernel * kernel, 1)
         self.weight = (
             torch.nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel) / math.sqrt(fan_in)) if kernel else None
@@ -74,16 +77,24 @@ class Conv2d(torch.nn.Module):
         self.register_buffer("resample_filter", f if (up or down) else None)
 
     def forward(self, x):
-        if self.resample_filter is not None:
-            f = self.resample_filter.to(x.dtype)
-            pad = (f.shape[-1] - 1) // 2
-            c = x.shape[1]
-            if self.up:
-                x = torch.nn.functional.conv_transpose2d(x, (4 * f).tile([c, 1, 1, 1]), groups=c, stride=2, padding=pad)
-            else:
-                x = torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=pad)
-        if self.weight is not None:
-            x = torch.nn.functional.conv2d(x, self.weight.to(x.dtype), padding=self.weight.shape[-1] // 2)
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
+        w_pad = w.shape[-1] // 2 if w is not None else 0
+        f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
+        if self.fused_resample and self.down and w is not None:
+            # The weight first, padded by both radii, then the filter unpadded: the border
+            # differs from filter-then-weight (the weight sees zeros, not filtered values).
+            x = torch.nn.functional.conv2d(x, w, padding=w_pad + f_pad)
+            x = torch.nn.functional.conv2d(x, f.tile([x.shape[1], 1, 1, 1]), groups=x.shape[1], stride=2)
+        else:
+            if f is not None:
+                c = x.shape[1]
+                if self.up:
+                    x = torch.nn.functional.conv_transpose2d(x, (4 * f).tile([c, 1, 1, 1]), groups=c, stride=2, padding=f_pad)
+                else:
+                    x = torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=f_pad)
+            if w is not None:
+                x = torch.nn.functional.conv2d(x, w, padding=w_pad)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x
@@ -232,6 +243,142 @@ class DhariwalUNet(torch.nn.Module):
         return self.out_conv(silu(self.out_norm(x)))
 
 
+class FourierEmbedding(torch.nn.Module):
+    """NCSN++'s noise embedding: a fixed random frequency buffer `freqs` (C / 2, drawn
+    N(0, scale^2) at construction, stored in the state dict), [cos(2 pi t f), sin(2 pi t f)]."""
+
+    def __init__(self, num_channels, scale=16):
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+
+    def forward(self, x):
+        a = torch.outer(x, (2 * np.pi * self.freqs).to(x.dtype))
+        return torch.cat([a.cos(), a.sin()], dim=1)
+
+
+class SongUNet(torch.nn.Module):
+    """DDPM++ / NCSN++ (Song et al. 2021) as EDM re-implements them. Every UNetBlock runs
+    with skip_scale sqrt(1/2), GroupNorm eps 1e-6, one attention head, resample_proj and
+    additive (not adaptive) embedding; attention in the encoder at every block of a listed
+    resolution, in the decoder at the last block of a listed level and always at `in0`."""
+
+    def __init__(
+        self,
+        img_resolution,
+        in_channels,
+        out_channels,
+        label_dim=0,
+        augment_dim=0,
+        model_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        channel_mult_emb=4,
+        num_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.10,
+        label_dropout=0,
+        embedding_type="positional",
+        channel_mult_noise=1,
+        encoder_type="standard",
+        decoder_type="standard",
+        resample_filter=(1, 1),
+    ):
+        assert label_dim == 0, "unconditional only"
+        assert embedding_type in ("fourier", "positional")
+        assert encoder_type in ("standard", "skip", "residual")
+        assert decoder_type in ("standard", "skip")
+        super().__init__()
+        emb = model_channels * channel_mult_emb
+        noise = model_channels * channel_mult_noise
+        kw = dict(
+            emb_channels=emb,
+            num_heads=1,
+            skip_scale=math.sqrt(0.5),
+            eps=1e-6,
+            resample_filter=resample_filter,
+            resample_proj=True,
+            adaptive_scale=False,
+        )
+        self.map_noise = (
+            PositionalEmbedding(noise, endpoint=True) if embedding_type == "positional" else FourierEmbedding(noise)
+        )
+        # Trained with augmentation labels, unused at inference (no labels given).
+        self.map_augment = Linear(augment_dim, noise, bias=False) if augment_dim else None
+        self.map_layer0 = Linear(noise, emb)
+        self.map_layer1 = Linear(emb, emb)
+        self.enc = torch.nn.ModuleDict()
+        cout = caux = in_channels
+        for level, mult in enumerate(channel_mult):
+            r = img_resolution >> level
+            if level == 0:
+                cin, cout = cout, model_channels
+                self.enc[f"{r}x{r}_conv"] = Conv2d(cin, cout, 3)
+            else:
+                self.enc[f"{r}x{r}_down"] = UNetBlock(cout, cout, down=True, **kw)
+                if encoder_type == "skip":
+                    self.enc[f"{r}x{r}_aux_down"] = Conv2d(caux, caux, 0, down=True, resample_filter=resample_filter)
+                    self.enc[f"{r}x{r}_aux_skip"] = Conv2d(caux, cout, 1)
+                if encoder_type == "residual":
+                    self.enc[f"{r}x{r}_aux_residual"] = Conv2d(
+                        caux, cout, 3, down=True, resample_filter=resample_filter, fused_resample=True
+                    )
+                    caux = cout
+            for i in range(num_blocks):
+                cin, cout = cout, model_channels * mult
+                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(cin, cout, attention=(r in attn_resolutions), **kw)
+        skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
+        self.dec = torch.nn.ModuleDict()
+        top = len(channel_mult) - 1
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            r = img_resolution >> level
+            if level == top:
+                self.dec[f"{r}x{r}_in0"] = UNetBlock(cout, cout, attention=True, **kw)
+                self.dec[f"{r}x{r}_in1"] = UNetBlock(cout, cout, **kw)
+            else:
+                self.dec[f"{r}x{r}_up"] = UNetBlock(cout, cout, up=True, **kw)
+            for i in range(num_blocks + 1):
+                cin, cout = cout + skips.pop(), model_channels * mult
+                attn = i == num_blocks and r in attn_resolutions
+                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(cin, cout, attention=attn, **kw)
+            if decoder_type == "skip" or level == 0:
+                if decoder_type == "skip" and level < top:
+                    self.dec[f"{r}x{r}_aux_up"] = Conv2d(
+                        out_channels, out_channels, 0, up=True, resample_filter=resample_filter
+                    )
+                self.dec[f"{r}x{r}_aux_norm"] = GroupNorm(cout, eps=1e-6)
+                self.dec[f"{r}x{r}_aux_conv"] = Conv2d(cout, out_channels, 3)
+
+    def forward(self, x, noise_labels, class_labels=None):
+        e = self.map_noise(noise_labels)
+        half = e.shape[1] // 2
+        e = torch.cat([e[:, half:], e[:, :half]], dim=1)  # sines first
+        emb = silu(self.map_layer1(silu(self.map_layer0(e))))
+        skips, aux = [], x
+        for name, b in self.enc.items():
+            if "aux_down" in name:
+                aux = b(aux)
+            elif "aux_skip" in name:
+                x = skips[-1] = x + b(aux)
+            elif "aux_residual" in name:
+                x = skips[-1] = aux = (x + b(aux)) / math.sqrt(2)
+            else:
+                x = b(x, emb) if isinstance(b, UNetBlock) else b(x)
+                skips.append(x)
+        aux = tmp = None
+        for name, b in self.dec.items():
+            if "aux_up" in name:
+                aux = b(aux)
+            elif "aux_norm" in name:
+                tmp = b(x)
+            elif "aux_conv" in name:
+                tmp = b(silu(tmp))
+                aux = tmp if aux is None else tmp + aux
+            else:
+                if x.shape[1] != b.in_channels:
+                    x = torch.cat([x, skips.pop()], dim=1)
+                x = b(x, emb)
+        return aux
+
+
 def precond_coefficients(kind: str, sigma, sigma_data=0.5, beta_d=19.9, beta_min=0.1, M=1000):
     """(c_skip, c_out, c_in, c_noise) of EDMPrecond ('edm'), VPPrecond ('vp'), VEPrecond ('ve')."""
     if kind == "edm":
@@ -263,4 +410,4 @@ def state_dict_keys(model) -> "OrderedDict[str, tuple]":
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
-__all__ = ["DhariwalUNet", "Precond", "precond_coefficients", "state_dict_keys", "np"]
+__all__ = ["DhariwalUNet", "SongUNet", "Precond", "precond_coefficients", "state_dict_keys", "np"]

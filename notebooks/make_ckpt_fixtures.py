@@ -23,7 +23,17 @@ edm/       an EDM DhariwalUNet under EDMPrecond: `edm.pt`, the wrapper's state d
            `model.json`, a posterior-card/2 naming it; golden x_in.npy, labels.npy (c_noise),
            out.npy = F(x_in, labels), v.npy, vjp.npy; x.npy, sigma.npy, denoised.npy =
            D(x; sigma).
+song_ddpmpp/, song_ncsnpp/, song_skip/
+           EDM SongUNets from notebooks/edm_reference.py (checked against NVlabs/edm's own
+           classes, see its docstring), each a wrapper state dict `song.pt` (f16) with its
+           `model.json` and the same goldens as edm/: DDPM++ (EDM's ddpmpp preset scaled down:
+           an input conv narrower than level 0, attention at 8x8, augment_dim 9) under
+           VPPrecond; NCSN++ (Fourier embedding, residual encoder, [1, 3, 3, 1] filter) under
+           VEPrecond; and a tiny network with the `skip` encoder and decoder under EDMPrecond.
 views/     tensor views and dtypes (`views.pt`, `views_deflated.pt`, expected `views.json`).
+zip64/     `views_zip64.pt`: views.pt rewritten with zip64 records everywhere (the local and
+           central extra fields with saturated 32-bit sizes and offsets, the zip64 end
+           record and its locator), as torch.save writes for files over 4 GiB.
 bad/       small hostile checkpoints: `namespace.pt` (an argparse.Namespace beside the
            weights: a class outside the allowed set) and `code.pt` (a pickle that would call
            os.system when unpickled by Python).
@@ -150,6 +160,127 @@ EDM_ARCH = dict(
 )
 
 
+SONG_BASE = dict(img_resolution=16, in_channels=2, out_channels=2, dropout=0.0)
+SONG = {
+    # EDM's train.py presets at a small size (model_channels 8 instead of 128).
+    "song_ddpmpp": dict(
+        precond=("vp", {}),
+        arch=dict(
+            model_channels=8, channel_mult=[2, 2, 2], num_blocks=2, attn_resolutions=[8], augment_dim=9,
+            embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+            decoder_type="standard", resample_filter=[1, 1],
+        ),
+        sigma=[0.05, 3.0],
+    ),
+    "song_ncsnpp": dict(
+        precond=("ve", {}),
+        arch=dict(
+            model_channels=8, channel_mult=[2, 2, 2], num_blocks=2, attn_resolutions=[8],
+            embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
+            decoder_type="standard", resample_filter=[1, 3, 3, 1],
+        ),
+        sigma=[0.05, 30.0],
+    ),
+    "song_skip": dict(
+        precond=("edm", dict(sigma_data=0.5)),
+        arch=dict(
+            model_channels=4, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8],
+            embedding_type="positional", channel_mult_noise=1, encoder_type="skip",
+            decoder_type="skip", resample_filter=[1, 3, 3, 1],
+        ),
+        sigma=[0.05, 3.0],
+    ),
+}
+SCHEDULE_KIND = {"vp": "vp-precond", "ve": "ve-precond", "edm": "edm"}
+
+
+def make_song(out, name, seed):
+    spec = SONG[name]
+    d = os.path.join(out, name)
+    os.makedirs(d, exist_ok=True)
+    torch.manual_seed(seed)
+    arch = dict(SONG_BASE, **spec["arch"])
+    net = edm.SongUNet(**arch).eval()
+    randomise(net, seed)
+    with torch.no_grad():
+        for b in net.buffers():  # NCSN++'s Fourier frequencies are stored f16 as well
+            b.copy_(b.half().float())
+        for p in net.parameters():
+            p.copy_(p.half().float())
+    kind, params = spec["precond"]
+    pre = edm.Precond(kind, net, **params)
+    sd = {k: v.half() for k, v in pre.state_dict().items()}
+    torch.save(sd, os.path.join(d, "song.pt"))
+    n_values = sum(v.numel() for v in sd.values())
+    schedule = {"kind": SCHEDULE_KIND[kind], **params}
+    card = {
+        "format": "posterior-card/2",
+        "architecture": dict(type="edm-song-unet", **arch, num_parameters=n_values),
+        "schedule": schedule,
+        "intensity_range": [-1.0, 1.0],
+        "channels": 2,
+        "resolution": [16, 16],
+        "weights": {"file": "song.pt", "dtype": "f16"},
+        "training_data": "none: seeded random weights (test fixture, notebooks/make_ckpt_fixtures.py)",
+    }
+    json.dump(card, open(os.path.join(d, "model.json"), "w"), indent=1)
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, 2, 16, 16)) * 1.5).astype(np.float32)
+    sigma = np.array(spec["sigma"], dtype=np.float32)
+    x_in = rng.standard_normal((2, 2, 16, 16)).astype(np.float32)
+    # The network's own labels at the fixture's noise levels.
+    _, _, _, c_noise = edm.precond_coefficients(kind, torch.from_numpy(sigma.astype(np.float64)), **params)
+    labels = c_noise.numpy().astype(np.float32)
+    v = rng.standard_normal((2, 2, 16, 16)).astype(np.float32)
+    n64 = net.double()
+    lab = torch.from_numpy(labels.astype(np.float64))
+    o, g = f64_forward_vjp(lambda xx: n64(xx, lab), x_in, v)
+    with torch.no_grad():
+        den = pre.double()(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(sigma.astype(np.float64))).numpy()
+    arrays = dict(x_in=x_in, labels=labels, out=o, v=v, vjp=g, x=x, sigma=sigma, denoised=den)
+    for k, arr in arrays.items():
+        np.save(os.path.join(d, f"{k}.npy"), arr.astype(np.float32))
+    return n_values
+
+
+def zip64_copy(src, dst):
+    """Rewrites the zip `src` into `dst` with every zip64 record Python's zipfile writes
+    (its limits lowered to 0 for the duration, so each size and offset counts as large)."""
+    saved = zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT
+    zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = 0, 0
+    try:
+        with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as b:
+            for info in a.infolist():
+                with b.open(info.filename, "w", force_zip64=True) as f:
+                    f.write(a.read(info.filename))
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = saved
+    # zipfile keeps the classic end record's fields exact when they fit; saturate them, as
+    # writers do for large archives, so that readers must take the zip64 end record.
+    raw = bytearray(open(dst, "rb").read())
+    assert raw.count(b"PK\x06\x06") == 1 and raw.count(b"PK\x06\x07") == 1, "zip64 end records"
+    e = raw.rindex(b"PK\x05\x06")
+    raw[e + 8 : e + 12] = b"\xff" * 4
+    raw[e + 12 : e + 20] = b"\xff" * 8
+    open(dst, "wb").write(bytes(raw))
+    # Every central record carries the zip64 extra field (id 1) with saturated 32-bit fields.
+    with zipfile.ZipFile(dst) as z:
+        for info in z.infolist():
+            assert info.extra[:2] == b"\x01\x00", info.filename
+            assert info.header_offset == 0 or b"\xff\xff\xff\xff" in raw, info.filename
+
+
+def make_zip64(out):
+    d = os.path.join(out, "zip64")
+    os.makedirs(d, exist_ok=True)
+    dst = os.path.join(d, "views_zip64.pt")
+    zip64_copy(os.path.join(out, "views", "views.pt"), dst)
+    # PyTorch reads it back as the original.
+    a = torch.load(os.path.join(out, "views", "views.pt"))
+    b = torch.load(dst)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def make_edm(out):
     d = os.path.join(out, "edm")
     os.makedirs(d, exist_ok=True)
@@ -237,15 +368,26 @@ def make_views(out):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "ckpt"))
+    ap.add_argument("--only", help="comma-separated subset of gd,diffusers,edm,bad,views,zip64,song")
     a = ap.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     os.makedirs(a.out, exist_ok=True)
-    make_gd(a.out)
-    n_diff = make_diffusers(a.out)
-    n_edm = make_edm(a.out)
-    make_bad(a.out)
-    make_views(a.out)
-    print(f"gd: ok; diffusers: {n_diff} parameters; edm: {n_edm} stored values")
+    want = set(a.only.split(",")) if a.only else {"gd", "diffusers", "edm", "bad", "views", "zip64", "song"}
+    if "gd" in want:
+        make_gd(a.out)
+    if "diffusers" in want:
+        print(f"diffusers: {make_diffusers(a.out)} parameters")
+    if "edm" in want:
+        print(f"edm: {make_edm(a.out)} stored values")
+    if "bad" in want:
+        make_bad(a.out)
+    if "views" in want:
+        make_views(a.out)
+    if "zip64" in want:
+        make_zip64(a.out)
+    if "song" in want:
+        for i, name in enumerate(SONG):
+            print(f"{name}: {make_song(a.out, name, 5 + i)} stored values")
     for root, _, files in os.walk(a.out):
         for f in sorted(files):
             p = os.path.join(root, f)

@@ -1,8 +1,9 @@
 //! Bring your own checkpoint: guided-diffusion `.pt` files read natively (against the Python
-//! converter), diffusers `UNet2DModel` directories and EDM `DhariwalUNet` state dicts as
-//! priors (against `diffusers` and the EDM port in notebooks/edm_reference.py), DDS and DPS
-//! on each, and hostile or malformed inputs. Fixtures: tests/data/ckpt, written by
-//! notebooks/make_ckpt_fixtures.py (references in f64 from the stored weights).
+//! converter), diffusers `UNet2DModel` directories and EDM `DhariwalUNet` / `SongUNet`
+//! (DDPM++, NCSN++) state dicts as priors (against `diffusers` and the EDM port in
+//! notebooks/edm_reference.py), DDS and DPS on each, and hostile or malformed inputs.
+//! Fixtures: tests/data/ckpt, written by notebooks/make_ckpt_fixtures.py (references in f64
+//! from the stored weights).
 //!
 //! Tolerance: relative error (max |ours - ref| / max |ref|) < 1e-4, the bound the ADM goldens
 //! use (tests/network.rs): the references carry no f32 rounding, an f32 engine lands at
@@ -164,7 +165,7 @@ fn check_diffusers(prior: &NetworkPrior, dir: &Path) {
     );
     let v = npy4(&dir.join("v.npy"));
     let (_, vjp) = prior
-        .unet()
+        .network()
         .forward_vjp(x.view(), &steps, v.view())
         .unwrap();
     let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
@@ -214,39 +215,76 @@ fn diffusers_unet_directory_is_a_prior_matching_diffusers() {
     check_diffusers(&open(&out), &dir);
 }
 
+/// The time on `prior`'s path where the noise level `s / a` is `sigma` (bisection: it
+/// increases with t on every path).
+fn time_of_sigma(prior: &NetworkPrior, sigma: f64) -> f32 {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        let (a, s) = prior.schedule().coeffs(mid);
+        if s / a < sigma {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let t = 0.5 * (lo + hi);
+    let (a, s) = prior.schedule().coeffs(t);
+    assert!(
+        (s / a / sigma - 1.0).abs() < 1e-9,
+        "sigma {sigma} is off the path"
+    );
+    t as f32
+}
+
+/// The EDM goldens of `dir` (as make_ckpt_fixtures.py writes them): the network `F` at its
+/// own noise labels, its VJP, and EDM's `D(x; sigma)` through the prior's denoiser at the
+/// time of each `sigma`, where the prior's input is `x_t = a x` (EDM's `x` is the VE form
+/// `x_t / a`).
+fn check_edm_goldens(prior: &NetworkPrior, dir: &Path) {
+    let x_in = npy4(&dir.join("x_in.npy"));
+    let labels = npy1(&dir.join("labels.npy"));
+    let out = prior.raw(x_in.view(), &labels).unwrap();
+    let want = npy4(&dir.join("out.npy")).into_dyn();
+    let e_out = rel_err(&out.into_dyn(), &want);
+    let v = npy4(&dir.join("v.npy"));
+    let (_, vjp) = prior
+        .network()
+        .forward_vjp(x_in.view(), &labels, v.view())
+        .unwrap();
+    let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
+    let x = npy4(&dir.join("x.npy"));
+    let sigma = npy1(&dir.join("sigma.npy"));
+    let ts: Vec<f32> = sigma
+        .iter()
+        .map(|&s| time_of_sigma(prior, s as f64))
+        .collect();
+    let mut x_t = x.clone();
+    for (i, &t) in ts.iter().enumerate() {
+        let a = prior.schedule().coeffs(t as f64).0 as f32;
+        x_t.index_axis_mut(ndarray::Axis(0), i)
+            .mapv_inplace(|v| v * a);
+    }
+    let den = prior.x0(x_t.view().into_dyn(), &ts).unwrap();
+    let e_den = rel_err(&den, &npy4(&dir.join("denoised.npy")).into_dyn());
+    eprintln!("{dir:?}: forward {e_out:.2e}, vjp {e_vjp:.2e}, D(x; sigma) {e_den:.2e}");
+    assert!(
+        e_out < 1e-4 && e_vjp < 1e-4 && e_den < 1e-4,
+        "{dir:?}: {e_out} {e_vjp} {e_den}"
+    );
+    // The check can fail: labels moved by 1 % move the output far beyond the tolerance.
+    let moved: Vec<f32> = labels.iter().map(|l| l * 1.01 + 0.01).collect();
+    let out = prior.raw(x_in.view(), &moved).unwrap();
+    assert!(rel_err(&out.into_dyn(), &want) > 1e-3, "{dir:?}");
+}
+
 #[test]
 fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
     let dir = data("ckpt/edm");
-    let check = |prior: &NetworkPrior| {
-        let x_in = npy4(&dir.join("x_in.npy"));
-        let labels = npy1(&dir.join("labels.npy"));
-        let out = prior.raw(x_in.view(), &labels).unwrap();
-        let e_out = rel_err(&out.into_dyn(), &npy4(&dir.join("out.npy")).into_dyn());
-        let v = npy4(&dir.join("v.npy"));
-        let (_, vjp) = prior
-            .unet()
-            .forward_vjp(x_in.view(), &labels, v.view())
-            .unwrap();
-        let e_vjp = rel_err(&vjp.into_dyn(), &npy4(&dir.join("vjp.npy")).into_dyn());
-        // D(x; sigma) through the denoiser: on the VE path sigma(t) = sigma_min (sigma_max /
-        // sigma_min)^t, a = 1.
-        let x = npy4(&dir.join("x.npy"));
-        let ts: Vec<f32> = npy1(&dir.join("sigma.npy"))
-            .iter()
-            .map(|&s| ((s as f64 / 0.002).ln() / (80.0f64 / 0.002).ln()) as f32)
-            .collect();
-        let den = prior.x0(x.view().into_dyn(), &ts).unwrap();
-        let e_den = rel_err(&den, &npy4(&dir.join("denoised.npy")).into_dyn());
-        eprintln!("edm: forward {e_out:.2e}, vjp {e_vjp:.2e}, D(x; sigma) {e_den:.2e}");
-        assert!(
-            e_out < 1e-4 && e_vjp < 1e-4 && e_den < 1e-4,
-            "{e_out} {e_vjp} {e_den}"
-        );
-    };
     // The directory's card names the .pt, read natively.
     let prior = open(&dir);
     assert_eq!(prior.card().architecture.type_name(), "edm-dhariwal-unet");
-    check(&prior);
+    check_edm_goldens(&prior, &dir);
     // `posterior import --arch edm-dhariwal` writes a safetensors prior with the same network.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("edm");
@@ -272,7 +310,268 @@ fn edm_dhariwal_state_dict_is_a_prior_matching_the_edm_reference() {
         "8",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    check(&open(&out));
+    check_edm_goldens(&open(&out), &dir);
+}
+
+/// `posterior import --arch edm-song` of a fixture's `song.pt` with `flags`; the imported
+/// prior must give the same goldens.
+fn import_song(dir: &Path, flags: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("song");
+    let mut args = vec![
+        dir.join("song.pt").to_str().unwrap().to_string(),
+        "--out".into(),
+        out.to_str().unwrap().into(),
+        "--arch".into(),
+        "edm-song".into(),
+        "--in_channels".into(),
+        "2".into(),
+        "--img_resolution".into(),
+        "16".into(),
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let o = posterior_cmd().arg("import").args(&args).output().unwrap();
+    assert!(o.status.success(), "{dir:?}: {}", stderr(&o));
+    let prior = open(&out);
+    assert_eq!(
+        prior.card().declared_parameters(),
+        open(dir).card().declared_parameters()
+    );
+    check_edm_goldens(&prior, dir);
+}
+
+#[test]
+fn edm_song_unets_ddpmpp_ncsnpp_and_skip_paths_match_the_edm_reference() {
+    for name in ["song_ddpmpp", "song_ncsnpp", "song_skip"] {
+        let dir = data(&format!("ckpt/{name}"));
+        let prior = open(&dir);
+        assert_eq!(prior.card().architecture.type_name(), "edm-song-unet");
+        assert!(prior.unet().is_err() && !prior.runs_on_gpu());
+        check_edm_goldens(&prior, &dir);
+    }
+    // `posterior import`: the presets at the fixtures' size (augment_dim read from the
+    // state dict's map_augment for DDPM++).
+    let small = [
+        "--model_channels",
+        "8",
+        "--num_blocks",
+        "2",
+        "--attn_resolutions",
+        "8",
+    ];
+    let mut ddpmpp = vec!["--preset", "ddpmpp", "--precond", "vp"];
+    ddpmpp.extend(small);
+    import_song(&data("ckpt/song_ddpmpp"), &ddpmpp);
+    let mut ncsnpp = vec!["--preset", "ncsnpp", "--precond", "ve"];
+    ncsnpp.extend(small);
+    import_song(&data("ckpt/song_ncsnpp"), &ncsnpp);
+}
+
+#[test]
+fn song_cards_that_disagree_with_the_weights_name_the_key() {
+    let d = scratch("ckpt/song_ncsnpp");
+    let card = d.path().join("model.json");
+    let text = std::fs::read_to_string(&card).unwrap();
+    let cases: [(&str, serde_json::Value, &[&str]); 6] = [
+        // The stored FIR buffers say [1, 3, 3, 1].
+        (
+            "resample_filter",
+            serde_json::json!([1, 1]),
+            &["song.pt", "resample_filter"],
+        ),
+        (
+            "resample_filter",
+            serde_json::json!([1, 2, 1]),
+            &["model.json", "resample_filter", "even"],
+        ),
+        // A standard encoder leaves the aux_residual tensors unused.
+        (
+            "encoder_type",
+            "standard".into(),
+            &["song.pt", "aux_residual"],
+        ),
+        (
+            "encoder_type",
+            "residual_plus".into(),
+            &["model.json", "residual_plus"],
+        ),
+        (
+            "embedding_type",
+            "positional".into(),
+            &["song.pt", "map_noise.freqs"],
+        ),
+        ("label_dim", 10.into(), &["model.json", "label_dim"]),
+    ];
+    for (key, value, needles) in cases {
+        std::fs::write(&card, &text).unwrap();
+        edit_json(&card, |v| v["architecture"][key] = value.clone());
+        let e = open_err(d.path());
+        for n in needles {
+            assert!(e.contains(n), "{key} = {value}: `{n}` not in: {e}");
+        }
+    }
+    // An EDM network queried as a discrete VP network is refused.
+    std::fs::write(&card, &text).unwrap();
+    edit_json(&card, |v| v["schedule"]["kind"] = "vp-discrete".into());
+    let e = open_err(d.path());
+    assert!(
+        e.contains("vp-discrete") && e.contains("preconditioning"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zip64_checkpoints_read_like_the_original() {
+    let plain = StateDict::read_pt(&data("ckpt/views/views.pt"), None).unwrap();
+    let z64 = StateDict::read_pt(&data("ckpt/zip64/views_zip64.pt"), None).unwrap();
+    assert_eq!(plain.tensor_names(), z64.tensor_names());
+    for k in plain.tensor_names() {
+        assert_eq!(plain.tensor_shape(&k), z64.tensor_shape(&k), "{k}");
+        assert_eq!(
+            plain.tensor_f32(&k).unwrap(),
+            z64.tensor_f32(&k).unwrap(),
+            "{k}"
+        );
+    }
+    // The zip64 records are what is read: the classic end record is saturated, so a
+    // damaged zip64 end record or locator is an error naming the file.
+    let bytes = std::fs::read(data("ckpt/zip64/views_zip64.pt")).unwrap();
+    let find = |sig: &[u8]| bytes.windows(4).rposition(|w| w == sig).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("z.pt");
+    for sig in [b"PK\x06\x06", b"PK\x06\x07"] {
+        let mut bad = bytes.clone();
+        bad[find(sig)] ^= 0xff;
+        std::fs::write(&p, &bad).unwrap();
+        let e = StateDict::read_pt(&p, None).unwrap_err().to_string();
+        assert!(e.contains("z.pt") && e.contains("zip64"), "{e}");
+    }
+    for cut in [bytes.len() - 23, bytes.len() - 60, bytes.len() / 2] {
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = StateDict::read_pt(&p, None).unwrap_err().to_string();
+        assert!(e.contains("z.pt"), "cut {cut}: {e}");
+    }
+}
+
+/// A copy of the diffusers fixture without its scheduler config.
+fn bare_diffusers_unet() -> tempfile::TempDir {
+    let d = scratch("ckpt/diffusers");
+    std::fs::remove_file(d.path().join("scheduler_config.json")).unwrap();
+    d
+}
+
+#[test]
+fn a_bare_diffusers_unet_takes_its_schedule_after_an_at_sign() {
+    let d = bare_diffusers_unet();
+    let dir = d.path().to_str().unwrap();
+    let e = open_err(d.path());
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("@linear,epsilon"),
+        "{e}"
+    );
+    // The fixture's scheduler: scaled-linear betas 0.00085 .. 0.012, v-prediction.
+    let spec = format!("{dir}@scaled_linear,v_prediction,beta_start=0.00085,beta_end=0.012");
+    let prior = NetworkPrior::open(&spec).unwrap_or_else(|e| panic!("{e}"));
+    check_diffusers(&prior, &data("ckpt/diffusers"));
+    // The same settings in another order, the step count given bare: the same card.
+    let again = format!("{dir}@beta_end=0.012,v_prediction,1000,scaled_linear,beta_start=0.00085");
+    assert_eq!(NetworkPrior::open(&again).unwrap().card(), prior.card());
+    // The wrong prediction type gives another denoiser: the goldens would catch it.
+    let eps = NetworkPrior::open(&format!(
+        "{dir}@scaled_linear,epsilon,beta_start=0.00085,beta_end=0.012"
+    ))
+    .unwrap();
+    assert_eq!(
+        eps.card().schedule.output,
+        posterior::prior::card::Output::Eps
+    );
+    for (bad, needle) in [
+        ("linear,karras", "karras"),
+        ("linear,linear", "twice"),
+        ("beta_start=small", "beta_start"),
+        ("sigmoid_schedule=1", "sigmoid_schedule"),
+        ("linear,flow_prediction", "flow_prediction"),
+    ] {
+        let e = NetworkPrior::open(&format!("{dir}@{bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle) && e.contains("schedule"), "{bad}: {e}");
+    }
+    // A card prior states its own schedule.
+    let e = NetworkPrior::open(&format!("{}@linear,epsilon", data("ckpt/edm").display()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.json") && e.contains("diffusers"), "{e}");
+    // The CLI takes the same form wherever a prior is named.
+    let x = d.path().join("x.npy");
+    ndarray_npy::write_npy(&x, &ndarray::Array3::<f32>::zeros((2, 16, 16))).unwrap();
+    let o = posterior_cmd()
+        .arg("denoise")
+        .arg(&x)
+        .args(["--prior", &spec, "--t", "0.5", "--out"])
+        .arg(d.path().join("o.npy"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.path().join("o.npy").is_file());
+}
+
+#[test]
+fn priors_lists_diffusers_and_song_directories_in_the_search_path() {
+    let root = tempfile::tempdir().unwrap();
+    let copy = |from: &str, to: &str| {
+        let dst = root.path().join(to);
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(data(from)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    };
+    copy("ckpt/diffusers", "my-unet");
+    copy("ckpt/song_skip", "my-song");
+    copy("ckpt/diffusers", "no-scheduler");
+    std::fs::remove_file(root.path().join("no-scheduler/scheduler_config.json")).unwrap();
+    let o = posterior_cmd()
+        .args(["priors", "--json"])
+        .env("POSTERIOR_PRIORS", root.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {rows}"))
+            .clone()
+    };
+    let unet = row("my-unet");
+    assert_eq!(unet["architecture"], "diffusers-unet2d");
+    assert_eq!(unet["resolution"], serde_json::json!([16, 16]));
+    assert_eq!(unet["channels"], 2);
+    assert!(unet["size_bytes"].as_u64().unwrap() > 100_000);
+    assert_eq!(row("my-song")["architecture"], "edm-song-unet");
+    let problem = row("no-scheduler")["problem"].as_str().unwrap().to_string();
+    assert!(problem.contains("@linear,epsilon"), "{problem}");
+    // Listed names open by name, with a schedule where the directory has none.
+    let x = root.path().join("x.npy");
+    ndarray_npy::write_npy(&x, &ndarray::Array3::<f32>::zeros((2, 16, 16))).unwrap();
+    for prior in [
+        "my-unet",
+        "my-song",
+        "no-scheduler@scaled_linear,v_prediction",
+    ] {
+        let o = posterior_cmd()
+            .arg("denoise")
+            .arg(&x)
+            .args(["--prior", prior, "--t", "0.5", "--out"])
+            .arg(root.path().join("o.npy"))
+            .env("POSTERIOR_PRIORS", root.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{prior}: {}", stderr(&o));
+    }
 }
 
 /// A masked measurement of a smooth image in the prior's range, noise free.
@@ -302,7 +601,14 @@ fn dds_and_dps_run_on_every_checkpoint_format() {
     args.extend(gd_args());
     let o = posterior_cmd().arg("import").args(&args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    for dir in [gd, data("ckpt/diffusers"), data("ckpt/edm")] {
+    for dir in [
+        gd,
+        data("ckpt/diffusers"),
+        data("ckpt/edm"),
+        data("ckpt/song_ddpmpp"),
+        data("ckpt/song_ncsnpp"),
+        data("ckpt/song_skip"),
+    ] {
         let prior = open(&dir);
         let (problem, m, truth) = inpainting(&prior);
         let dds = DdsSettings {

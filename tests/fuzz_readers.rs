@@ -982,3 +982,52 @@ fn mutations_hit_what_they_aim_at() {
     assert_eq!(&m, b"abBBefgh");
     let _ = Array2::<f32>::zeros((1, 1));
 }
+
+/// fastMRI HDF5 (`io::fastmri` over the pure-Rust `hdf5-reader`): mutations aimed at the
+/// first 4 KiB (superblock, root group, object headers, the datasets' layout and dtype
+/// messages), where a reader decides what it will allocate and where it will seek. The
+/// k-space payload behind them only changes values, which the sanity check covers.
+#[test]
+fn fuzz_fastmri() {
+    let seed = std::fs::read(data("fastmri/brain_2slice.h5")).unwrap();
+    fuzz("fastmri h5", Kind::Binary, &seed, 4096, |b| {
+        with_file("x.h5", b, |p| match io::fastmri::read(p, Some(1)) {
+            Ok(s) => {
+                if s.kspace.len() > cap() || s.slice >= s.slices.max(1) {
+                    return Err(format!(
+                        "k-space {:?}, slice {} of {}",
+                        s.kspace.dim(),
+                        s.slice,
+                        s.slices
+                    ));
+                }
+                Ok(true)
+            }
+            Err(e) => refused(e),
+        })
+    });
+}
+
+/// Raw k-space as `.npy` `(coils, 2, H, W)` through `io::kspace::read`, the path
+/// `posterior reconstruct kspace.npy --op mri` takes (shape and value checks included).
+#[test]
+fn fuzz_kspace_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.npy");
+    let a = ArrayD::from_shape_fn(IxDyn(&[2, 2, 8, 8]), |d| {
+        ((d[0] + 2 * d[1] + d[2] * d[3]) as f32).sin()
+    });
+    io::write_npy(&p, a.view()).unwrap();
+    let seed = std::fs::read(&p).unwrap();
+    fuzz("kspace npy", Kind::Binary, &seed, 128, |b| {
+        with_file("k.npy", b, |p| match io::kspace::read(p, None) {
+            Ok(k) => {
+                if k.data.len() > cap() || k.data.iter().any(|v| !v.is_finite()) {
+                    return Err(format!("k-space {:?}", k.data.dim()));
+                }
+                Ok(true)
+            }
+            Err(e) => refused(e),
+        })
+    });
+}

@@ -596,6 +596,7 @@ fn fixture_unet(name: &str) -> UNet {
     posterior::prior::NetworkPrior::open(dir.to_str().unwrap())
         .unwrap()
         .unet()
+        .unwrap()
         .clone()
 }
 

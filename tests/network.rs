@@ -59,6 +59,7 @@ fn golden(name: &str) {
     let e_out = rel_err(&out, &npy4(&dir.join("out.npy")));
     let (out2, vjp) = prior
         .unet()
+        .unwrap()
         .forward_vjp(x.view(), &steps, v.view())
         .unwrap();
     let e_vjp = rel_err(&vjp, &npy4(&dir.join("vjp.npy")));

@@ -93,27 +93,26 @@ def inp(shape, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.float32(math.sqrt(12.0)) * unit(seed, n)).reshape(shape)
 
 
+# The clock median_time reads: wall time, or with --cpu-time the process's CPU time (robust
+# to other processes sharing the cores; meaningful at --threads 1 only, since idle OpenMP
+# threads spin).
+CLOCK = time.perf_counter
+
+
 def median_time(f, warmup: int, runs: int) -> float:
     for _ in range(warmup):
         f()
     ts = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         f()
-        ts.append(time.perf_counter() - t0)
+        ts.append(CLOCK() - t0)
     return statistics.median(ts)
 
 
-def bench(name: str, flags: dict, warmup: int, runs: int) -> dict:
-    flags = dict(flags)
-    in_ch = flags.pop("in_channels", 3)
-    model = adm.create_model(**flags, in_channels=in_ch).eval()
-    fill(model)
-    s = flags["image_size"]
-    out_ch = in_ch * (2 if flags["learn_sigma"] else 1)
-    x = inp((1, in_ch, s, s), 1)
-    v = inp((1, out_ch, s, s), 2)
-    t = torch.tensor([500])
+def time_model(name: str, model, x, v, t, warmup: int, runs: int) -> dict:
+    """Prints the output fingerprints of `model` on (x, t), then times `fwd` (under no_grad)
+    and `fwd_vjp` (d/dx sum(model(x, t) * v) by autograd): {name_fwd: s, name_fwd_vjp: s}."""
 
     def fwd():
         with torch.no_grad():
@@ -137,25 +136,57 @@ def bench(name: str, flags: dict, warmup: int, runs: int) -> dict:
     }
 
 
+def bench(name: str, flags: dict, warmup: int, runs: int) -> dict:
+    flags = dict(flags)
+    in_ch = flags.pop("in_channels", 3)
+    model = adm.create_model(**flags, in_channels=in_ch).eval()
+    fill(model)
+    s = flags["image_size"]
+    out_ch = in_ch * (2 if flags["learn_sigma"] else 1)
+    x = inp((1, in_ch, s, s), 1)
+    v = inp((1, out_ch, s, s), 2)
+    return time_model(name, model, x, v, torch.tensor([500]), warmup, runs)
+
+
+def add_common_args(ap: argparse.ArgumentParser, warmup: int) -> None:
+    """The options both peers take: --threads, --runs, --warmup, --json, --cpu-time."""
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--json", action="store_true", help="also print one JSON line of seconds per case")
+    ap.add_argument("--cpu-time", action="store_true", help="time CPU seconds of the process, not wall (use with --threads 1)")
+
+
+def apply_common_args(a: argparse.Namespace) -> None:
+    """Sets the thread count and the clock from the common options."""
+    global CLOCK
+    if a.cpu_time:
+        CLOCK = time.process_time
+    torch.set_num_threads(a.threads)
+
+
+def report(res: dict, as_json: bool) -> None:
+    """Prints a table of median milliseconds per case, and the JSON line when asked."""
+    width = max(len(k) for k in res) + 2
+    print(f"{'case':<{width}} {'median ms':>12}")
+    for k, sec in res.items():
+        print(f"{k:<{width}} {1e3 * sec:>12.2f}")
+    if as_json:
+        print(json.dumps(res))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    add_common_args(ap, warmup=3)
     ap.add_argument("--ffhq", action="store_true", help="also the FFHQ-256 configuration (slow)")
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--ffhq-runs", type=int, default=5)
-    ap.add_argument("--json", action="store_true", help="also print one JSON line of seconds per case")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    apply_common_args(a)
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads", file=sys.stderr)
     res = bench("unet_small", SMALL_FLAGS, a.warmup, a.runs)
     if a.ffhq:
         res.update(bench("unet_ffhq256", adm.FFHQ256_FLAGS, 1, a.ffhq_runs))
-    print(f"{'case':<24} {'median ms':>12}")
-    for k, sec in res.items():
-        print(f"{k:<24} {1e3 * sec:>12.2f}")
-    if a.json:
-        print(json.dumps(res))
+    report(res, a.json)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@
 //!   (`EDMPrecond`, ...; keys `model.*`) with `--precond edm|vp|ve` and the network's
 //!   arguments under EDM's names (`--img_resolution 64 --model_channels 192 --channel_mult
 //!   1,2,3,4 --num_blocks 3 --attn_resolutions 32,16,8`).
+//! - EDM SongUNet (`--arch edm-song`): DDPM++ / NCSN++ from `--preset ddpmpp|ncsnpp` (EDM's
+//!   train.py settings: 128 channels, multipliers 2,2,2, 4 blocks, attention at 16), any
+//!   argument overridden under EDM's names (`--embedding_type`, `--encoder_type`,
+//!   `--decoder_type`, `--channel_mult_noise`, `--resample_filter 1,3,3,1`, ...);
+//!   `--augment_dim` is read from the state dict's `map_augment` when not given.
 //! - diffusers (`--arch diffusers`, the default for a directory): a `UNet2DModel` directory
 //!   copied into a prior directory, its schedule from `scheduler_config.json` or from
 //!   `--prediction-type`, `--beta-schedule`, `--num-train-timesteps`, `--beta-start`,
@@ -25,6 +30,7 @@ use crate::checkpoint::{open_weights, StateDict, TensorSource};
 use crate::error::{Error, Result};
 use crate::nn::edm::DhariwalConfig;
 use crate::nn::safetensors::Dtype;
+use crate::nn::song::SongConfig;
 use crate::prior::card::{Architecture, ModelCard, ScheduleCard, ScheduleKind, WeightsCard};
 use crate::prior::import::{parse_bool, write_prior_dir, GuidedDiffusionFlags};
 use crate::prior::network::{diffusers_card, schedule_from_diffusers};
@@ -38,8 +44,8 @@ pub struct ImportArgs {
     /// The prior directory to write (model.safetensors + model.json).
     #[arg(long)]
     pub out: PathBuf,
-    /// guided-diffusion | edm-dhariwal | diffusers (default: diffusers for a directory,
-    /// guided-diffusion for a file).
+    /// guided-diffusion | edm-dhariwal | edm-song | diffusers (default: diffusers for a
+    /// directory, guided-diffusion for a file).
     #[arg(long)]
     pub arch: Option<String>,
     /// The entry of a nested checkpoint holding the state dict (default: the first of ema,
@@ -121,6 +127,26 @@ pub struct ImportArgs {
     pub num_blocks: Option<usize>,
     #[arg(long = "attn_resolutions")]
     pub attn_resolutions: Option<String>,
+    // EDM SongUNet: the preset and its arguments.
+    /// ddpmpp | ncsnpp (--arch edm-song; default ddpmpp).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// positional | fourier.
+    #[arg(long = "embedding_type")]
+    pub embedding_type: Option<String>,
+    /// standard | skip | residual.
+    #[arg(long = "encoder_type")]
+    pub encoder_type: Option<String>,
+    /// standard | skip.
+    #[arg(long = "decoder_type")]
+    pub decoder_type: Option<String>,
+    #[arg(long = "channel_mult_noise")]
+    pub channel_mult_noise: Option<usize>,
+    /// The resampling filter's taps, e.g. 1,1 or 1,3,3,1.
+    #[arg(long = "resample_filter")]
+    pub resample_filter: Option<String>,
+    #[arg(long = "augment_dim")]
+    pub augment_dim: Option<usize>,
     #[arg(long = "sigma_data")]
     pub sigma_data: Option<f64>,
     #[arg(long = "sigma_min")]
@@ -148,6 +174,39 @@ pub struct ImportArgs {
 
 fn bool_flag(name: &str, v: &Option<String>, default: bool) -> Result<bool> {
     v.as_deref().map_or(Ok(default), |s| parse_bool(name, s))
+}
+
+fn f64_list(flag: &str, s: &str) -> Result<Vec<f64>> {
+    s.split(',')
+        .map(|p| {
+            p.trim().parse::<f64>().map_err(|_| {
+                Error::Invalid(format!("--{flag} {s:?}: expected comma-separated numbers"))
+            })
+        })
+        .collect()
+}
+
+/// A flag naming one of EDM's string options (`positional`, `residual`, ...).
+fn enum_flag<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    v: &Option<String>,
+    default: T,
+    want: &str,
+) -> Result<T> {
+    match v {
+        None => Ok(default),
+        Some(s) => serde_json::from_value(json!(s))
+            .map_err(|_| Error::Invalid(format!("--{flag} {s:?}: expected {want}"))),
+    }
+}
+
+/// The augmentation-label width of a SongUNet state dict (`map_augment.weight`,
+/// `(noise_channels, augment_dim)`), if it has one.
+fn augment_dim_of(src: &dyn TensorSource) -> Option<usize> {
+    ["map_augment.weight", "model.map_augment.weight"]
+        .iter()
+        .find_map(|k| src.tensor_shape(k))
+        .and_then(|s| s.get(1).copied())
 }
 
 fn usize_list(flag: &str, s: &str) -> Result<Vec<usize>> {
@@ -187,18 +246,28 @@ impl ImportArgs {
             ("attn_resolutions", self.attn_resolutions.is_some()),
             ("sigma_data", self.sigma_data.is_some()),
         ];
+        let song = [
+            ("preset", self.preset.is_some()),
+            ("embedding_type", self.embedding_type.is_some()),
+            ("encoder_type", self.encoder_type.is_some()),
+            ("decoder_type", self.decoder_type.is_some()),
+            ("channel_mult_noise", self.channel_mult_noise.is_some()),
+            ("resample_filter", self.resample_filter.is_some()),
+            ("augment_dim", self.augment_dim.is_some()),
+        ];
         let diff = [
             ("prediction-type", self.prediction_type.is_some()),
             ("beta-schedule", self.beta_schedule.is_some()),
             ("num-train-timesteps", self.num_train_timesteps.is_some()),
         ];
         let mut out = Vec::new();
-        for (group, flags) in [
-            ("guided-diffusion", &gd[..]),
-            ("edm-dhariwal", &edm[..]),
-            ("diffusers", &diff[..]),
+        for (archs, flags) in [
+            (&["guided-diffusion"][..], &gd[..]),
+            (&["edm-dhariwal", "edm-song"][..], &edm[..]),
+            (&["edm-song"][..], &song[..]),
+            (&["diffusers"][..], &diff[..]),
         ] {
-            if group != arch {
+            if !archs.contains(&arch) {
                 out.extend(flags.iter().filter(|(_, given)| *given).map(|(n, _)| *n));
             }
         }
@@ -269,13 +338,17 @@ impl ImportArgs {
         Ok(m)
     }
 
-    fn edm_card(&self, dtype: &str) -> Result<ModelCard> {
+    /// The card of an EDM network (`arch`: `edm-dhariwal` or `edm-song`) from the flags;
+    /// `src` is the state dict (where a SongUNet's `augment_dim` is read when not given).
+    fn edm_card(&self, dtype: &str, arch: &str, src: &dyn TensorSource) -> Result<ModelCard> {
         let channels = self.in_channels.ok_or_else(|| {
-            Error::Invalid("--arch edm-dhariwal needs --in_channels (the image channels)".into())
+            Error::Invalid(format!(
+                "--arch {arch} needs --in_channels (the image channels)"
+            ))
         })?;
         let res = self
             .img_resolution
-            .ok_or_else(|| Error::Invalid("--arch edm-dhariwal needs --img_resolution".into()))?;
+            .ok_or_else(|| Error::Invalid(format!("--arch {arch} needs --img_resolution")))?;
         let kind = match self.precond.as_deref().unwrap_or("edm") {
             "edm" => ScheduleKind::Edm,
             "vp" => ScheduleKind::VpPrecond,
@@ -292,27 +365,71 @@ impl ImportArgs {
         schedule.sigma_max = self.sigma_max;
         schedule.beta_d = self.beta_d;
         schedule.beta_min = self.beta_min;
-        let mut arch = DhariwalConfig {
-            img_resolution: res,
-            in_channels: channels,
-            out_channels: channels,
-            label_dim: 0,
-            augment_dim: 0,
-            model_channels: self.model_channels.unwrap_or(192),
-            channel_mult: vec![1, 2, 3, 4],
-            channel_mult_emb: self.channel_mult_emb.unwrap_or(4),
-            num_blocks: self.num_blocks.unwrap_or(3),
-            attn_resolutions: vec![32, 16, 8],
-            dropout: 0.0,
-            label_dropout: 0.0,
-            num_parameters: None,
+        let mult = self
+            .channel_mult
+            .as_deref()
+            .map(|m| usize_list("channel_mult", m))
+            .transpose()?;
+        let attn = self
+            .attn_resolutions
+            .as_deref()
+            .map(|a| usize_list("attn_resolutions", a))
+            .transpose()?;
+        let architecture = if arch == "edm-song" {
+            let preset = self.preset.as_deref().unwrap_or("ddpmpp");
+            let d = SongConfig::preset(preset, res, channels)?;
+            Architecture::EdmSong(SongConfig {
+                augment_dim: match self.augment_dim {
+                    Some(a) => a,
+                    None => augment_dim_of(src).unwrap_or(0),
+                },
+                model_channels: self.model_channels.unwrap_or(d.model_channels),
+                channel_mult: mult.unwrap_or(d.channel_mult),
+                channel_mult_emb: self.channel_mult_emb.unwrap_or(d.channel_mult_emb),
+                num_blocks: self.num_blocks.unwrap_or(d.num_blocks),
+                attn_resolutions: attn.unwrap_or(d.attn_resolutions),
+                embedding_type: enum_flag(
+                    "embedding_type",
+                    &self.embedding_type,
+                    d.embedding_type,
+                    "positional or fourier",
+                )?,
+                channel_mult_noise: self.channel_mult_noise.unwrap_or(d.channel_mult_noise),
+                encoder_type: enum_flag(
+                    "encoder_type",
+                    &self.encoder_type,
+                    d.encoder_type,
+                    "standard, skip or residual",
+                )?,
+                decoder_type: enum_flag(
+                    "decoder_type",
+                    &self.decoder_type,
+                    d.decoder_type,
+                    "standard or skip",
+                )?,
+                resample_filter: match &self.resample_filter {
+                    Some(f) => f64_list("resample_filter", f)?,
+                    None => d.resample_filter,
+                },
+                ..d
+            })
+        } else {
+            Architecture::EdmDhariwal(DhariwalConfig {
+                img_resolution: res,
+                in_channels: channels,
+                out_channels: channels,
+                label_dim: 0,
+                augment_dim: 0,
+                model_channels: self.model_channels.unwrap_or(192),
+                channel_mult: mult.unwrap_or_else(|| vec![1, 2, 3, 4]),
+                channel_mult_emb: self.channel_mult_emb.unwrap_or(4),
+                num_blocks: self.num_blocks.unwrap_or(3),
+                attn_resolutions: attn.unwrap_or_else(|| vec![32, 16, 8]),
+                dropout: 0.0,
+                label_dropout: 0.0,
+                num_parameters: None,
+            })
         };
-        if let Some(m) = &self.channel_mult {
-            arch.channel_mult = usize_list("channel_mult", m)?;
-        }
-        if let Some(a) = &self.attn_resolutions {
-            arch.attn_resolutions = usize_list("attn_resolutions", a)?;
-        }
         let mut extra = Map::new();
         extra.insert("training_data".into(), json!(self.training_data));
         extra.insert(
@@ -324,7 +441,7 @@ impl ImportArgs {
         );
         Ok(ModelCard {
             format: crate::prior::card::CARD_FORMAT.into(),
-            architecture: Architecture::EdmDhariwal(arch),
+            architecture,
             schedule,
             intensity_range: [-1.0, 1.0],
             channels,
@@ -406,7 +523,10 @@ pub fn run(a: &ImportArgs) -> Result<()> {
                 .card(&a.dtype, a.provenance()?)?;
             (card, read_state_dict()?)
         }
-        "edm-dhariwal" => (a.edm_card(&a.dtype)?, read_state_dict()?),
+        "edm-dhariwal" | "edm-song" => {
+            let src = read_state_dict()?;
+            (a.edm_card(&a.dtype, &arch, src.as_ref())?, src)
+        }
         "diffusers" => {
             let (mut card, weights) = diffusers_card(&a.checkpoint, a.scheduler_override()?)?;
             card.weights = WeightsCard {
@@ -419,7 +539,7 @@ pub fn run(a: &ImportArgs) -> Result<()> {
         }
         other => {
             return Err(Error::Invalid(format!(
-                "--arch {other:?}: expected guided-diffusion, edm-dhariwal or diffusers"
+                "--arch {other:?}: expected guided-diffusion, edm-dhariwal, edm-song or diffusers"
             )))
         }
     };

@@ -1,17 +1,21 @@
-//! `posterior priors`: the priors reachable by name, with what they model.
+//! `posterior priors`: the priors reachable by name (prior directories and diffusers
+//! directories under the search path), with what they model.
 
 use std::io::Write;
 
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::prior::network::{ModelCard, CARD_FILE};
+use crate::prior::network::prior_card;
 use crate::prior::shipped_priors;
 
 /// One row of the listing.
 #[derive(Serialize, Debug)]
 pub struct PriorEntry {
     pub name: String,
+    /// The network's `architecture.type` (`guided-diffusion-unet`, `diffusers-unet2d`,
+    /// `edm-dhariwal-unet`, `edm-song-unet`).
+    pub architecture: String,
     /// What the prior models (`natural images`, `brain MRI (magnitude)`, ...), from the
     /// card's `domain` field.
     pub domain: String,
@@ -35,16 +39,12 @@ pub fn entries() -> Vec<PriorEntry> {
         .into_iter()
         .map(|(name, dir)| {
             let path = dir.display().to_string();
-            match ModelCard::read(&dir.join(CARD_FILE)) {
-                Ok(card) => {
-                    let size_bytes = card
-                        .weights
-                        .file
-                        .as_ref()
-                        .and_then(|f| std::fs::metadata(dir.join(f)).ok())
-                        .map_or(0, |m| m.len());
+            match prior_card(&dir, None) {
+                Ok((card, weights, _)) => {
+                    let size_bytes = std::fs::metadata(weights).map_or(0, |m| m.len());
                     PriorEntry {
                         name,
+                        architecture: card.architecture.type_name().to_string(),
                         domain: card
                             .extra
                             .get("domain")
@@ -62,6 +62,7 @@ pub fn entries() -> Vec<PriorEntry> {
                 }
                 Err(e) => PriorEntry {
                     name,
+                    architecture: String::new(),
                     domain: String::new(),
                     resolution: [0, 0],
                     channels: 0,
@@ -103,6 +104,12 @@ pub fn run(json: bool) -> Result<()> {
     }
     // Column widths from the contents, so long names and domains keep the table aligned.
     let name_w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
+    let arch_w = rows
+        .iter()
+        .map(|r| r.architecture.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let domain_w = rows
         .iter()
         .map(|r| r.domain.len())
@@ -110,8 +117,8 @@ pub fn run(json: bool) -> Result<()> {
         .unwrap_or(0)
         .max(6);
     println!(
-        "{:<name_w$}  {:<domain_w$} {:>9} {:>3} {:>14} {:>9}",
-        "name", "domain", "size", "ch", "range", "weights"
+        "{:<name_w$}  {:<arch_w$}  {:<domain_w$} {:>9} {:>3} {:>14} {:>9}",
+        "name", "type", "domain", "size", "ch", "range", "weights"
     );
     for r in rows {
         if let Some(p) = &r.problem {
@@ -119,8 +126,9 @@ pub fn run(json: bool) -> Result<()> {
             continue;
         }
         println!(
-            "{:<name_w$}  {:<domain_w$} {:>9} {:>3} {:>14} {:>9}",
+            "{:<name_w$}  {:<arch_w$}  {:<domain_w$} {:>9} {:>3} {:>14} {:>9}",
             r.name,
+            r.architecture,
             r.domain,
             format!("{}x{}", r.resolution[0], r.resolution[1]),
             r.channels,

@@ -491,7 +491,7 @@ impl<'n> GpuNetwork<'n> {
         prior.check_gpu()?;
         let net = match prior.gpu_unet() {
             Some(n) => NetRef::Borrowed(n),
-            None => NetRef::Owned(Box::new(GpuUNet::from_cpu(gpu.clone(), prior.unet())?)),
+            None => NetRef::Owned(Box::new(GpuUNet::from_cpu(gpu.clone(), prior.unet()?)?)),
         };
         Self::with(
             net,

@@ -4,7 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use rayon::prelude::*;
 
 use crate::nn::same_shape;
-use crate::nn::simd::wide;
+use crate::nn::simd::{madd, wide};
 use crate::Result;
 
 /// `e^x` in f32 without a libm call, so loops over slices vectorise: `x = n ln 2 + r` with
@@ -12,22 +12,24 @@ use crate::Result;
 /// rounding instruction; Cody-Waite split of ln 2, so `r` is exact to f32), `|r| <= ln 2 / 2`,
 /// `e^r` by its degree-6 Taylor polynomial, `2^n` through the exponent bits (relative error
 /// ~2e-7, a couple of ulp). The argument is clamped to [-87, 88], so the result is finite
-/// and positive (`exp(-87) ~ 1.6e-38`). Loops that call it run inside [`wide!`], where each
-/// `mul_add` is one FMA instruction (a libm call on the baseline target).
+/// and positive (`exp(-87) ~ 1.6e-38`). Loops that call it run inside [`wide!`]. The
+/// multiply-adds are [`madd`], a multiply and an add on x86-64 (`f32::mul_add` would be a
+/// libm call per element on the portable path) and fused on aarch64; the high part of
+/// `ln 2` has 9 trailing zero bits, so `n ln2_hi` is exact either way.
 #[inline(always)]
 pub(crate) fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: x + ROUND - ROUND rounds |x| < 2^22
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = n.mul_add(-0.693_145_75, x);
-    let r = n.mul_add(-1.428_606_8e-6, r);
+    let r = madd(n, -0.693_145_75, x);
+    let r = madd(n, -1.428_606_8e-6, r);
     let p = 1.0f32 / 720.0;
-    let p = p.mul_add(r, 1.0 / 120.0);
-    let p = p.mul_add(r, 1.0 / 24.0);
-    let p = p.mul_add(r, 1.0 / 6.0);
-    let p = p.mul_add(r, 0.5);
-    let p = p.mul_add(r, 1.0);
-    let p = p.mul_add(r, 1.0);
+    let p = madd(p, r, 1.0 / 120.0);
+    let p = madd(p, r, 1.0 / 24.0);
+    let p = madd(p, r, 1.0 / 6.0);
+    let p = madd(p, r, 0.5);
+    let p = madd(p, r, 1.0);
+    let p = madd(p, r, 1.0);
     f32::from_bits(p.to_bits().wrapping_add(((n as i32) << 23) as u32))
 }
 

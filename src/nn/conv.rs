@@ -10,14 +10,14 @@
 //! channels instead. The input VJP of a stride-1 convolution is the forward convolution of
 //! the output gradient with the flipped, transposed kernel, so it runs on the same path.
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use ndarray::{Array1, Array4, ArrayView4};
 use rayon::prelude::*;
 
 use crate::nn::gemm::sgemm;
-use crate::nn::packed::{gemm_acc, packed_b_len, PackedA, NR};
+use crate::nn::packed::{gemm_acc, packed_b_len, with_workspace, PackedA, SendPtr, NR};
+use crate::nn::simd::active;
 use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
@@ -58,39 +58,6 @@ pub struct Conv2dGrads {
 
 /// Workspace floats per packed image tile (512 KiB: it stays in a core's L2 cache).
 const TILE_FLOATS: usize = 1 << 17;
-/// Workspaces larger than this many floats are not kept between calls.
-const KEEP_FLOATS: usize = 1 << 24;
-
-thread_local! {
-    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's workspace of `len` floats (contents unspecified). A nested
-/// call on the same thread (rayon work stealing) gets a fresh buffer.
-fn with_workspace<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut ws) if len <= KEEP_FLOATS => {
-            if ws.len() < len {
-                ws.resize(len, 0.0);
-            }
-            f(&mut ws[..len])
-        }
-        _ => f(&mut vec![0.0; len]),
-    })
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to hand tasks pointers into one output array whose element sets are
-// disjoint (see `conv_into`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Shapes of one convolution: `ci -> co` channels, kernel `kh x kw`, stride `s`, padding
 /// `p`, input `h x w`, output `ho x wo`.
@@ -272,7 +239,7 @@ fn conv_into(
     if n == 0 || npix == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
+    let (threads, path) = (rayon::current_num_threads(), active());
     // Pixels per tile, a multiple of NR: within the workspace budget, then smaller until
     // every thread has about two tiles (but at least NR).
     let panels = npix.div_ceil(NR);
@@ -313,7 +280,15 @@ fn conv_into(
                     // SAFETY: each task writes the rows of its own panels of image b's
                     // output, all columns; `ys` is borrowed mutably for the whole call.
                     unsafe {
-                        gemm_acc(wpack, range, bp, npix, yp.get().add(b * out_len), npix);
+                        gemm_acc(
+                            path,
+                            wpack,
+                            range,
+                            bp,
+                            npix,
+                            yp.get().add(b * out_len),
+                            npix,
+                        );
                     }
                 });
             });
@@ -332,7 +307,7 @@ fn conv_into(
         let c = yb[p0..].as_mut_ptr();
         pack(xb, p0, p1, &mut |bp| {
             // SAFETY: C is (co, p1 - p0) at row stride npix from pixel p0: this task's own.
-            unsafe { gemm_acc(wpack, 0..wpack.panels(), bp, p1 - p0, c, npix) };
+            unsafe { gemm_acc(path, wpack, 0..wpack.panels(), bp, p1 - p0, c, npix) };
         });
     });
 }
@@ -360,7 +335,7 @@ impl Conv2d {
             )));
         }
         Ok(Conv2d {
-            weight: weight.as_standard_layout().into_owned(),
+            weight: crate::nn::standard(weight),
             bias,
             stride,
             padding,

@@ -18,7 +18,8 @@
 //! widest level has fewer than 64 channels. The checkpoint's `qkv` rows are interleaved
 //! per channel (`reshape(heads, C / heads, 3, T)`) and are reordered at load; the
 //! `resample_filter` buffers stored for up/down blocks are checked to be the `[1, 1]`
-//! filter. SongUNet (DDPM++ / NCSN++: aux paths, FIR filters, skip scaling) is not computed.
+//! filter. SongUNet (DDPM++ / NCSN++: aux paths, FIR filters, skip scaling) does not map
+//! onto this engine and is its own network: [`crate::nn::song`].
 //!
 //! The preconditioning (`EDMPrecond`, `VPPrecond`, `VEPrecond`) is the prior's, not the
 //! network's: see [`crate::prior::network`].
@@ -262,7 +263,7 @@ pub(crate) fn check_resample_filters(w: &mut Weights) -> Result<()> {
         }
         let v = w.take(&name, &[1, 1, 2, 2]).map_err(|e| {
             Error::Unsupported(format!(
-                "{e} (only the [1, 1] resampling filter of DhariwalUNet is supported; SongUNet's [1, 3, 3, 1] is not)"
+                "{e} (DhariwalUNet resamples with the [1, 1] filter; a [1, 3, 3, 1] filter is NCSN++'s: --arch edm-song)"
             ))
         })?;
         if v.iter().any(|&x| x != 0.25) {

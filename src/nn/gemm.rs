@@ -1,17 +1,30 @@
-//! A small row-major f32 GEMM on the `gemm` crate (AVX-512 / AVX2 kernels chosen at run
-//! time; rayon-parallel for large products).
+//! A small row-major f32 GEMM for the products that are not convolutions (attention,
+//! linear layers, parameter gradients, the input VJP of strided convolutions): both
+//! operands are packed into the layouts of [`crate::nn::packed`] and multiplied by its
+//! micro-kernels, so every product runs on the active [`crate::nn::SimdPath`]
+//! (`POSTERIOR_SIMD` reaches it like the convolutions). Large products are split over the
+//! rayon threads by column blocks.
 
-/// Products with at least this many multiply-adds are split across the rayon threads by
-/// the `gemm` crate; below it one thread is faster (the split costs more than it saves,
-/// and the network layers parallelise at a coarser grain themselves).
+use rayon::prelude::*;
+
+use crate::nn::packed::{gemm_acc, pack_b, packed_b_len, with_workspace, PackedA, SendPtr, NR};
+use crate::nn::simd::active;
+
+/// Products with at least this many multiply-adds are split across the rayon threads;
+/// below it one thread is faster (the split costs more than it saves, and the network
+/// layers parallelise at a coarser grain themselves).
 const PAR_THRESHOLD: usize = 1 << 25;
+
+/// Columns of `B` packed at a time on one thread (a multiple of [`NR`]): 64 KiB per 64
+/// rows of depth, so a block of a few hundred rows stays in L2.
+const COL_BLOCK: usize = 4 * NR;
 
 /// `C = op(A) op(B)` (or `C += op(A) op(B)` when `accumulate`), all row-major and dense.
 ///
 /// `C` is `m x n`. `op(A)` is `m x k`: `A` is stored `m x k` (`ta = false`) or `k x m`
 /// (`ta = true`, used transposed). `op(B)` is `k x n`: `B` stored `k x n` or `n x k`
-/// (`tb = true`). Slices must hold exactly those sizes (checked in debug builds; this is an
-/// internal kernel, callers validate shapes).
+/// (`tb = true`). Slices must hold at least those sizes (this is an internal kernel,
+/// callers validate shapes; a short slice panics).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
@@ -28,84 +41,56 @@ pub fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
+    let c = &mut c[..m * n];
+    if !accumulate {
+        c.fill(0.0);
+    }
     if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(0.0);
-        }
         return;
     }
-    // Strides (in elements) of op(A): row stride, column stride.
-    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    let par = m * n * k >= PAR_THRESHOLD;
-    // SAFETY: the asserts above guarantee every index the strides reach lies inside the
-    // slices: op(A)[i, p] is at i*a_rs + p*a_cs < m*k, op(B)[p, j] < k*n, C[i, j] < m*n;
-    // `c` is borrowed mutably so it cannot alias `a` or `b`.
-    unsafe {
-        sgemm_raw(
-            m,
-            n,
-            k,
-            Strided::new(a.as_ptr(), a_rs, a_cs),
-            Strided::new(b.as_ptr(), b_rs, b_cs),
-            c.as_mut_ptr(),
-            n as isize,
-            accumulate,
-            par,
-        );
-    }
-}
-
-/// A read-only strided matrix operand: element `[i, j]` at `ptr + i rs + j cs`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Strided {
-    pub ptr: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
-
-impl Strided {
-    pub fn new(ptr: *const f32, rs: isize, cs: isize) -> Self {
-        Strided { ptr, rs, cs }
-    }
-}
-
-/// `C (+)= A B` on raw strided operands: `A` `m x k`, `B` `k x n`, `C` `m x n` with row
-/// stride `c_rs` and unit column stride. `parallel`: let the `gemm` crate split the product
-/// over the rayon threads (otherwise it runs on the calling thread).
-///
-/// # Safety
-/// Every element the strides reach must be valid for reads (`A`, `B`) or writes (`C`), and
-/// `C`'s elements must not overlap `A`'s or `B`'s nor be accessed by another thread during
-/// the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Strided,
-    b: Strided,
-    c: *mut f32,
-    c_rs: isize,
-    accumulate: bool,
-    parallel: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let par = if parallel && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    let (a, b) = (&a[..m * k], &b[..k * n]);
+    let pa = if ta {
+        PackedA::new_transposed(a, m, k)
     } else {
-        gemm::Parallelism::None
+        PackedA::new(a, m, k)
     };
-    // SAFETY: forwarded to the caller (see above). With k == 0 and !accumulate the gemm
-    // crate writes zeros into C.
-    unsafe {
-        gemm::gemm(
-            m, n, k, c, 1, c_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false,
-            false, false, par,
-        );
+    let (threads, path) = (rayon::current_num_threads(), active());
+    let parallel = m * n * k >= PAR_THRESHOLD && threads > 1;
+    // In parallel, about two blocks per thread at least (whole panels).
+    let block = if parallel {
+        (n.div_ceil(2 * threads).div_ceil(NR) * NR).min(COL_BLOCK)
+    } else {
+        COL_BLOCK
+    };
+    let cp = SendPtr(c.as_mut_ptr());
+    let run = |j0: usize| {
+        let j1 = (j0 + block).min(n);
+        with_workspace(packed_b_len(k, j1 - j0), |bp| {
+            pack_b(b, k, n, tb, j0..j1, bp);
+            // SAFETY: C is m x n at row stride n; this call writes columns j0..j1 of every
+            // row, disjoint from the other blocks' columns, and `c` is borrowed mutably.
+            unsafe { gemm_acc(path, &pa, 0..pa.panels(), bp, j1 - j0, cp.get().add(j0), n) };
+        })
+    };
+    if parallel {
+        (0..n).into_par_iter().step_by(block).for_each(run);
+    } else {
+        (0..n).step_by(block).for_each(run);
     }
+}
+
+/// `C += A B` with `A` the row-major `m x k` matrix `a` and `B` already packed (`pb`,
+/// [`packed_b_len`]`(k, n)` floats, see [`pack_b`]): for products whose `B` is fixed (a
+/// linear layer's weights) and packed once. `C` is row-major `m x n`. Runs on the calling
+/// thread.
+pub(crate) fn gemm_packed_b(m: usize, k: usize, a: &[f32], pb: &[f32], n: usize, c: &mut [f32]) {
+    assert!(a.len() == m * k && pb.len() == packed_b_len(k, n) && c.len() == m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let pa = PackedA::new(a, m, k);
+    // SAFETY: C is m x n at row stride n, borrowed mutably; every panel's rows lie below m.
+    unsafe { gemm_acc(active(), &pa, 0..pa.panels(), pb, n, c.as_mut_ptr(), n) };
 }
 
 #[cfg(test)]

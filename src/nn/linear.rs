@@ -2,15 +2,26 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use crate::nn::{gemm::sgemm, same_shape, shape_err};
+use std::sync::OnceLock;
+
+use crate::nn::gemm::{gemm_packed_b, sgemm};
+use crate::nn::packed::{pack_b, packed_b_len};
+use crate::nn::{same_shape, shape_err};
 use crate::{Error, Result};
 
 /// `nn.Linear(in, out)`: `weight` `(out, in)`, `bias` `(out,)`; input `(N, in)`, output
 /// `(N, out)`.
+///
+/// The parameters are public for reading; build a new layer with [`Linear::new`] to change
+/// them (the forward caches a packed copy of `weight` on first use).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Array2<f32>,
     pub bias: Array1<f32>,
+    /// `weight^T` (`in x out`) in the packed `B` layout of the GEMM, built on first use:
+    /// the batch is small (the timestep embedding), so repacking the weights on every call
+    /// would cost as much as the product.
+    packed_t: OnceLock<Vec<f32>>,
 }
 
 /// Parameter gradients of [`Linear`] (same shapes as the parameters).
@@ -32,8 +43,9 @@ impl Linear {
             )));
         }
         Ok(Linear {
-            weight: weight.as_standard_layout().into_owned(),
+            weight: crate::nn::standard(weight),
             bias,
+            packed_t: OnceLock::new(),
         })
     }
 
@@ -59,18 +71,24 @@ impl Linear {
     pub fn forward(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         self.check(&x)?;
         let x = x.as_standard_layout();
-        let n = x.nrows();
-        let mut y = Array2::from_shape_fn((n, self.out_features()), |(_, o)| self.bias[o]);
-        sgemm(
+        let (n, i, o) = (x.nrows(), self.in_features(), self.out_features());
+        let pb = self.packed_t.get_or_init(|| {
+            let mut pb = vec![0.0; packed_b_len(i, o)];
+            let w = self
+                .weight
+                .as_slice()
+                .expect("Linear::new stores the weight contiguous");
+            pack_b(w, i, o, true, 0..o, &mut pb);
+            pb
+        });
+        let mut y = Array2::from_shape_fn((n, o), |(_, c)| self.bias[c]);
+        gemm_packed_b(
             n,
-            self.out_features(),
-            self.in_features(),
-            x.as_slice().unwrap_or_default(),
-            false,
-            self.weight.as_slice().unwrap_or_default(),
-            true,
-            y.as_slice_mut().unwrap_or_default(),
-            true,
+            i,
+            x.as_slice().expect("standard layout"),
+            pb,
+            o,
+            y.as_slice_mut().expect("fresh array"),
         );
         Ok(y)
     }

@@ -1,4 +1,6 @@
-//! Network layer primitives on the CPU: the building blocks of guided-diffusion's ADM U-Net.
+//! Network layer primitives on the CPU: the building blocks of guided-diffusion's ADM U-Net
+//! (which also computes diffusers' `UNet2DModel` and EDM's `DhariwalUNet`) and of EDM's
+//! `SongUNet` ([`song`]).
 //!
 //! Every layer works on batched f32 data in PyTorch's layout (images NCHW, sequences NCT,
 //! features NF) and stores its parameters exactly as PyTorch does (conv weight
@@ -20,6 +22,7 @@ pub mod conv;
 pub mod diffusers;
 pub mod edm;
 pub mod embed;
+pub mod fir;
 pub mod gemm;
 pub mod hash;
 pub(crate) mod layout;
@@ -30,7 +33,8 @@ pub(crate) mod packed;
 pub mod resample;
 pub mod resblock;
 pub mod safetensors;
-pub(crate) mod simd;
+pub mod simd;
+pub mod song;
 pub mod unet;
 
 pub use act::{silu, silu_vjp};
@@ -42,6 +46,7 @@ pub use memory::keep_freed_memory;
 pub use norm::{GroupNorm, GroupNormGrads};
 pub use resample::{avg_pool2x, avg_pool2x_vjp, upsample_nearest2x, upsample_nearest2x_vjp};
 pub use resblock::{ResBlock, UpDown};
+pub use simd::{active as simd_path, SimdPath};
 pub use unet::{ParamSource, UNet, UNetConfig};
 
 use crate::{Error, Result};
@@ -51,6 +56,15 @@ pub(crate) fn shape_err(layer: &str, expected: impl std::fmt::Display, found: &[
     Error::Invalid(format!(
         "{layer}: expected input of shape {expected}, found {found:?}"
     ))
+}
+
+/// `a` in standard (row-major, contiguous) layout, without copying when it already is.
+pub(crate) fn standard<D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> ndarray::Array<f32, D> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
 }
 
 /// Checks that `a` and `b` have the same shape (an output gradient against an output).

@@ -1,11 +1,12 @@
 //! guided-diffusion's `ResBlock`: two 3x3 convolutions with GroupNorm + SiLU, the timestep
 //! embedding added (or applied as scale/shift), optional nearest-up / avg-pool-down
-//! resampling inside the block, and a skip connection.
+//! resampling inside the block (or, for EDM's SongUNet, resampling by a FIR filter), and a
+//! skip connection.
 
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis, CowArray, Ix4};
 
 use crate::nn::{
-    avg_pool2x, avg_pool2x_vjp, same_shape, silu, silu_vjp, upsample_nearest2x,
+    avg_pool2x, avg_pool2x_vjp, fir::Fir, same_shape, silu, silu_vjp, upsample_nearest2x,
     upsample_nearest2x_vjp, Conv2d, GroupNorm, Linear,
 };
 use crate::{Error, Result};
@@ -41,6 +42,9 @@ pub struct ResBlock {
     pub skip: Option<Conv2d>,
     pub scale_shift: bool,
     pub updown: UpDown,
+    /// The resampling filter of `updown` (`None`: nearest-2x up and 2x2 average pooling
+    /// down, guided-diffusion's; the GPU twin computes only these).
+    pub filter: Option<Fir>,
 }
 
 fn dim4(a: ndarray::ArrayD<f32>) -> Result<Array4<f32>> {
@@ -48,27 +52,41 @@ fn dim4(a: ndarray::ArrayD<f32>) -> Result<Array4<f32>> {
         .map_err(|e| Error::Invalid(format!("resblock: {e}")))
 }
 
-fn resample(u: UpDown, x: ArrayView4<f32>) -> Array4<f32> {
-    match u {
-        UpDown::None => x.to_owned(),
-        UpDown::Up => upsample_nearest2x(x),
-        UpDown::Down => avg_pool2x(x),
+fn resample(u: UpDown, fir: Option<&Fir>, x: ArrayView4<f32>) -> Result<Array4<f32>> {
+    match (u, fir) {
+        (UpDown::None, _) => Ok(x.to_owned()),
+        (UpDown::Up, None) => Ok(upsample_nearest2x(x)),
+        (UpDown::Down, None) => Ok(avg_pool2x(x)),
+        (UpDown::Up, Some(f)) => Ok(f.up2x(x)),
+        (UpDown::Down, Some(f)) => f.down2x(x),
     }
 }
 
-fn resample_vjp(u: UpDown, in_shape: [usize; 4], dy: ArrayView4<f32>) -> Result<Array4<f32>> {
-    match u {
-        UpDown::None => Ok(dy.to_owned()),
-        UpDown::Up => upsample_nearest2x_vjp(dy),
-        UpDown::Down => avg_pool2x_vjp(in_shape, dy),
+fn resample_vjp(
+    u: UpDown,
+    fir: Option<&Fir>,
+    in_shape: [usize; 4],
+    dy: ArrayView4<f32>,
+) -> Result<Array4<f32>> {
+    match (u, fir) {
+        (UpDown::None, _) => Ok(dy.to_owned()),
+        (UpDown::Up, None) => upsample_nearest2x_vjp(dy),
+        (UpDown::Down, None) => avg_pool2x_vjp(in_shape, dy),
+        (UpDown::Up, Some(f)) => f.up2x_vjp(dy),
+        (UpDown::Down, Some(f)) => f.down2x_vjp(in_shape, dy),
     }
 }
 
 /// `f(resample(x))` without a copy when there is no resampling.
-fn with_resampled<R>(u: UpDown, x: ArrayView4<f32>, f: impl FnOnce(ArrayView4<f32>) -> R) -> R {
+fn with_resampled<R>(
+    u: UpDown,
+    fir: Option<&Fir>,
+    x: ArrayView4<f32>,
+    f: impl FnOnce(ArrayView4<f32>) -> Result<R>,
+) -> Result<R> {
     match u {
         UpDown::None => f(x),
-        _ => f(resample(u, x).view()),
+        _ => f(resample(u, fir, x)?.view()),
     }
 }
 
@@ -132,7 +150,15 @@ impl ResBlock {
             skip,
             scale_shift,
             updown,
+            filter: None,
         })
+    }
+
+    /// Resamples by the FIR filter `fir` instead of nearest / average pooling (the box
+    /// filter `[1, 1]` is exactly those and keeps their faster path).
+    pub fn with_filter(mut self, fir: Fir) -> Self {
+        self.filter = (!fir.is_box()).then_some(fir);
+        self
     }
 
     /// The embedding projection `e = emb_linear(silu(emb))`, `(B, out)` or `(B, 2 out)`.
@@ -185,7 +211,10 @@ impl ResBlock {
             Some(h1) => h1.into(),
             None => {
                 let a1 = dim4(silu(a0.view().into_dyn()))?;
-                with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?.into()
+                with_resampled(self.updown, self.filter.as_ref(), a1.view(), |v| {
+                    self.in_conv.forward(v)
+                })?
+                .into()
             }
         };
         let (m, pre) = if self.scale_shift {
@@ -220,7 +249,8 @@ impl ResBlock {
     ) -> Result<(Array4<f32>, Option<Array4<f32>>)> {
         let e = self.embed(x.dim().0, emb)?;
         let a1 = dim4(self.in_norm.forward_silu(x.into_dyn())?)?;
-        let mut h1 = with_resampled(self.updown, a1.view(), |v| self.in_conv.forward(v))?;
+        let fir = self.filter.as_ref();
+        let mut h1 = with_resampled(self.updown, fir, a1.view(), |v| self.in_conv.forward(v))?;
         drop(a1);
         let s = if self.scale_shift {
             let (mul, add) = self.modulation(&e);
@@ -237,8 +267,8 @@ impl ResBlock {
         };
         let h1 = keep.then_some(h1);
         let mut out = match &self.skip {
-            None => resample(self.updown, x),
-            Some(cv) => with_resampled(self.updown, x, |v| cv.forward(v))?,
+            None => resample(self.updown, fir, x)?,
+            Some(cv) => with_resampled(self.updown, fir, x, |v| cv.forward(v))?,
         };
         self.out_conv.forward_add(dim4(s)?.view(), &mut out)?;
         Ok((out, h1))
@@ -303,13 +333,14 @@ impl ResBlock {
         };
         let da1u = self.in_conv.vjp(ha, wa, dh1.view())?;
         let in_shape = [a1s[0], a1s[1], a1s[2], a1s[3]];
-        let da1 = resample_vjp(self.updown, in_shape, da1u.view())?;
+        let fir = self.filter.as_ref();
+        let da1 = resample_vjp(self.updown, fir, in_shape, da1u.view())?;
         let da0 = silu_vjp(tp.a0.view().into_dyn(), da1.view().into_dyn())?;
         let mut dx = dim4(self.in_norm.vjp(x.into_dyn(), da0.view())?)?;
         match (&self.skip, self.updown) {
             (None, UpDown::None) => dx += &dy,
-            (None, u) => dx += &resample_vjp(u, in_shape, dy)?,
-            (Some(cv), u) => dx += &resample_vjp(u, in_shape, cv.vjp(ho, wo, dy)?.view())?,
+            (None, u) => dx += &resample_vjp(u, fir, in_shape, dy)?,
+            (Some(cv), u) => dx += &resample_vjp(u, fir, in_shape, cv.vjp(ho, wo, dy)?.view())?,
         }
         Ok(dx)
     }
@@ -336,7 +367,14 @@ mod tests {
         let (b, e_dim, h, w) = (2, 5, 4, 6);
         let mut k = 0u64;
         for scale_shift in [false, true] {
-            for updown in [UpDown::None, UpDown::Up, UpDown::Down] {
+            let variants = [
+                (UpDown::None, false),
+                (UpDown::Up, false),
+                (UpDown::Down, false),
+                (UpDown::Up, true),
+                (UpDown::Down, true),
+            ];
+            for (updown, filtered) in variants {
                 for (c, o) in [(4, 4), (4, 6)] {
                     k += 1;
                     let eo = if scale_shift { 2 * o } else { o };
@@ -355,6 +393,12 @@ mod tests {
                         updown,
                     )
                     .unwrap();
+                    // NCSN++'s [1, 3, 3, 1] filter in place of nearest / average pooling.
+                    let blk = if filtered {
+                        blk.with_filter(Fir::new(&[1.0, 3.0, 3.0, 1.0]).unwrap())
+                    } else {
+                        blk
+                    };
                     let n = b * c * h * w;
                     let x = Array4::from_shape_vec((b, c, h, w), rand_vec(n, 800 + k)).unwrap();
                     let emb =
@@ -401,7 +445,7 @@ mod tests {
                         let an = dot(&dx, &v);
                         assert!(
                             (fd - an).abs() < 1e-2 * an.abs().max(1.0),
-                            "scale_shift={scale_shift} {updown:?} {c}->{o}: {fd} vs {an}"
+                            "scale_shift={scale_shift} {updown:?} fir={filtered} {c}->{o}: {fd} vs {an}"
                         );
                     }
                 }

@@ -6,7 +6,8 @@
 //!
 //! ```json
 //! {"format": "posterior-card/2",
-//!  "architecture": {"type": "guided-diffusion-unet" | "diffusers-unet2d" | "edm-dhariwal-unet", ...},
+//!  "architecture": {"type": "guided-diffusion-unet" | "diffusers-unet2d" | "edm-dhariwal-unet"
+//!                   | "edm-song-unet", ...},
 //!  "schedule": {"kind": "vp-discrete" | "edm" | "vp-precond" | "ve-precond", ...},
 //!  "intensity_range": [-1, 1], "channels": C, "resolution": [H, W],
 //!  "weights": {"file": "model.safetensors", "dtype": "f32"}, ...}
@@ -14,8 +15,9 @@
 //!
 //! `architecture` holds the constructor arguments of the reference implementation named by
 //! `type`: guided-diffusion's resolved `UNetModel` arguments ([`UNetConfig`]), diffusers'
-//! `UNet2DModel` config ([`DiffusersUNetConfig`]) or EDM's `DhariwalUNet` arguments
-//! ([`DhariwalConfig`]). `schedule.kind` says how the network is queried:
+//! `UNet2DModel` config ([`DiffusersUNetConfig`]), EDM's `DhariwalUNet` arguments
+//! ([`DhariwalConfig`]) or EDM's `SongUNet` arguments ([`SongConfig`]: DDPM++ / NCSN++).
+//! `schedule.kind` says how the network is queried:
 //! - `vp-discrete`: the network takes the discrete step index `n` in `[0, T)` of a VP
 //!   schedule (`diffusion_steps` = T, `noise_schedule` `linear` | `scaled_linear` | `cosine`,
 //!   optional `beta_start` / `beta_end`, defaults `1e-4 s`, `0.02 s` with `s = 1000 / T`) and
@@ -38,6 +40,7 @@ use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::nn::diffusers::DiffusersUNetConfig;
 use crate::nn::edm::DhariwalConfig;
+use crate::nn::song::SongConfig;
 use crate::nn::unet::UNetConfig;
 
 /// The format tag of the current model card.
@@ -61,6 +64,19 @@ pub enum Architecture {
     /// EDM's `DhariwalUNet`.
     #[serde(rename = "edm-dhariwal-unet")]
     EdmDhariwal(DhariwalConfig),
+    /// EDM's `SongUNet` (DDPM++, NCSN++).
+    #[serde(rename = "edm-song-unet")]
+    EdmSong(SongConfig),
+}
+
+/// What the rest of a card is checked against: the network's image channels in and out,
+/// the divisor of its image sides, and its number of resolution levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkShape {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub size_divisor: usize,
+    pub levels: usize,
 }
 
 impl Architecture {
@@ -70,10 +86,12 @@ impl Architecture {
             Architecture::GuidedDiffusion(_) => "guided-diffusion-unet",
             Architecture::Diffusers(_) => "diffusers-unet2d",
             Architecture::EdmDhariwal(_) => "edm-dhariwal-unet",
+            Architecture::EdmSong(_) => "edm-song-unet",
         }
     }
 
-    /// The engine configuration that computes this network.
+    /// The configuration of the ADM engine ([`crate::nn::UNet`]) that computes this
+    /// network; an error for `edm-song-unet`, which [`crate::nn::song::SongUNet`] computes.
     pub fn unet_config(&self) -> Result<UNetConfig> {
         match self {
             Architecture::GuidedDiffusion(c) => Ok(c.clone()),
@@ -82,7 +100,39 @@ impl Architecture {
                 d.unet_config()
             }
             Architecture::EdmDhariwal(e) => e.unet_config(),
+            Architecture::EdmSong(_) => Err(Error::Unsupported(
+                "an edm-song-unet is computed by SongUNet, not the ADM U-Net engine".into(),
+            )),
         }
+    }
+
+    /// The network's channels and size constraints, its configuration checked.
+    pub fn network_shape(&self) -> Result<NetworkShape> {
+        if let Architecture::EdmSong(c) = self {
+            c.check()?;
+            return Ok(NetworkShape {
+                in_channels: c.in_channels,
+                out_channels: c.out_channels,
+                size_divisor: c.size_divisor(),
+                levels: c.channel_mult.len(),
+            });
+        }
+        let a = self.unet_config()?;
+        a.validate()?;
+        Ok(NetworkShape {
+            in_channels: a.in_channels,
+            out_channels: a.out_channels,
+            size_divisor: a.size_divisor(),
+            levels: a.channel_mult.len(),
+        })
+    }
+
+    /// Whether the network is one of EDM's, queried through its preconditioning.
+    fn is_edm(&self) -> bool {
+        matches!(
+            self,
+            Architecture::EdmDhariwal(_) | Architecture::EdmSong(_)
+        )
     }
 
     /// The parameter count the card declares, if any.
@@ -90,6 +140,7 @@ impl Architecture {
         match self {
             Architecture::GuidedDiffusion(c) => c.num_parameters,
             Architecture::EdmDhariwal(e) => e.num_parameters,
+            Architecture::EdmSong(s) => s.num_parameters,
             Architecture::Diffusers(_) => None,
         }
     }
@@ -346,8 +397,7 @@ impl ModelCard {
             "the card's image (channels, resolution)",
             &[self.channels, self.resolution[0], self.resolution[1]],
         )?;
-        let a = self.architecture.unet_config()?;
-        a.validate()?;
+        let a = self.architecture.network_shape()?;
         let bad = |m: String| Err(Error::Invalid(m));
         if self.channels != a.in_channels {
             return bad(format!(
@@ -355,15 +405,13 @@ impl ModelCard {
                 self.channels, a.in_channels
             ));
         }
-        if !self.resolution[0].is_multiple_of(a.size_divisor())
-            || !self.resolution[1].is_multiple_of(a.size_divisor())
+        if !self.resolution[0].is_multiple_of(a.size_divisor)
+            || !self.resolution[1].is_multiple_of(a.size_divisor)
             || self.resolution.contains(&0)
         {
             return bad(format!(
                 "resolution {:?} is not a positive multiple of {} as the architecture's {} levels need",
-                self.resolution,
-                a.size_divisor(),
-                a.channel_mult.len()
+                self.resolution, a.size_divisor, a.levels
             ));
         }
         let [lo, hi] = self.intensity_range;
@@ -371,11 +419,17 @@ impl ModelCard {
             return bad(format!("intensity_range [{lo}, {hi}] is not an interval"));
         }
         let precond = self.schedule.kind != ScheduleKind::VpDiscrete;
-        if precond && !matches!(self.architecture, Architecture::EdmDhariwal(_)) {
+        if precond && !self.architecture.is_edm() {
             // Any network could sit under EDM's preconditioning; only EDM's own are known to.
             return Err(Error::Unsupported(format!(
                 "schedule.kind {:?} with architecture `{}`: EDM preconditioning is read for EDM networks",
                 self.schedule.kind,
+                self.architecture.type_name()
+            )));
+        }
+        if !precond && self.architecture.is_edm() {
+            return Err(Error::Unsupported(format!(
+                "architecture `{}` with schedule.kind vp-discrete: EDM's networks are queried through their preconditioning (schedule.kind edm, vp-precond or ve-precond)",
                 self.architecture.type_name()
             )));
         }

@@ -235,6 +235,7 @@ pub fn write_prior_dir(
     match &mut card.architecture {
         Architecture::GuidedDiffusion(c) => c.num_parameters = Some(n),
         Architecture::EdmDhariwal(e) => e.num_parameters = Some(n),
+        Architecture::EdmSong(e) => e.num_parameters = Some(n),
         Architecture::Diffusers(_) => {}
     }
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create: {e}")))?;

@@ -1,6 +1,14 @@
 //! A pretrained network as a prior: the prior directory (`model.json` card + weights, see
 //! [`super::card`]; or a diffusers `UNet2DModel` directory, read as it is) and
-//! [`NetworkPrior`], the [`Denoiser`] built on the U-Net engine of [`crate::nn::unet`].
+//! [`NetworkPrior`], the [`Denoiser`] built on the ADM U-Net engine of [`crate::nn::unet`]
+//! or on EDM's SongUNet ([`crate::nn::song`]).
+//!
+//! A prior is named by a directory or a shipped name, optionally followed by
+//! `@SCHEDULE` for a diffusers UNet directory: its training schedule where no
+//! `scheduler_config.json` states it (or in place of the one there), as comma-separated
+//! diffusers scheduler settings, e.g. `./unet@scaled_linear,v_prediction` or
+//! `./unet@linear,epsilon,num_train_timesteps=1000,beta_start=0.0001,beta_end=0.02` (see
+//! [`parse_schedule_spec`]).
 //!
 //! Every supported network is queried through one form: at time `t` on the prior's path,
 //! with `(a, s)` its coefficients, the network `F` is evaluated at `c_in x` with noise label
@@ -36,13 +44,78 @@ use crate::nn::diffusers::{DiffusersNaming, DiffusersUNetConfig};
 use crate::nn::edm::{check_resample_filters, EdmNaming};
 use crate::nn::layout::Renamed;
 use crate::nn::safetensors::SafeTensors;
+use crate::nn::song::{SongTape, SongUNet};
 use crate::nn::unet::{UNet, UNetTape};
 
 pub use super::card::{ModelCard, CARD_FILE, CARD_FORMAT, CARD_FORMAT_V1};
 
+/// A network the CPU engine computes: the ADM U-Net (guided-diffusion, diffusers'
+/// `UNet2DModel`, EDM's `DhariwalUNet`) or EDM's `SongUNet`.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per prior
+pub enum Network {
+    Adm(UNet),
+    Song(SongUNet),
+}
+
+/// The activations of one forward pass of a [`Network`], kept for its VJP.
+pub enum NetworkTape<'a> {
+    Adm(UNetTape<'a>),
+    Song(SongTape<'a>),
+}
+
+impl NetworkTape<'_> {
+    /// `d/dx sum(model(x, labels) * v)` for the recorded forward pass.
+    pub fn backward(self, v: ArrayView4<f32>) -> Result<ndarray::Array4<f32>> {
+        match self {
+            NetworkTape::Adm(t) => t.backward(v),
+            NetworkTape::Song(t) => t.backward(v),
+        }
+    }
+}
+
+impl Network {
+    /// `model(x, labels)`: `(N, C, H, W) -> (N, C_out, H, W)`.
+    pub fn forward(&self, x: ArrayView4<f32>, labels: &[f32]) -> Result<ndarray::Array4<f32>> {
+        match self {
+            Network::Adm(u) => u.forward(x, labels),
+            Network::Song(s) => s.forward(x, labels),
+        }
+    }
+
+    /// `model(x, labels)` and the tape for its VJP with respect to `x`.
+    pub fn forward_tape(
+        &self,
+        x: ArrayView4<f32>,
+        labels: &[f32],
+    ) -> Result<(ndarray::Array4<f32>, NetworkTape<'_>)> {
+        Ok(match self {
+            Network::Adm(u) => {
+                let (o, t) = u.forward_tape(x, labels)?;
+                (o, NetworkTape::Adm(t))
+            }
+            Network::Song(s) => {
+                let (o, t) = s.forward_tape(x, labels)?;
+                (o, NetworkTape::Song(t))
+            }
+        })
+    }
+
+    /// `(model(x, labels), d/dx sum(model(x, labels) * v))`.
+    pub fn forward_vjp(
+        &self,
+        x: ArrayView4<f32>,
+        labels: &[f32],
+        v: ArrayView4<f32>,
+    ) -> Result<(ndarray::Array4<f32>, ndarray::Array4<f32>)> {
+        let (out, tape) = self.forward_tape(x, labels)?;
+        Ok((out, tape.backward(v)?))
+    }
+}
+
 /// The activation tape of one forward pass, on the device that ran it.
 enum Tape<'a> {
-    Cpu(UNetTape<'a>),
+    Cpu(NetworkTape<'a>),
     Gpu(GpuUNetTape<'a>),
 }
 
@@ -85,21 +158,32 @@ fn check_dtype(card: &ModelCard, path: &Path) -> Result<()> {
 
 /// Builds the network of `card` from the weights file `path` (safetensors or a PyTorch
 /// checkpoint); `config_file` names the file that describes the architecture, for messages.
-pub fn load_network(card: &ModelCard, path: &Path, config_file: &str) -> Result<UNet> {
+pub fn load_network(card: &ModelCard, path: &Path, config_file: &str) -> Result<Network> {
     check_dtype(card, path)?;
     let src = open_weights(path)?;
     let mut w = Weights::new(src.as_ref(), config_file);
-    let unet = build_from(card, &mut w)?;
+    let net = build_from(card, &mut w)?;
     w.finish(card.declared_parameters())?;
-    Ok(unet)
+    Ok(net)
+}
+
+/// The prefix of EDM's networks in a state dict: `model.` when it is a preconditioning
+/// wrapper's (`EDMPrecond`, `VPPrecond`, ...), else none.
+fn edm_prefix(w: &Weights) -> &'static str {
+    let names = w.names();
+    if !names.is_empty() && names.iter().all(|n| n.starts_with("model.")) {
+        "model."
+    } else {
+        ""
+    }
 }
 
 /// Builds the network of `card`, taking its parameters from `w` in the layout of the card's
 /// architecture (the caller checks with [`Weights::finish`] that every tensor was used).
-pub fn build_from(card: &ModelCard, w: &mut Weights) -> Result<UNet> {
-    let cfg = card.architecture.unet_config()?;
-    match &card.architecture {
-        Architecture::GuidedDiffusion(_) => UNet::build(cfg, w),
+pub fn build_from(card: &ModelCard, w: &mut Weights) -> Result<Network> {
+    let arch = &card.architecture;
+    Ok(match arch {
+        Architecture::GuidedDiffusion(_) => Network::Adm(UNet::build(arch.unet_config()?, w)?),
         Architecture::Diffusers(d) => {
             let mut r = Renamed {
                 weights: w,
@@ -107,32 +191,36 @@ pub fn build_from(card: &ModelCard, w: &mut Weights) -> Result<UNet> {
                 naming: DiffusersNaming,
                 prefix: String::new(),
             };
-            UNet::build(cfg, &mut r)
+            Network::Adm(UNet::build(arch.unet_config()?, &mut r)?)
         }
         Architecture::EdmDhariwal(e) => {
-            // A state dict of EDM's wrappers (`EDMPrecond`, ...) holds the network as `model.`.
-            let names = w.names();
-            let wrapped = !names.is_empty() && names.iter().all(|n| n.starts_with("model."));
+            let prefix = edm_prefix(w).to_string();
             let mut r = Renamed {
                 weights: w,
                 plan: e.plan(),
                 naming: EdmNaming,
-                prefix: if wrapped {
-                    "model.".into()
-                } else {
-                    String::new()
-                },
+                prefix,
             };
-            let unet = UNet::build(cfg, &mut r)?;
+            let unet = UNet::build(arch.unet_config()?, &mut r)?;
             check_resample_filters(w)?;
-            Ok(unet)
+            Network::Adm(unet)
         }
-    }
+        Architecture::EdmSong(c) => {
+            let prefix = edm_prefix(w);
+            Network::Song(SongUNet::build(c.clone(), w, prefix)?)
+        }
+    })
 }
 
-/// Builds the network of `card` from the weights file `path` (described by `model.json`).
+/// Builds the ADM-engine network of `card` from the weights file `path` (described by
+/// `model.json`); an error for a SongUNet card (see [`load_network`]).
 pub fn load_unet(card: &ModelCard, path: &Path) -> Result<UNet> {
-    load_network(card, path, CARD_FILE)
+    match load_network(card, path, CARD_FILE)? {
+        Network::Adm(u) => Ok(u),
+        Network::Song(_) => Err(Error::Unsupported(
+            "an edm-song-unet card describes a SongUNet, not an ADM U-Net: use load_network".into(),
+        )),
+    }
 }
 
 /// Weights file names diffusers writes, in the order they are looked for.
@@ -267,7 +355,10 @@ pub fn diffusers_card(dir: &Path, schedule: Option<ScheduleCard>) -> Result<(Mod
         None => {
             return Err(file_err(
                 &sched_path,
-                "missing: the training schedule of a diffusers UNet comes from its scheduler_config.json (beside config.json, or scheduler/ in a pipeline); or write a prior directory with `posterior import DIR --out PRIOR --prediction-type ... --beta-schedule ...`",
+                format!(
+                    "missing: the training schedule of a diffusers UNet comes from its scheduler_config.json (beside config.json, or scheduler/ in a pipeline), or name it after the directory: `{}@linear,epsilon` (beta schedule, prediction type, ...; see the README's \"Bring your own checkpoint\")",
+                    dir.display()
+                ),
             ))
         }
     };
@@ -340,8 +431,9 @@ pub fn prior_roots() -> Vec<PathBuf> {
     roots
 }
 
-/// Every prior reachable by name, `(name, directory)`, sorted by name; where two roots hold
-/// the same name, the first root wins.
+/// Every prior reachable by name, `(name, directory)`: prior directories (a `model.json`)
+/// and diffusers directories, sorted by name; where two roots hold the same name, the
+/// first root wins.
 pub fn shipped_priors() -> Vec<(String, PathBuf)> {
     let mut found: Vec<(String, PathBuf)> = Vec::new();
     for root in prior_roots() {
@@ -351,7 +443,7 @@ pub fn shipped_priors() -> Vec<(String, PathBuf)> {
         let mut here: Vec<(String, PathBuf)> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| p.join(CARD_FILE).is_file())
+            .filter(|p| p.join(CARD_FILE).is_file() || diffusers_layout(p).is_some())
             .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
             .collect();
         here.sort();
@@ -389,6 +481,89 @@ pub fn resolve_prior(name_or_path: &str) -> Result<PathBuf> {
             }
         ),
     ))
+}
+
+/// Splits a prior reference `NAME_OR_DIR[@SCHEDULE]` (see the module docs). An existing
+/// path is taken whole, even with an `@` in it.
+pub fn split_prior_spec(spec: &str) -> Result<(&str, Option<ScheduleCard>)> {
+    if Path::new(spec).exists() {
+        return Ok((spec, None));
+    }
+    match spec.rsplit_once('@') {
+        Some((name, schedule)) if !name.is_empty() => {
+            Ok((name, Some(parse_schedule_spec(schedule)?)))
+        }
+        _ => Ok((spec, None)),
+    }
+}
+
+/// A diffusers training schedule from comma-separated settings: `key=value` with the keys
+/// of a diffusers scheduler config (`beta_schedule`, `prediction_type`,
+/// `num_train_timesteps`, `beta_start`, `beta_end`), or bare values: a beta schedule
+/// (`linear`, `scaled_linear`, `squaredcos_cap_v2`), a prediction type (`epsilon`,
+/// `sample`, `v_prediction`) or the number of training steps. Unset keys take diffusers'
+/// `DDPMScheduler` defaults (1000 steps, linear betas 1e-4 .. 0.02, epsilon).
+pub fn parse_schedule_spec(text: &str) -> Result<ScheduleCard> {
+    let spec_err = |m: String| {
+        Error::Spec(format!(
+            "schedule `{text}`: {m} (expected comma-separated settings such as linear,epsilon or scaled_linear,v_prediction,beta_start=0.00085,beta_end=0.012)"
+        ))
+    };
+    let mut cfg = serde_json::Map::new();
+    for item in text.split(',').map(str::trim) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => match item {
+                "linear" | "scaled_linear" | "squaredcos_cap_v2" => ("beta_schedule", item),
+                "epsilon" | "sample" | "v_prediction" => ("prediction_type", item),
+                _ if item.parse::<u64>().is_ok() => ("num_train_timesteps", item),
+                _ => {
+                    return Err(spec_err(format!(
+                        "`{item}` is not a beta schedule, a prediction type or a step count"
+                    )))
+                }
+            },
+        };
+        let value: serde_json::Value = match key {
+            "beta_schedule" | "prediction_type" => value.into(),
+            "num_train_timesteps" | "beta_start" | "beta_end" => serde_json::from_str(value)
+                .map_err(|_| spec_err(format!("`{key}` needs a number, got `{value}`")))?,
+            _ => return Err(spec_err(format!("unknown setting `{key}`"))),
+        };
+        if cfg.insert(key.to_string(), value).is_some() {
+            return Err(spec_err(format!("`{key}` is given twice")));
+        }
+    }
+    schedule_from_diffusers(&serde_json::Value::Object(cfg)).map_err(|e| spec_err(e.to_string()))
+}
+
+/// The card of the prior in `dir`, its weights file and the file that describes its
+/// network: `model.json`, or a diffusers directory's `config.json` with its schedule
+/// (`schedule`, else its `scheduler_config.json`). A schedule given for a prior directory,
+/// whose card states its own, is an error.
+pub fn prior_card(
+    dir: &Path,
+    schedule: Option<ScheduleCard>,
+) -> Result<(ModelCard, PathBuf, &'static str)> {
+    let card_path = dir.join(CARD_FILE);
+    if !card_path.is_file() {
+        let (card, weights) = diffusers_card(dir, schedule)?;
+        return Ok((card, weights, "config.json"));
+    }
+    if schedule.is_some() {
+        return Err(file_err(
+            &card_path,
+            "a schedule after `@` applies to diffusers directories; this prior's card states its own (edit schedule in model.json)",
+        ));
+    }
+    let card = ModelCard::read(&card_path)?;
+    let file = card.weights.file.clone().ok_or_else(|| {
+        file_err(
+            &card_path,
+            "the card names no weights file (weights.file is null)",
+        )
+    })?;
+    Ok((card, dir.join(file), CARD_FILE))
 }
 
 /// How the network is queried at one time (see the module docs): input scale `c_in`,
@@ -501,7 +676,7 @@ impl Precond {
 #[derive(Debug)]
 pub struct NetworkPrior {
     dir: Option<PathBuf>,
-    unet: UNet,
+    net: Network,
     device: Option<Box<GpuUNet>>,
     card: ModelCard,
     schedule: Schedule,
@@ -520,28 +695,18 @@ type Prepared<'a> = (
 
 impl NetworkPrior {
     /// Opens a prior directory (or a shipped prior by name, see [`resolve_prior`]): a card
-    /// with its weights, or a diffusers directory read as it is.
-    pub fn open(name_or_path: &str) -> Result<NetworkPrior> {
+    /// with its weights, or a diffusers directory read as it is; `spec` may end in
+    /// `@SCHEDULE` for a diffusers directory (see the module docs).
+    pub fn open(spec: &str) -> Result<NetworkPrior> {
+        let (name_or_path, schedule) = split_prior_spec(spec)?;
         let dir = resolve_prior(name_or_path)?;
-        let (card, weights, config_file) = if dir.join(CARD_FILE).is_file() {
-            let card = ModelCard::read(&dir.join(CARD_FILE))?;
-            let file = card.weights.file.clone().ok_or_else(|| {
-                file_err(
-                    &dir.join(CARD_FILE),
-                    "the card names no weights file (weights.file is null)",
-                )
-            })?;
-            (card, dir.join(file), CARD_FILE)
-        } else {
-            let (card, weights) = diffusers_card(&dir, None)?;
-            (card, weights, "config.json")
-        };
-        let unet = load_network(&card, &weights, config_file)?;
+        let (card, weights, config_file) = prior_card(&dir, schedule)?;
+        let net = load_network(&card, &weights, config_file)?;
         let name = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| name_or_path.to_string());
-        let mut prior = NetworkPrior::new(unet, card, &name)?;
+        let mut prior = NetworkPrior::new(net, card, &name)?;
         prior.dir = Some(dir);
         Ok(prior)
     }
@@ -567,9 +732,16 @@ impl NetworkPrior {
     }
 
     /// A prior from a built network and its card.
-    pub fn new(unet: UNet, card: ModelCard, name: &str) -> Result<NetworkPrior> {
+    pub fn new(net: Network, card: ModelCard, name: &str) -> Result<NetworkPrior> {
         card.check()?;
-        if unet.config() != &card.architecture.unet_config()? {
+        let same = match (&net, &card.architecture) {
+            (Network::Song(s), Architecture::EdmSong(c)) => s.config() == c,
+            (Network::Adm(u), a) if !matches!(a, Architecture::EdmSong(_)) => {
+                u.config() == &a.unet_config()?
+            }
+            _ => false,
+        };
+        if !same {
             return Err(Error::Invalid(
                 "the network's configuration differs from the card's architecture".into(),
             ));
@@ -582,7 +754,7 @@ impl NetworkPrior {
         };
         Ok(NetworkPrior {
             dir: None,
-            unet,
+            net,
             device: None,
             precond: Precond::from_card(&card.schedule),
             card,
@@ -594,8 +766,20 @@ impl NetworkPrior {
     pub fn card(&self) -> &ModelCard {
         &self.card
     }
-    pub fn unet(&self) -> &UNet {
-        &self.unet
+    /// The network on the CPU.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+    /// The ADM U-Net of a guided-diffusion, diffusers or EDM DhariwalUNet prior (an error
+    /// for a SongUNet prior).
+    pub fn unet(&self) -> Result<&UNet> {
+        match &self.net {
+            Network::Adm(u) => Ok(u),
+            Network::Song(_) => Err(Error::Unsupported(format!(
+                "{}: an EDM SongUNet, not an ADM U-Net (it runs on the CPU only for now)",
+                self.info.name
+            ))),
+        }
     }
 
     /// Whether the GPU path computes this prior: an eps-predicting discrete network with
@@ -607,7 +791,7 @@ impl NetworkPrior {
                 output: Output::Eps,
                 ..
             }
-        ) && self.unet.config().runs_on_gpu()
+        ) && matches!(&self.net, Network::Adm(u) if u.config().runs_on_gpu())
     }
 
     /// An error unless [`NetworkPrior::runs_on_gpu`].
@@ -632,7 +816,7 @@ impl NetworkPrior {
             Backend::Cpu => None,
             Backend::Cuda(gpu) => {
                 self.check_gpu()?;
-                Some(Box::new(GpuUNet::from_cpu(gpu.clone(), &self.unet)?))
+                Some(Box::new(GpuUNet::from_cpu(gpu.clone(), self.unet()?)?))
             }
         };
         Ok(())
@@ -647,7 +831,7 @@ impl NetworkPrior {
     fn forward(&self, x: ArrayView4<f32>, labels: &[f32]) -> Result<ndarray::Array4<f32>> {
         match &self.device {
             Some(d) => d.forward_host(x, labels),
-            None => self.unet.forward(x, labels),
+            None => self.net.forward(x, labels),
         }
     }
 
@@ -746,7 +930,7 @@ impl Denoiser for NetworkPrior {
         let c = self.card.channels;
         let (out, tape) = match &self.device {
             None => {
-                let (out, tape) = self.unet.forward_tape(input, &labels)?;
+                let (out, tape) = self.net.forward_tape(input, &labels)?;
                 (out, Tape::Cpu(tape))
             }
             Some(d) => {
