@@ -491,7 +491,7 @@ fn a_blurred_png_reconstructs_with_dds_and_the_shipped_prior_without_a_sidecar()
         m.y.clone(),
         &m.noise,
         m.image_range,
-        prior,
+        std::sync::Arc::new(prior),
         "dds",
         &Overrides {
             steps: Some(10),

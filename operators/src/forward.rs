@@ -28,6 +28,34 @@ pub trait ForwardOperator: Send + Sync {
     fn restrict_to_measured(&self, _y: ArrayViewMutD<f32>) {}
 }
 
+/// A shared forward map is the map it shares (see the [`LinearOperator`] impl for `Arc`).
+impl<T: ForwardOperator + ?Sized> ForwardOperator for std::sync::Arc<T> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn domain_shape(&self) -> &[usize] {
+        (**self).domain_shape()
+    }
+    fn range_shape(&self) -> &[usize] {
+        (**self).range_shape()
+    }
+    fn forward(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
+        (**self).forward(x)
+    }
+    fn vjp(&self, x: ArrayViewD<f32>, cotangent: ArrayViewD<f32>) -> ArrayD<f32> {
+        (**self).vjp(x, cotangent)
+    }
+    fn linearize_measurement(
+        &self,
+        y: ArrayViewD<f32>,
+    ) -> Option<(&dyn LinearOperator, ArrayD<f32>)> {
+        (**self).linearize_measurement(y)
+    }
+    fn restrict_to_measured(&self, y: ArrayViewMutD<f32>) {
+        (**self).restrict_to_measured(y)
+    }
+}
+
 /// A forward model, linear or not: what a `Problem` holds and what samplers talk to.
 pub enum Operator {
     Linear(Box<dyn LinearOperator>),
@@ -86,6 +114,34 @@ impl Operator {
         match self {
             Operator::Linear(op) => op.restrict_to_measured(y),
             Operator::Nonlinear(op) => op.restrict_to_measured(y),
+        }
+    }
+}
+
+/// An [`Operator`] held behind reference counts: [`SharedOperator::operator`] hands out as
+/// many [`Operator`]s as needed, all computing with the one built operator (a problem takes
+/// its operator by value; this lets one operator serve many problems without a rebuild).
+#[derive(Clone)]
+pub enum SharedOperator {
+    Linear(std::sync::Arc<dyn LinearOperator>),
+    Nonlinear(std::sync::Arc<dyn ForwardOperator>),
+}
+
+impl From<Operator> for SharedOperator {
+    fn from(op: Operator) -> Self {
+        match op {
+            Operator::Linear(a) => SharedOperator::Linear(a.into()),
+            Operator::Nonlinear(a) => SharedOperator::Nonlinear(a.into()),
+        }
+    }
+}
+
+impl SharedOperator {
+    /// A handle on the shared operator.
+    pub fn operator(&self) -> Operator {
+        match self {
+            SharedOperator::Linear(a) => Operator::Linear(Box::new(a.clone())),
+            SharedOperator::Nonlinear(a) => Operator::Nonlinear(Box::new(a.clone())),
         }
     }
 }

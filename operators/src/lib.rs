@@ -25,7 +25,7 @@ pub mod rng;
 pub mod sr;
 
 pub use error::{Error, Result};
-pub use forward::{ForwardOperator, Operator};
+pub use forward::{ForwardOperator, Operator, SharedOperator};
 pub use linear::{
     adjoint_mismatch, adjoint_test, normal_mismatch, solve_regularized_residual, AdjointReport,
     Composed, Identity, LinearOperator, LinearOperatorExt, Scaled,

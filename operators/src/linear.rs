@@ -208,6 +208,36 @@ fn max_abs_diff(a: ArrayViewD<f32>, b: ArrayViewD<f32>) -> f64 {
     m
 }
 
+/// A shared operator is the operator it shares: one built operator (an MRI operator with
+/// estimated coil maps, a CT projector) can serve several problems without being rebuilt.
+/// Every method forwards, the closed forms (`normal`, `solve_regularized`) included.
+impl<T: LinearOperator + ?Sized> LinearOperator for std::sync::Arc<T> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn domain_shape(&self) -> &[usize] {
+        (**self).domain_shape()
+    }
+    fn range_shape(&self) -> &[usize] {
+        (**self).range_shape()
+    }
+    fn apply(&self, x: ArrayViewD<f32>, y: ArrayViewMutD<f32>) {
+        (**self).apply(x, y)
+    }
+    fn adjoint(&self, y: ArrayViewD<f32>, x: ArrayViewMutD<f32>) {
+        (**self).adjoint(y, x)
+    }
+    fn normal(&self, x: ArrayViewD<f32>, out: ArrayViewMutD<f32>) {
+        (**self).normal(x, out)
+    }
+    fn solve_regularized(&self, gamma: f32, rhs: ArrayViewD<f32>) -> Option<ArrayD<f32>> {
+        (**self).solve_regularized(gamma, rhs)
+    }
+    fn restrict_to_measured(&self, y: ArrayViewMutD<f32>) {
+        (**self).restrict_to_measured(y)
+    }
+}
+
 /// `outer ∘ inner`: apply `inner`, then `outer`. The adjoint runs the parts' adjoints in
 /// reverse order; the normal operator uses `outer`'s (possibly closed-form) normal.
 pub struct Composed {

@@ -713,7 +713,7 @@ fn reconstruct_image(plan: &Plan, image: usize, item: &Item) -> Result<Recon> {
                 y,
                 &plan.noises[item.task],
                 range,
-                prior,
+                std::sync::Arc::new(prior),
                 m.sampler.as_deref().unwrap_or_default(),
                 &overrides(m, &suite.tasks[item.task].name, suite.work),
                 Executor::new(seed),

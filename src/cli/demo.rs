@@ -235,7 +235,7 @@ fn prior_case(
             y.clone(),
             &noise,
             (0.0, 1.0),
-            prior,
+            std::sync::Arc::new(prior),
             sampler,
             &o,
             crate::sample::Executor::new(seed),

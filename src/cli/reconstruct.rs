@@ -423,7 +423,7 @@ fn run_sampler(
             m.y.clone(),
             &m.noise,
             m.image_range,
-            prior,
+            std::sync::Arc::new(prior),
             name,
             &overrides,
             exec,

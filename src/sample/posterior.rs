@@ -17,6 +17,7 @@ use super::{
 };
 use super::{Executor, Outcome};
 use crate::error::{Error, Result};
+use crate::prior::Gmm;
 use crate::prior::{Denoiser, NetworkPrior, OnPath, Schedule};
 use crate::spec::Physics;
 
@@ -184,6 +185,55 @@ pub fn gaussian_level(noise: &NoiseModel, y: ndarray::ArrayViewD<f32>) -> f64 {
     }
 }
 
+/// A prior the posterior samplers use: a [`Denoiser`] (whose [`crate::prior::PriorInfo`]
+/// gives the intensity range, the resolution and the channels) plus what a reconstruction
+/// asks of it beyond denoising. A shipped or imported network ([`NetworkPrior`]), an exact
+/// mixture ([`Gmm`]), or a user's own denoiser (a Python callable in the bindings): the
+/// defaults suit a denoiser that has nothing more to offer.
+pub trait Prior: Denoiser {
+    /// FLAIR's regulariser weights `lambda(t)` (the prior's calibration table), if it has
+    /// one; FLAIR uses uniform weights otherwise.
+    fn calibration(&self) -> Result<Option<CalibrationTable>> {
+        Ok(None)
+    }
+    /// Runs the whole reconstruction on a device where the prior can (DPS and DDS resident
+    /// on the GPU: no host round trip per step); `None` runs the host loop, which calls the
+    /// denoiser once per step.
+    fn resident(&self, _problem: &Problem, _run: &ResidentRun) -> Result<Option<Outcome>> {
+        Ok(None)
+    }
+}
+
+/// What [`Prior::resident`] is asked to run.
+pub struct ResidentRun<'a> {
+    /// The sampler's name (`dps`, `dds`; others run on the host).
+    pub sampler: &'a str,
+    pub dds: &'a DdsSettings,
+    pub dps: &'a DpsSettings,
+    /// Independent posterior samples.
+    pub samples: usize,
+    pub seed: u64,
+}
+
+impl Prior for NetworkPrior {
+    fn calibration(&self) -> Result<Option<CalibrationTable>> {
+        NetworkPrior::calibration(self)
+    }
+    fn resident(&self, problem: &Problem, run: &ResidentRun) -> Result<Option<Outcome>> {
+        crate::gpu::sampler::resident_posterior(
+            self,
+            problem,
+            run.sampler,
+            run.dds,
+            run.dps,
+            run.samples,
+            run.seed,
+        )
+    }
+}
+
+impl Prior for Gmm {}
+
 /// What [`reconstruct_with_prior`] produced.
 pub struct PriorReconstruction {
     /// The estimate in image units: the mean of the samples (SMC: of the weighted means).
@@ -194,6 +244,7 @@ pub struct PriorReconstruction {
     pub spread: Option<ArrayD<f32>>,
     /// The sampler's description.
     pub label: String,
+    /// The run: its samples (in the prior's units, see `units`), counts and time.
     pub outcome: Outcome,
     /// Images per denoiser call: the samples, times the particles for SMC. A run evaluated
     /// the network on `outcome.nfe * batch` images and back-propagated through it
@@ -201,6 +252,11 @@ pub struct PriorReconstruction {
     pub batch: usize,
     /// The SMC ensemble's weight diagnostics (SMC samplers only).
     pub smc: Option<SmcReport>,
+    /// Prior units to image units (`outcome.samples` are in the prior's units).
+    pub units: PriorUnits,
+    /// Every draw in image units, `(M, ...image_shape)`: the SMC particles of all samples'
+    /// ensembles (`M = samples x particles`), else the independent samples (`M = samples`).
+    pub particles: ArrayD<f32>,
 }
 
 /// What an SMC run's weights did (see [`super::smc::StepTrace`]).
@@ -230,7 +286,7 @@ pub fn reconstruct_with_prior(
     y: ArrayD<f32>,
     noise: &NoiseModel,
     image_range: (f32, f32),
-    prior: NetworkPrior,
+    prior: Arc<dyn Prior>,
     name: &str,
     o: &Overrides,
     mut executor: Executor,
@@ -258,14 +314,15 @@ pub fn reconstruct_with_prior(
         } else {
             (DdsSettings::default(), dps_settings(family, &o)?)
         };
-        crate::gpu::sampler::resident_posterior(
-            &prior,
+        prior.resident(
             &problem,
-            name,
-            &dds,
-            &dps,
-            samples,
-            executor.seed(),
+            &ResidentRun {
+                sampler: name,
+                dds: &dds,
+                dps: &dps,
+                samples,
+                seed: executor.seed(),
+            },
         )?
     };
     let (label, outcome) = match resident {
@@ -281,9 +338,9 @@ pub fn reconstruct_with_prior(
         }
         None => {
             let prior: Arc<dyn Denoiser> = if runs_on_flow_path(name) {
-                Arc::new(OnPath::new(Arc::new(prior), Schedule::rectified_flow()))
+                Arc::new(OnPath::new(prior, Schedule::rectified_flow()))
             } else {
-                Arc::new(prior)
+                prior
             };
             let outcome = match &mut sampler {
                 PosteriorSampler::Plain(s) => executor.run(s.as_mut(), prior.as_ref(), samples)?,
@@ -323,6 +380,18 @@ pub fn reconstruct_with_prior(
             (samples >= 2).then(|| outcome.samples.std_axis(Axis(0), 1.0)),
         ),
     };
+    let draws = match ensemble {
+        Some(ens) => {
+            let sh = ens.particles.shape();
+            let mut flat = vec![sh[0] * sh[1]];
+            flat.extend_from_slice(&sh[2..]);
+            ens.particles
+                .to_shape(flat)
+                .map_err(|e| Error::Shape(format!("SMC particles: {e}")))?
+                .to_owned()
+        }
+        None => outcome.samples.clone(),
+    };
     let mean = mean.ok_or_else(|| Error::Invalid("no samples were drawn".into()))?;
     Ok(PriorReconstruction {
         image: units.to_image(mean.view()),
@@ -331,6 +400,8 @@ pub fn reconstruct_with_prior(
         outcome,
         batch,
         smc,
+        units,
+        particles: units.to_image(draws.view()),
     })
 }
 

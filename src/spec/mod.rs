@@ -200,17 +200,25 @@ impl Physics {
     /// Maps a domain array back to an image: the magnitude of a complex image, unless
     /// `keep_complex`, which returns the `(2, H, W)` pair.
     pub fn extract(&self, x: ArrayViewD<f32>, keep_complex: bool) -> ArrayD<f32> {
-        match self.embedding {
-            Embedding::RealToComplex | Embedding::Complex if !keep_complex => {
-                let re = x.index_axis(Axis(0), 0);
-                let im = x.index_axis(Axis(0), 1);
-                let mag = ndarray::Zip::from(&re)
-                    .and(&im)
-                    .map_collect(|a, b| (a * a + b * b).sqrt());
-                mag.insert_axis(Axis(0)).into_dyn()
-            }
-            _ => x.to_owned(),
+        self.embedding.extract(x, keep_complex)
+    }
+}
+
+impl Embedding {
+    /// An image from the domain: the magnitude `(1, H, W)` of a complex `(2, H, W)` array
+    /// unless `keep_complex`; anything else (a real image, such as the posterior samplers
+    /// return for a real-to-complex model, which sample the real image) as it is.
+    pub fn extract(self, x: ArrayViewD<f32>, keep_complex: bool) -> ArrayD<f32> {
+        let complex = matches!(self, Embedding::RealToComplex | Embedding::Complex);
+        if !complex || keep_complex || x.ndim() != 3 || x.shape()[0] != 2 {
+            return x.to_owned();
         }
+        let re = x.index_axis(Axis(0), 0);
+        let im = x.index_axis(Axis(0), 1);
+        let mag = ndarray::Zip::from(&re)
+            .and(&im)
+            .map_collect(|a, b| (a * a + b * b).sqrt());
+        mag.insert_axis(Axis(0)).into_dyn()
     }
 }
 
