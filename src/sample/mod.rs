@@ -162,6 +162,12 @@ pub trait Sampler {
     fn init(&mut self, cx: &mut Context, n: usize) -> Result<State>;
     /// One step; `state.step` tells which.
     fn step(&mut self, cx: &mut Context, state: State) -> Result<State>;
+    /// Whether the sampler handles non-finite members of its iterate itself (SMC drops a
+    /// diverged particle and resamples); otherwise [`Executor::run`] stops at the first
+    /// step whose iterate holds one, naming it.
+    fn handles_non_finite(&self) -> bool {
+        false
+    }
 }
 
 /// Sees the state after every step (progress bars, snapshots, logging).
@@ -287,6 +293,21 @@ impl<'o> Executor<'o> {
                 }
             }
             state = sampler.step(&mut cx, state)?;
+            // Caught where it happens, so the message names the step (a NaN would otherwise
+            // travel silently to the end of the run).
+            let bad = (!sampler.handles_non_finite())
+                .then(|| state.x.iter().find(|v| !v.is_finite()))
+                .flatten();
+            if let Some(bad) = bad {
+                return Err(Error::NonFinite(format!(
+                    "{}: step {} of {} (t = {:.4}) produced a non-finite value ({bad}); \
+                     fewer or more steps, a smaller step size or a larger noise level may help",
+                    sampler.name(),
+                    state.step,
+                    total,
+                    state.t
+                )));
+            }
             for o in self.observers.iter_mut() {
                 o.observe(state.step, &state);
             }
@@ -298,7 +319,7 @@ impl<'o> Executor<'o> {
             state.x
         };
         if let Some(bad) = samples.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NonFinite(format!(
                 "{} produced a non-finite value ({bad}); the step count or path may be unsuitable",
                 sampler.name()
             )));
@@ -380,4 +401,59 @@ pub fn by_name(name: &str, steps: usize, eta: f64) -> Result<Box<dyn Sampler>> {
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prior::Gmm;
+
+    /// A sampler that writes a NaN into its iterate at step `bad` (1-based, as `state.step`
+    /// counts after the step) and otherwise leaves it alone.
+    struct NanAt {
+        bad: usize,
+    }
+
+    impl Sampler for NanAt {
+        fn name(&self) -> String {
+            "nan-at".into()
+        }
+        fn steps(&self) -> usize {
+            5
+        }
+        fn init(&mut self, cx: &mut Context, n: usize) -> Result<State> {
+            let shape = cx.denoiser().info().batch_shape(n);
+            Ok(State {
+                x: ArrayD::zeros(shape),
+                x0_hat: None,
+                step: 0,
+                total: 5,
+                t: 1.0,
+            })
+        }
+        fn step(&mut self, _: &mut Context, mut state: State) -> Result<State> {
+            state.step += 1;
+            state.t = 1.0 - state.step as f64 / 5.0;
+            if state.step == self.bad {
+                state.x[[0, 1]] = f32::NAN;
+            }
+            Ok(state)
+        }
+    }
+
+    #[test]
+    fn a_non_finite_iterate_stops_the_run_at_the_step_that_made_it() {
+        let gmm = Gmm::random(1, 3, 0, false).unwrap();
+        let e = Executor::new(0)
+            .run(&mut NanAt { bad: 3 }, &gmm, 2)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::NonFinite(_)), "{msg}");
+        assert!(msg.contains("nan-at: step 3 of 5"), "{msg}");
+        // A run that never makes one completes.
+        let ok = Executor::new(0)
+            .run(&mut NanAt { bad: 99 }, &gmm, 2)
+            .unwrap();
+        assert_eq!(ok.steps, 5);
+    }
 }

@@ -650,6 +650,10 @@ impl Sampler for Smc {
     fn steps(&self) -> usize {
         self.settings.steps
     }
+    /// A diverged particle is weighted 0 and resampled away at the next step.
+    fn handles_non_finite(&self) -> bool {
+        true
+    }
     fn init(&mut self, cx: &mut Context, n: usize) -> Result<State> {
         let den = cx.denoiser();
         self.problem.check_prior(den.info())?;
