@@ -378,11 +378,18 @@ pub fn write_volume(path: &Path, volume: ArrayView3<f32>, voxel_mm: [f32; 3]) ->
     header.srow_z = [0.0, 0.0, voxel_mm[2], 0.0];
     let gz = super::extension(path) == "nii.gz";
     super::write_atomic(path, |tmp| {
-        // The writer picks its file names from the extension: write `TMP.nii[.gz]`, then
-        // move it onto the temporary name.
-        let mut named = tmp.as_os_str().to_owned();
-        named.push(if gz { ".nii.gz" } else { ".nii" });
-        let named = std::path::PathBuf::from(named);
+        // The writer picks its file names from the extension, and replaces whatever
+        // follows the last dot before it (`.x.nii.tmp-1-0.nii` would become `.x.nii.nii`):
+        // write a dot-free `.NAME.nii[.gz]` beside the temporary file, then move it there.
+        let stem = tmp
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches('.')
+                    .replace('.', "_")
+            })
+            .unwrap_or_default();
+        let named = tmp.with_file_name(format!(".{stem}{}", if gz { ".nii.gz" } else { ".nii" }));
         let written = ::nifti::writer::WriterOptions::new(&named)
             .reference_header(&header)
             .write_header_file(false)
@@ -447,5 +454,25 @@ mod tests {
         assert_eq!(d.dim(), (3, 2));
         assert_eq!(d[[0, 0]], 12.0); // max u, max v
         assert_eq!(d[[2, 1]], 0.0);
+    }
+
+    #[test]
+    fn volumes_write_and_read_back_as_nii_and_nii_gz_leaving_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Array3::from_shape_fn((2, 5, 4), |(z, y, x)| (z * 20 + y * 4 + x) as f32);
+        for name in ["a.nii", "b.nii.gz", "c.d.nii"] {
+            let p = dir.path().join(name);
+            write_volume(&p, v.view(), [1.0, 1.0, 1.0]).unwrap();
+            // Read back as displayed: the writer's unit sform has +x to the right, which the
+            // reader shows in radiological convention (patient left on the image's right).
+            let back = read_volume(&p).unwrap();
+            assert_eq!(back.slice(s![.., .., ..;-1]), v, "{name}");
+        }
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.nii", "b.nii.gz", "c.d.nii"]);
     }
 }
