@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: the Rust workspace (unit, integration and CLI tests,
-# the examples), then the Python bindings built into a virtual environment and their
+# the examples), rustdoc without warnings, then the Python bindings built into a virtual environment and their
 # pytest suite. Needs Rust and python3 (3.9+, with venv); maturin, numpy and pytest come
 # from PyPI into the venv. Environment:
 #   CARGO_TARGET_DIR  where cargo builds (default: target/); the extension builds there too,
@@ -13,6 +13,8 @@ root=$(pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
 cargo test --workspace
+# The API documentation builds without a warning (broken or private links, bad HTML).
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
 
 py_start=$(date +%s)
 venv=${POSTERIOR_VENV:-$CARGO_TARGET_DIR/python-venv}

@@ -1,7 +1,7 @@
 //! Measurements: an array with the forward model that made it, from a `posterior degrade`
 //! sidecar or from anywhere else with the operator given as a spec.
 //!
-//! - [`read`] / [`write`]: a measurement on disk as `degrade` writes it, the array
+//! - [`read()`] / [`write()`]: a measurement on disk as `degrade` writes it, the array
 //!   (`Y.npy`) and its JSON sidecar (`Y.json`), which holds everything needed to rebuild the
 //!   forward model and to map a reconstruction back to the units of the measured image.
 //! - [`Measurement::open`]: any measurement, with or without a sidecar: a blurred or masked

@@ -271,7 +271,7 @@ pub struct SuiteFile {
 }
 
 impl SuiteFile {
-    /// Reads and parses a suite file (syntax and field names; [`super::plan`] checks the
+    /// Reads and parses a suite file (syntax and field names; the plan checks the
     /// rest before any work).
     pub fn read(path: &Path) -> Result<SuiteFile> {
         let text = crate::io::read_text(path)?;

@@ -169,7 +169,7 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
-    /// The suite file; its [[validation]] images are scored.
+    /// The suite file; its `[[validation]]` images are scored.
     pub suite: PathBuf,
     /// The suite's methods to tune (comma-separated labels).
     #[arg(long, value_delimiter = ',', required = true)]

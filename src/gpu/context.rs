@@ -77,7 +77,7 @@ impl Backend {
         }
     }
 
-    /// "cpu" or "cuda (<device name>)", for logs.
+    /// `"cpu"` or `"cuda (<device name>)"`, for logs.
     pub fn describe(&self) -> String {
         match self {
             Backend::Cpu => "cpu".into(),

@@ -1,4 +1,4 @@
-//! 2-D convolution (cross-correlation, as PyTorch) as a packed GEMM ([`crate::nn::packed`]).
+//! 2-D convolution (cross-correlation, as PyTorch) as a packed GEMM (`nn::packed`).
 //!
 //! The weights are packed once per layer (on first use). The output pixels of every batch
 //! item are cut into tiles of whole 64-pixel panels; each tile is one rayon task that

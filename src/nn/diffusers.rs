@@ -13,7 +13,7 @@
 //! timestep embedding is `Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)`.
 //!
 //! So the configuration maps onto [`UNetConfig`] ([`DiffusersUNetConfig::unet_config`]) and
-//! the checkpoint's keys onto guided-diffusion's ([`DiffusersNaming`]). Configuration keys are
+//! the checkpoint's keys onto guided-diffusion's (`DiffusersNaming`). Configuration keys are
 //! checked against an allow-list ([`DiffusersUNetConfig::parse`]): the metadata keys that do not
 //! change the computation pass, every `UNet2DModel` argument is read, and a value the engine
 //! does not compute (a `fourier` embedding, class conditioning, `resnet` up/down sampling,

@@ -1,6 +1,6 @@
 //! A small row-major f32 GEMM for the products that are not convolutions (attention,
 //! linear layers, parameter gradients, the input VJP of strided convolutions): both
-//! operands are packed into the layouts of [`crate::nn::packed`] and multiplied by its
+//! operands are packed into the layouts of `nn::packed` and multiplied by its
 //! micro-kernels, so every product runs on the active [`crate::nn::SimdPath`]
 //! (`POSTERIOR_SIMD` reaches it like the convolutions). Large products are split over the
 //! rayon threads by column blocks.

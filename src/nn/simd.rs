@@ -16,10 +16,10 @@
 //! error, and a run should not die over a tuning knob, while the warning makes a mistyped
 //! benchmark visible. `POSTERIOR_SIMD=auto` (or unset, or empty) is the automatic choice.
 //!
-//! [`run_wide`] runs a closure inside a function compiled for the active path's
+//! `run_wide` runs a closure inside a function compiled for the active path's
 //! instructions: the closure is inlined there and its loops are compiled for them. Use it
 //! around the innermost loop of a rayon task (not around a rayon call: the work must be
-//! inlined into the dispatched function). The [`wide!`] macro writes the closure with
+//! inlined into the dispatched function). The `wide!` macro writes the closure with
 //! `#[inline(always)]`, which makes sure it is: `wide!(self.stats(block))`. The packed GEMM
 //! (`nn::packed`) has its own micro-kernel per path and dispatches on [`active`] too.
 //!

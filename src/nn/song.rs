@@ -10,7 +10,7 @@
 //! uses `min(32, C / 4)` groups and eps 1e-6; attention has one head (`qkv` rows stored
 //! interleaved per channel, reordered at load).
 //!
-//! The structure (EDM's `enc` / `dec` module dicts, run in order as a program of [`Step`]s):
+//! The structure (EDM's `enc` / `dec` module dicts, run in order as a program of `Step`s):
 //! - mapping: `emb = map_layer1(silu(map_layer0(e)))` (the blocks apply the last SiLU),
 //!   where `e` is the noise label's positional embedding (`endpoint=True`: frequencies
 //!   `10000^(-i / (C/2 - 1))`) or, for NCSN++, its Fourier embedding (`2 pi freqs`, a stored

@@ -2,7 +2,7 @@
 //!
 //! The method (pre-weighting, apodised ramp filter on a zero-padded detector row,
 //! pixel-driven back-projection with distance weights for fan beam) and its scaling are
-//! documented in [`posterior_operators::ct::fbp`], where it is implemented next to the
+//! documented in [`posterior_operators::ct::fbp()`], where it is implemented next to the
 //! geometry. In short: parallel beam and fan beam (arc and flat detectors, no rebinning);
 //! filters `ramp` (Ram-Lak), `shepp-logan`, `cosine`, `hann`; the FBP of the projection of
 //! a phantom recovers the phantom's values. Fan short scans (180 degrees plus the fan angle

@@ -9,7 +9,7 @@
 //! - [`objective`]: the data objectives (Gaussian least squares, Poisson negative
 //!   log-likelihood) of any forward model with a VJP, counting operator applications;
 //! - [`gradient`]: gradient descent with backtracking on such an objective;
-//! - [`lbfgs`]: L-BFGS (argmin) on the same objectives, the quasi-Newton baseline for
+//! - [`lbfgs()`]: L-BFGS (argmin) on the same objectives, the quasi-Newton baseline for
 //!   nonlinear models (phase retrieval, Beer-Lambert CT).
 //! - `fbp`: filtered back-projection for CT.
 

@@ -1,5 +1,5 @@
 //! Data objectives of the classical baselines for any forward model with a VJP: the value
-//! and gradient that gradient descent ([`super::gradient`]) and L-BFGS ([`super::lbfgs`])
+//! and gradient that gradient descent ([`super::gradient`]) and L-BFGS ([`super::lbfgs()`])
 //! both minimise, so the two can be compared on the same function.
 
 use std::cell::Cell;

@@ -1,6 +1,6 @@
 //! What measured k-space says about its own sampling: the mask (from the zero pattern) and
 //! the fully sampled centre (the auto-calibration region, ACS) that coil-map estimation
-//! ([`super::espirit`], [`super::walsh`]) calibrates from.
+//! ([`super::espirit()`], [`super::walsh()`]) calibrates from.
 //!
 //! K-space here is `(coils, H, W)` complex on the centred grid of [`super::SingleCoilMri`]
 //! (DC at `(H/2, W/2)`), readout along `H`, phase-encode lines as columns.

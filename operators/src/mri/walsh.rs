@@ -8,7 +8,7 @@
 //!    `window x window` neighbourhood (clamped at the borders) is formed; its dominant unit
 //!    eigenvector is the map, its eigenvalue over the trace (the share of the signal one
 //!    map explains, in [0, 1]) is reported as the eigenvalue map.
-//! 3. The phase is fixed as ESPIRiT's is ([`super::espirit`]): relative to the first
+//! 3. The phase is fixed as ESPIRiT's is ([`super::espirit()`]): relative to the first
 //!    principal component of the calibration data.
 //!
 //! Maps are unit-norm at every pixel (no crop): outside the object they follow the noise.

@@ -10,7 +10,7 @@
 //!
 //! Knots `k_0 (t = 1), .., k_{S-1}` are the noisy knots of [`crate::prior::Schedule::knots`]
 //! and `k_S` the clean point. The model is the ancestral chain the prior defines,
-//! `p(x_{i+1} | x_i) = N(c_x0 x0_hat(x_i) + c_x x_i, sd^2 I)` ([`AncestralKernel`]) started at
+//! `p(x_{i+1} | x_i) = N(c_x0 x0_hat(x_i) + c_x x_i, sd^2 I)` ([`crate::sample::AncestralKernel`]) started at
 //! `x_0 = s(1) z`, and its last step is the final denoise `x_clean = x0_hat(x_{S-1})`. Each
 //! method picks positive twisting functions `h_i(x_i)` (any choice is valid; good ones keep
 //! the weights even) and a proposal `q(x_{i+1} | x_i)`; the incremental log-weight of the move
@@ -91,7 +91,7 @@
 //! # One driver, two proposals
 //!
 //! The driver ([`Smc`]) owns the weights, resampling, diagnostics and the output; a method
-//! is a [`Proposal`]: its start, its twist at a knot (the denoiser call) and its move. Per
+//! is a `Proposal`: its start, its twist at a knot (the denoiser call) and its move. Per
 //! step: twist (completing the previous move's weight with `log h_i(x_i)`), resample where
 //! the ESS asks, move (adding `log p - log q - log h_i(x_i)`). A particle whose estimate or
 //! weight is non-finite gets weight 0 and its sample is resampled at once, so one diverged
